@@ -1,0 +1,237 @@
+//! The client state machine and encoder (sans-IO): what a connection has agreed to in
+//! `CONNECT`, and the exact bytes the server writes to it.
+//!
+//! It owns the `CONNECT` options with nats-server's defaults and checks, the `MSG`/`HMSG`
+//! encoder, and the `-ERR` texts. It must not touch sockets, shards or the subject index;
+//! `server` drives it.
+
+use bytes::{BufMut, BytesMut};
+use serde::Deserialize;
+use std::fmt;
+
+/// The options a client sends in `CONNECT`, with nats-server's defaults for missing fields.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(default)]
+pub struct ConnectOpts {
+    pub verbose: bool,
+    pub pedantic: bool,
+    pub echo: bool,
+    pub headers: bool,
+    pub no_responders: bool,
+    pub protocol: i64,
+    pub name: String,
+    pub lang: String,
+    pub version: String,
+    pub tls_required: bool,
+    pub user: Option<String>,
+    pub pass: Option<String>,
+    pub auth_token: Option<String>,
+    pub account: Option<String>,
+    pub new_account: Option<bool>,
+}
+
+impl Default for ConnectOpts {
+    fn default() -> Self {
+        ConnectOpts {
+            verbose: true,
+            pedantic: true,
+            echo: true,
+            headers: false,
+            no_responders: false,
+            protocol: 0,
+            name: String::new(),
+            lang: String::new(),
+            version: String::new(),
+            tls_required: false,
+            user: None,
+            pass: None,
+            auth_token: None,
+            account: None,
+            new_account: None,
+        }
+    }
+}
+
+/// Why a `CONNECT` is refused. Each variant says how nats-server answers it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConnectError {
+    /// The JSON does not parse: close without an `-ERR`.
+    BadJson(String),
+    /// `protocol` is neither 0 nor 1: `-ERR 'invalid client protocol'`, close.
+    InvalidProtocol,
+    /// `no_responders` without `headers`: `-ERR 'no responders requires headers support'`, close.
+    NoRespondersNeedsHeaders,
+    /// Deprecated `account`/`new_account` fields: `-ERR 'Authorization Violation'`, close.
+    AuthorizationViolation,
+}
+
+impl ConnectError {
+    /// The `-ERR` text sent before the close, if any.
+    pub fn err_text(&self) -> Option<&'static str> {
+        match self {
+            ConnectError::BadJson(_) => None,
+            ConnectError::InvalidProtocol => Some("invalid client protocol"),
+            ConnectError::NoRespondersNeedsHeaders => {
+                Some("no responders requires headers support")
+            }
+            ConnectError::AuthorizationViolation => Some("Authorization Violation"),
+        }
+    }
+}
+
+impl fmt::Display for ConnectError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ConnectError::BadJson(e) => write!(f, "malformed CONNECT: {e}"),
+            other => f.write_str(other.err_text().unwrap_or("connect error")),
+        }
+    }
+}
+
+impl std::error::Error for ConnectError {}
+
+impl ConnectOpts {
+    /// Parses and checks a `CONNECT` argument.
+    pub fn parse(json: &[u8]) -> Result<ConnectOpts, ConnectError> {
+        let bad = |e: serde_json::Error| ConnectError::BadJson(e.to_string());
+        // Go's encoding/json leaves a field at its default when the JSON says `null`;
+        // clients (async-nats among them) send nulls for unset options.
+        let mut map: serde_json::Map<String, serde_json::Value> =
+            serde_json::from_slice(json).map_err(bad)?;
+        map.retain(|_, v| !v.is_null());
+        let opts: ConnectOpts =
+            serde_json::from_value(serde_json::Value::Object(map)).map_err(bad)?;
+        if opts.account.is_some() || opts.new_account.is_some() {
+            return Err(ConnectError::AuthorizationViolation);
+        }
+        if !(0..=1).contains(&opts.protocol) {
+            return Err(ConnectError::InvalidProtocol);
+        }
+        if opts.no_responders && !opts.headers {
+            return Err(ConnectError::NoRespondersNeedsHeaders);
+        }
+        Ok(opts)
+    }
+}
+
+/// `+OK\r\n`.
+pub const OK: &[u8] = b"+OK\r\n";
+/// `PING\r\n`.
+pub const PING: &[u8] = b"PING\r\n";
+/// `PONG\r\n`.
+pub const PONG: &[u8] = b"PONG\r\n";
+
+/// Appends `-ERR '<text>'\r\n`.
+pub fn write_err(out: &mut BytesMut, text: &str) {
+    out.reserve(text.len() + 9);
+    out.put_slice(b"-ERR '");
+    out.put_slice(text.as_bytes());
+    out.put_slice(b"'\r\n");
+}
+
+/// Appends one delivery. `msg` is the header block (`hdr_len` bytes) followed by the payload.
+/// With `headers` the delivery is `HMSG`; otherwise the header block is stripped and it is `MSG`.
+pub fn write_msg(
+    out: &mut BytesMut,
+    subject: &[u8],
+    sid: &[u8],
+    reply: Option<&[u8]>,
+    hdr_len: usize,
+    msg: &[u8],
+    headers: bool,
+) {
+    let mut num = itoa::Buffer::new();
+    let with_hdr = headers && hdr_len > 0;
+    let body = if with_hdr || hdr_len == 0 {
+        msg
+    } else {
+        &msg[hdr_len.min(msg.len())..]
+    };
+    out.reserve(subject.len() + sid.len() + reply.map_or(0, |r| r.len()) + body.len() + 40);
+    out.put_slice(if with_hdr { b"HMSG " } else { b"MSG " });
+    out.put_slice(subject);
+    out.put_u8(b' ');
+    out.put_slice(sid);
+    out.put_u8(b' ');
+    if let Some(r) = reply {
+        out.put_slice(r);
+        out.put_u8(b' ');
+    }
+    if with_hdr {
+        out.put_slice(num.format(hdr_len).as_bytes());
+        out.put_u8(b' ');
+    }
+    out.put_slice(num.format(body.len()).as_bytes());
+    out.put_slice(b"\r\n");
+    out.put_slice(body);
+    out.put_slice(b"\r\n");
+}
+
+/// The "no responders" status a requester gets when nobody is listening.
+pub const NO_RESPONDERS_HDR: &[u8] = b"NATS/1.0 503\r\n\r\n";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connect_defaults_and_checks() {
+        let o = ConnectOpts::parse(b"{}").unwrap();
+        assert!(o.verbose && o.pedantic && o.echo && !o.headers);
+        let o = ConnectOpts::parse(br#"{"verbose":false,"headers":true,"lang":"rust"}"#).unwrap();
+        assert!(!o.verbose && o.headers && o.pedantic);
+        assert_eq!(
+            ConnectOpts::parse(br#"{"protocol":2}"#),
+            Err(ConnectError::InvalidProtocol)
+        );
+        assert_eq!(
+            ConnectOpts::parse(br#"{"no_responders":true}"#),
+            Err(ConnectError::NoRespondersNeedsHeaders)
+        );
+        assert_eq!(
+            ConnectOpts::parse(br#"{"account":"A"}"#),
+            Err(ConnectError::AuthorizationViolation)
+        );
+        assert!(matches!(
+            ConnectOpts::parse(b"{nope"),
+            Err(ConnectError::BadJson(_))
+        ));
+        // Nulls keep the default.
+        let o = ConnectOpts::parse(br#"{"name":null,"verbose":null,"user":null}"#).unwrap();
+        assert!(o.verbose && o.name.is_empty());
+        // Unknown fields are ignored, as Go's encoding/json does.
+        assert!(ConnectOpts::parse(br#"{"sig":"x","jwt":"y","whatever":[1]}"#).is_ok());
+    }
+
+    #[test]
+    fn encodes_msg_and_hmsg() {
+        let mut out = BytesMut::new();
+        write_msg(&mut out, b"foo", b"1", Some(b"bar"), 0, b"hello", false);
+        assert_eq!(&out[..], b"MSG foo 1 bar 5\r\nhello\r\n");
+        out.clear();
+        write_msg(
+            &mut out,
+            b"foo",
+            b"2",
+            None,
+            12,
+            b"NATS/1.0\r\n\r\nhi",
+            true,
+        );
+        assert_eq!(&out[..], b"HMSG foo 2 12 14\r\nNATS/1.0\r\n\r\nhi\r\n");
+        out.clear();
+        write_msg(
+            &mut out,
+            b"foo",
+            b"2",
+            None,
+            12,
+            b"NATS/1.0\r\n\r\nhi",
+            false,
+        );
+        assert_eq!(&out[..], b"MSG foo 2 2\r\nhi\r\n");
+        out.clear();
+        write_err(&mut out, "Invalid Subject");
+        assert_eq!(&out[..], b"-ERR 'Invalid Subject'\r\n");
+    }
+}

@@ -1,0 +1,33 @@
+//! Tern: a thread-per-core NATS server on io_uring.
+//!
+//! # Layout
+//!
+//! - [`parser`]: the client protocol parser (sans-IO): bytes in, [`parser::Op`]s out.
+//! - [`client`]: the client state machine and encoder (sans-IO): `CONNECT` options and checks,
+//!   `MSG`/`HMSG`/`-ERR` bytes.
+//! - [`sublist`]: subject validation and the per-shard subject index with queue groups and a
+//!   bounded, lazily invalidated match cache (sans-IO).
+//! - [`opts`]: command-line flags (Go `flag` style, as nats-server) and the TOML config file.
+//! - [`server`]: the server on its shards: connections, interest gossip between shards,
+//!   forwarding, queue groups, the interest barrier, slow consumers, pings.
+//! - [`log`]: nats-server style log lines through `tracing`.
+//! - [`main`](../tern/index.html): the binary: flags, preflight, listener, pid and ports files,
+//!   signals.
+//!
+//! The thread-per-core runtime (glommio, pinning, the mesh, the acceptor) is the separate crate
+//! `tern-shards`, which knows nothing about NATS.
+
+pub mod client;
+pub mod log;
+pub mod opts;
+pub mod parser;
+pub mod server;
+pub mod sublist;
+
+/// The NATS server version Tern speaks and reports in `INFO`. Clients gate features on this
+/// (headers since 2.2, for instance), so it names the nats-server release whose client
+/// protocol Tern implements rather than Tern's own version.
+pub const VERSION: &str = "2.10.0";
+
+/// Tern's own version.
+pub const TERN_VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -1,0 +1,1458 @@
+//! Server options: the command-line flags and the TOML config file, turned
+//! into one validated [`Options`].
+//!
+//! This module owns:
+//! - the command-line grammar ([`parse_args`]), which follows Go's `flag`
+//!   package exactly as `nats-server` uses it: one or two dashes, `-f v` or
+//!   `-f=v`, booleans that never consume the next argument, and Go's error
+//!   texts (`flag provided but not defined: -xyz`, ...);
+//! - the TOML config file (`-c FILE`), whose keys are the `nats-server`
+//!   option names; an unknown or mistyped key is reported with the file name
+//!   and line number;
+//! - defaults equal to `nats-server`'s, and the cross-option validation that
+//!   `nats-server` does at start-up;
+//! - the help text ([`usage`]).
+//!
+//! Flags override the config file. Flags and keys whose feature Tern does not
+//! have yet are refused with an error naming them, so that a configuration
+//! never silently runs without something it asked for.
+//!
+//! The only I/O here is reading the config file.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use toml::Spanned;
+
+/// Default client port, as `nats-server`.
+pub const DEFAULT_PORT: u16 = 4222;
+/// Default bind address.
+pub const DEFAULT_HOST: &str = "0.0.0.0";
+/// Default maximum message payload (1 MiB).
+pub const DEFAULT_MAX_PAYLOAD: u32 = 1024 * 1024;
+/// Default maximum bytes pending for one client (64 MiB).
+pub const DEFAULT_MAX_PENDING: u64 = 64 * 1024 * 1024;
+/// Default maximum protocol control line.
+pub const DEFAULT_MAX_CONTROL_LINE: u32 = 4096;
+/// Default maximum number of client connections.
+pub const DEFAULT_MAX_CONNECTIONS: u32 = 64 * 1024;
+/// Default interval between server PINGs.
+pub const DEFAULT_PING_INTERVAL: Duration = Duration::from_secs(120);
+/// Default number of unanswered PINGs before a client is dropped.
+pub const DEFAULT_PING_MAX: u32 = 2;
+/// Default deadline for flushing data to a client.
+pub const DEFAULT_WRITE_DEADLINE: Duration = Duration::from_secs(10);
+/// Largest `max_payload` Tern accepts (64 MiB).
+pub const MAX_PAYLOAD_MAX_SIZE: u32 = 64 * 1024 * 1024;
+
+/// Everything the server needs to know to start, after defaults, the config
+/// file and the command line have been merged and validated.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Options {
+    /// Address to bind the client listener to.
+    pub host: String,
+    /// Client port; 0 means a random port (`-p -1` / `port = -1`).
+    pub port: u16,
+    /// Server name; `None` lets the server pick one.
+    pub server_name: Option<String>,
+    /// Maximum message payload in bytes.
+    pub max_payload: u32,
+    /// Maximum bytes pending for one client before it is a slow consumer.
+    pub max_pending: u64,
+    /// Maximum length of a protocol control line.
+    pub max_control_line: u32,
+    /// Maximum number of client connections.
+    pub max_connections: u32,
+    /// Maximum subscriptions per connection; 0 means unlimited.
+    pub max_subscriptions: u32,
+    /// Interval between server PINGs.
+    pub ping_interval: Duration,
+    /// Unanswered PINGs before a client is dropped.
+    pub ping_max: u32,
+    /// Deadline for flushing data to a client.
+    pub write_deadline: Duration,
+    /// Debug logging.
+    pub debug: bool,
+    /// Protocol tracing.
+    pub trace: bool,
+    /// Timestamp log lines.
+    pub logtime: bool,
+    /// Log to this file instead of standard error.
+    pub log_file: Option<PathBuf>,
+    /// Write the process id to this file.
+    pub pid_file: Option<PathBuf>,
+    /// Write a `<executable>_<pid>.ports` file in this directory.
+    pub ports_file_dir: Option<PathBuf>,
+    /// The config file that was loaded, if any.
+    pub config_file: Option<PathBuf>,
+    /// Tern only: number of shards; `None` means one per available core.
+    pub shards: Option<usize>,
+    /// Tern only: every shard accepts on its own `SO_REUSEPORT` socket
+    /// instead of connections being handed off round-robin.
+    pub reuseport: bool,
+    /// Tern only: how long an idle shard spins before parking.
+    pub spin_before_park: Option<Duration>,
+    /// Do not advertise header support to clients.
+    pub no_header_support: bool,
+    /// `-t`: check the configuration and exit.
+    pub check_config: bool,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            host: DEFAULT_HOST.to_string(),
+            port: DEFAULT_PORT,
+            server_name: None,
+            max_payload: DEFAULT_MAX_PAYLOAD,
+            max_pending: DEFAULT_MAX_PENDING,
+            max_control_line: DEFAULT_MAX_CONTROL_LINE,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            max_subscriptions: 0,
+            ping_interval: DEFAULT_PING_INTERVAL,
+            ping_max: DEFAULT_PING_MAX,
+            write_deadline: DEFAULT_WRITE_DEADLINE,
+            debug: false,
+            trace: false,
+            logtime: true,
+            log_file: None,
+            pid_file: None,
+            ports_file_dir: None,
+            config_file: None,
+            shards: None,
+            reuseport: false,
+            spin_before_park: None,
+            no_header_support: false,
+            check_config: false,
+        }
+    }
+}
+
+/// What the command line asks for.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Command {
+    /// Run (or, with `check_config`, check) the server with these options.
+    Run(Box<Options>),
+    /// `-h`, `--help` or `help`: print [`usage`] and exit.
+    Help,
+    /// `-v`, `--version` or `version`: print the version and exit.
+    Version,
+}
+
+/// Why the options could not be built.
+#[derive(Debug)]
+pub enum OptsError {
+    /// A flag that is not defined (Go: `flag provided but not defined: -xyz`).
+    UnknownFlag(String),
+    /// A value flag given without a value (Go: `flag needs an argument: -p`).
+    MissingValue(String),
+    /// A flag value that does not parse (Go: `invalid value "abc" for flag -p:
+    /// parse error`).
+    InvalidValue {
+        /// The flag name as written, without dashes.
+        flag: String,
+        /// The value given.
+        value: String,
+        /// Why it was refused (`parse error`, `value out of range`).
+        reason: String,
+    },
+    /// An argument that is not a flag at all (Go: `bad flag syntax: ---x`).
+    BadFlagSyntax(String),
+    /// A `nats-server` flag whose feature Tern does not have yet.
+    UnsupportedFlag(String),
+    /// A positional argument other than `help` or `version`.
+    UnrecognizedCommand(String),
+    /// The config file could not be read.
+    Io {
+        /// The config file.
+        path: PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// The config file is not valid TOML, or has an unknown, unsupported or
+    /// mistyped key.
+    Config {
+        /// The config file.
+        path: PathBuf,
+        /// 1-based line of the offending key or syntax error.
+        line: usize,
+        /// What is wrong.
+        message: String,
+    },
+    /// The merged options are inconsistent (e.g. `max_payload` above
+    /// `max_pending`).
+    Invalid(String),
+}
+
+impl fmt::Display for OptsError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            OptsError::UnknownFlag(name) => write!(f, "flag provided but not defined: -{name}"),
+            OptsError::MissingValue(name) => write!(f, "flag needs an argument: -{name}"),
+            OptsError::InvalidValue {
+                flag,
+                value,
+                reason,
+            } => write!(f, "invalid value {value:?} for flag -{flag}: {reason}"),
+            OptsError::BadFlagSyntax(arg) => write!(f, "bad flag syntax: {arg}"),
+            OptsError::UnsupportedFlag(name) => {
+                write!(f, "flag -{name} is not supported by Tern yet")
+            }
+            OptsError::UnrecognizedCommand(arg) => write!(f, "unrecognized command: {arg:?}"),
+            OptsError::Io { path, source } => {
+                write!(f, "error opening config file {}: {source}", path.display())
+            }
+            OptsError::Config {
+                path,
+                line,
+                message,
+            } => write!(f, "{}:{line}: {message}", path.display()),
+            OptsError::Invalid(msg) => f.write_str(msg),
+        }
+    }
+}
+
+impl std::error::Error for OptsError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            OptsError::Io { source, .. } => Some(source),
+            _ => None,
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Command line
+// ---------------------------------------------------------------------------
+
+/// Whether a flag takes a value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// `-f`, `-f=true`, `-f=false`; never consumes the next argument.
+    Bool,
+    /// `-f v` or `-f=v`.
+    Value,
+}
+
+/// What a flag does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Target {
+    Host,
+    Port,
+    ServerName,
+    PidFile,
+    Config,
+    CheckConfig,
+    PortsFileDir,
+    LogFile,
+    LogTime,
+    Debug,
+    Trace,
+    DebugTrace,
+    Help,
+    Version,
+    Shards,
+    ReusePort,
+    SpinBeforePark,
+    /// Accepted and ignored, any string (as `nats-server` without the feature).
+    IgnoredStr,
+    /// Accepted and ignored, must be an integer.
+    IgnoredInt,
+    /// Refused: Tern does not have the feature yet.
+    Unsupported,
+}
+
+/// One flag definition: its names (without dashes), kind and effect.
+struct FlagDef {
+    names: &'static [&'static str],
+    kind: Kind,
+    target: Target,
+}
+
+const fn def(names: &'static [&'static str], kind: Kind, target: Target) -> FlagDef {
+    FlagDef {
+        names,
+        kind,
+        target,
+    }
+}
+
+/// Every flag Tern knows, mirroring `nats-server --help`.
+static FLAGS: &[FlagDef] = &[
+    // Server options.
+    def(&["a", "addr", "net"], Kind::Value, Target::Host),
+    def(&["p", "port"], Kind::Value, Target::Port),
+    def(
+        &["n", "name", "server_name"],
+        Kind::Value,
+        Target::ServerName,
+    ),
+    def(&["P", "pid"], Kind::Value, Target::PidFile),
+    def(&["c", "config"], Kind::Value, Target::Config),
+    def(&["t"], Kind::Bool, Target::CheckConfig),
+    def(&["ports_file_dir"], Kind::Value, Target::PortsFileDir),
+    def(&["m", "http_port"], Kind::Value, Target::Unsupported),
+    def(&["ms", "https_port"], Kind::Value, Target::Unsupported),
+    def(&["sl", "signal"], Kind::Value, Target::Unsupported),
+    def(&["client_advertise"], Kind::Value, Target::Unsupported),
+    // Logging options.
+    def(&["l", "log"], Kind::Value, Target::LogFile),
+    def(&["T", "logtime"], Kind::Bool, Target::LogTime),
+    def(&["D", "debug"], Kind::Bool, Target::Debug),
+    def(&["V", "trace", "VV"], Kind::Bool, Target::Trace),
+    def(&["DV", "DVV"], Kind::Bool, Target::DebugTrace),
+    def(&["s", "syslog"], Kind::Bool, Target::Unsupported),
+    def(&["r", "remote_syslog"], Kind::Value, Target::Unsupported),
+    def(&["log_size_limit"], Kind::Value, Target::IgnoredInt),
+    def(&["max_traced_msg_len"], Kind::Value, Target::IgnoredInt),
+    // JetStream options.
+    def(&["js", "jetstream"], Kind::Bool, Target::Unsupported),
+    def(&["sd", "store_dir"], Kind::Value, Target::IgnoredStr),
+    // Authorization options.
+    def(&["user", "pass", "auth"], Kind::Value, Target::Unsupported),
+    // TLS options.
+    def(&["tls", "tlsverify"], Kind::Bool, Target::Unsupported),
+    def(
+        &["tlscert", "tlskey", "tlscacert"],
+        Kind::Value,
+        Target::Unsupported,
+    ),
+    // Cluster options.
+    def(
+        &[
+            "routes",
+            "cluster",
+            "cluster_name",
+            "cluster_listen",
+            "cluster_advertise",
+            "connect_retries",
+        ],
+        Kind::Value,
+        Target::Unsupported,
+    ),
+    def(&["no_advertise"], Kind::Bool, Target::Unsupported),
+    // Profiling options.
+    def(&["profile"], Kind::Value, Target::Unsupported),
+    // Common options.
+    def(&["h", "help"], Kind::Bool, Target::Help),
+    def(&["v", "version"], Kind::Bool, Target::Version),
+    def(&["help_tls"], Kind::Bool, Target::Unsupported),
+    // Tern options.
+    def(&["shards"], Kind::Value, Target::Shards),
+    def(&["reuseport"], Kind::Bool, Target::ReusePort),
+    def(&["spin_before_park"], Kind::Value, Target::SpinBeforePark),
+];
+
+fn lookup_flag(name: &str) -> Option<&'static FlagDef> {
+    FLAGS.iter().find(|d| d.names.contains(&name))
+}
+
+/// One setting from the command line, applied on top of the config file.
+#[derive(Debug, Clone)]
+enum Setting {
+    Host(String),
+    Port(u16),
+    ServerName(String),
+    PidFile(PathBuf),
+    PortsFileDir(PathBuf),
+    LogFile(PathBuf),
+    LogTime(bool),
+    Debug(bool),
+    Trace(bool),
+    CheckConfig(bool),
+    Shards(usize),
+    ReusePort(bool),
+    SpinBeforePark(Duration),
+}
+
+impl Setting {
+    fn apply(self, o: &mut Options) {
+        match self {
+            Setting::Host(v) => o.host = v,
+            Setting::Port(v) => o.port = v,
+            Setting::ServerName(v) => o.server_name = Some(v),
+            Setting::PidFile(v) => o.pid_file = Some(v),
+            Setting::PortsFileDir(v) => o.ports_file_dir = Some(v),
+            Setting::LogFile(v) => o.log_file = Some(v),
+            Setting::LogTime(v) => o.logtime = v,
+            Setting::Debug(v) => o.debug = v,
+            Setting::Trace(v) => o.trace = v,
+            Setting::CheckConfig(v) => o.check_config = v,
+            Setting::Shards(v) => o.shards = Some(v),
+            Setting::ReusePort(v) => o.reuseport = v,
+            Setting::SpinBeforePark(v) => o.spin_before_park = Some(v),
+        }
+    }
+}
+
+/// Go's `strconv.ParseBool`.
+fn parse_go_bool(s: &str) -> Option<bool> {
+    match s {
+        "1" | "t" | "T" | "TRUE" | "true" | "True" => Some(true),
+        "0" | "f" | "F" | "FALSE" | "false" | "False" => Some(false),
+        _ => None,
+    }
+}
+
+/// Go's `strconv.ParseInt(s, 0, 64)`: optional sign, `0x`/`0o`/`0b` prefixes,
+/// a leading `0` for octal, `_` separators only after a prefix. The error is
+/// Go's reason text.
+fn parse_go_int(s: &str) -> Result<i64, &'static str> {
+    const SYNTAX: &str = "parse error";
+    const RANGE: &str = "value out of range";
+    let (neg, body) = match s.as_bytes().first() {
+        Some(b'-') => (true, &s[1..]),
+        Some(b'+') => (false, &s[1..]),
+        _ => (false, s),
+    };
+    let lower = body.to_ascii_lowercase();
+    let (radix, digits, prefixed) = if let Some(d) = lower.strip_prefix("0x") {
+        (16, d, true)
+    } else if let Some(d) = lower.strip_prefix("0o") {
+        (8, d, true)
+    } else if let Some(d) = lower.strip_prefix("0b") {
+        (2, d, true)
+    } else if lower.len() > 1 && lower.starts_with('0') {
+        (8, &lower[1..], true)
+    } else {
+        (10, lower.as_str(), false)
+    };
+    let digits: String = if prefixed {
+        digits.chars().filter(|&c| c != '_').collect()
+    } else {
+        digits.to_string()
+    };
+    if digits.is_empty() || !digits.chars().all(|c| c.is_digit(radix)) {
+        return Err(SYNTAX);
+    }
+    let mag = u64::from_str_radix(&digits, radix).map_err(|_| RANGE)?;
+    if neg {
+        if mag > i64::MAX as u64 + 1 {
+            return Err(RANGE);
+        }
+        Ok((mag as i64).wrapping_neg())
+    } else {
+        i64::try_from(mag).map_err(|_| RANGE)
+    }
+}
+
+/// A port as `nats-server` reads it: -1 means random (0 here), 0 means the
+/// default port.
+fn port_from_i64(v: i64) -> Option<u16> {
+    match v {
+        -1 => Some(0),
+        0 => Some(DEFAULT_PORT),
+        1..=65535 => u16::try_from(v).ok(),
+        _ => None,
+    }
+}
+
+/// Parses the command line (without `argv[0]`).
+///
+/// `-v` and `-h` win over everything else and are answered before any config
+/// file is read. Otherwise the config file named by `-c` is loaded, every
+/// flag is applied on top of it, and the result is validated.
+pub fn parse_args<I: IntoIterator<Item = String>>(args: I) -> Result<Command, OptsError> {
+    let args: Vec<String> = args.into_iter().collect();
+    let mut settings: Vec<Setting> = Vec::new();
+    let mut config: Option<PathBuf> = None;
+    let mut help = false;
+    let mut version = false;
+
+    let mut i = 0;
+    while i < args.len() {
+        let arg = &args[i];
+        if arg.len() < 2 || !arg.starts_with('-') {
+            break;
+        }
+        i += 1;
+        let dashes = if arg.starts_with("--") { 2 } else { 1 };
+        if dashes == 2 && arg.len() == 2 {
+            break; // "--" ends the flags.
+        }
+        let spec = &arg[dashes..];
+        if spec.is_empty() || spec.starts_with('-') || spec.starts_with('=') {
+            return Err(OptsError::BadFlagSyntax(arg.clone()));
+        }
+        let (name, inline) = match spec.split_once('=') {
+            Some((n, v)) => (n, Some(v)),
+            None => (spec, None),
+        };
+        let flag = lookup_flag(name).ok_or_else(|| OptsError::UnknownFlag(name.to_string()))?;
+        if flag.target == Target::Unsupported {
+            return Err(OptsError::UnsupportedFlag(name.to_string()));
+        }
+        let invalid = |value: &str, reason: &str| OptsError::InvalidValue {
+            flag: name.to_string(),
+            value: value.to_string(),
+            reason: reason.to_string(),
+        };
+
+        if flag.kind == Kind::Bool {
+            let on = match inline {
+                None => true,
+                Some(v) => parse_go_bool(v).ok_or_else(|| invalid(v, "parse error"))?,
+            };
+            match flag.target {
+                Target::CheckConfig => settings.push(Setting::CheckConfig(on)),
+                Target::LogTime => settings.push(Setting::LogTime(on)),
+                Target::Debug => settings.push(Setting::Debug(on)),
+                Target::Trace => settings.push(Setting::Trace(on)),
+                Target::DebugTrace => {
+                    settings.push(Setting::Debug(on));
+                    settings.push(Setting::Trace(on));
+                }
+                Target::Help => help = on,
+                Target::Version => version = on,
+                Target::ReusePort => settings.push(Setting::ReusePort(on)),
+                _ => {}
+            }
+            continue;
+        }
+
+        let value: String = match inline {
+            Some(v) => v.to_string(),
+            None if i < args.len() => {
+                i += 1;
+                args[i - 1].clone()
+            }
+            None => return Err(OptsError::MissingValue(name.to_string())),
+        };
+        match flag.target {
+            Target::Host => settings.push(Setting::Host(value)),
+            Target::Port => {
+                let n = parse_go_int(&value).map_err(|r| invalid(&value, r))?;
+                let port = port_from_i64(n).ok_or_else(|| invalid(&value, "value out of range"))?;
+                settings.push(Setting::Port(port));
+            }
+            Target::ServerName => settings.push(Setting::ServerName(value)),
+            Target::PidFile => settings.push(Setting::PidFile(value.into())),
+            Target::Config => config = Some(value.into()),
+            Target::PortsFileDir => settings.push(Setting::PortsFileDir(value.into())),
+            Target::LogFile => settings.push(Setting::LogFile(value.into())),
+            Target::Shards => {
+                let n = parse_go_int(&value).map_err(|r| invalid(&value, r))?;
+                let n = usize::try_from(n).map_err(|_| invalid(&value, "value out of range"))?;
+                settings.push(Setting::Shards(n));
+            }
+            Target::SpinBeforePark => {
+                let d = parse_duration(&value).map_err(|_| invalid(&value, "parse error"))?;
+                settings.push(Setting::SpinBeforePark(d));
+            }
+            Target::IgnoredInt => {
+                parse_go_int(&value).map_err(|r| invalid(&value, r))?;
+            }
+            _ => {}
+        }
+    }
+
+    // Leftover positional arguments: nats-server accepts only these two.
+    for arg in &args[i..] {
+        match arg.as_str() {
+            "version" => version = true,
+            "help" => help = true,
+            _ => return Err(OptsError::UnrecognizedCommand(arg.clone())),
+        }
+    }
+    if version {
+        return Ok(Command::Version);
+    }
+    if help {
+        return Ok(Command::Help);
+    }
+
+    let mut opts = Options::default();
+    if let Some(path) = config {
+        opts.apply_config_file(&path)?;
+    }
+    for s in settings {
+        s.apply(&mut opts);
+    }
+    opts.validate()?;
+    Ok(Command::Run(Box::new(opts)))
+}
+
+/// The help text, in `nats-server --help`'s layout, listing what Tern
+/// supports.
+pub fn usage() -> &'static str {
+    "\
+Usage: tern [options]
+
+Server Options:
+    -a, --addr, --net <host>         Bind to host address (default: 0.0.0.0)
+    -p, --port <port>                Use port for clients (default: 4222)
+    -n, --name
+        --server_name <server_name>  Server name (default: auto)
+    -P, --pid <file>                 File to store PID
+    -c, --config <file>              Configuration file
+    -t                               Test configuration and exit
+        --ports_file_dir <dir>       Creates a ports file in the specified directory (<executable_name>_<pid>.ports).
+
+Logging Options:
+    -l, --log <file>                 File to redirect log output
+    -T, --logtime                    Timestamp log entries (default: true)
+    -D, --debug                      Enable debugging output
+    -V, --trace                      Trace the raw protocol
+    -VV                              Verbose trace (same as -V)
+    -DV                              Debug and trace
+    -DVV                             Debug and verbose trace (same as -DV)
+
+Common Options:
+    -h, --help                       Show this message
+    -v, --version                    Show version
+
+Tern Options:
+        --shards <n>                 Number of shards (default: one per available core)
+        --reuseport                  Accept on an SO_REUSEPORT socket in every shard
+        --spin_before_park <dur>     Spin this long before an idle shard parks (e.g. 50us)
+"
+}
+
+// ---------------------------------------------------------------------------
+// Sizes and durations
+// ---------------------------------------------------------------------------
+
+/// Parses a size as `nats-server`'s config parser does: a number with an
+/// optional unit. `k`, `m`, `g`, `t` are powers of 1000; `kb`/`ki`/`kib`,
+/// `mb`/`mi`/`mib`, `gb`/`gi`/`gib`, `tb`/`ti`/`tib` are powers of 1024.
+/// Units are case-insensitive and may follow a space.
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let end = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(end);
+    if num.is_empty() {
+        return Err(format!("expected a size like \"64MB\", got {s:?}"));
+    }
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("size {s:?} is out of range"))?;
+    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" => 1,
+        "k" => 1000,
+        "kb" | "ki" | "kib" => 1 << 10,
+        "m" => 1000 * 1000,
+        "mb" | "mi" | "mib" => 1 << 20,
+        "g" => 1000 * 1000 * 1000,
+        "gb" | "gi" | "gib" => 1 << 30,
+        "t" => 1000 * 1000 * 1000 * 1000,
+        "tb" | "ti" | "tib" => 1 << 40,
+        _ => return Err(format!("unknown size unit in {s:?}")),
+    };
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("size {s:?} is out of range"))
+}
+
+/// Parses a Go duration (`time.ParseDuration`): `2m`, `10s`, `500ms`, `50us`,
+/// `1m30s`, `1.5h`, `0`. Units: `ns`, `us` (`µs`), `ms`, `s`, `m`, `h`.
+/// Negative durations are refused.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let invalid = || format!("time: invalid duration {s:?}");
+    let mut rest = s;
+    if let Some(r) = rest.strip_prefix('+') {
+        rest = r;
+    } else if let Some(r) = rest.strip_prefix('-') {
+        if r == "0" {
+            return Ok(Duration::ZERO);
+        }
+        return Err(format!("time: negative duration {s:?}"));
+    }
+    if rest == "0" {
+        return Ok(Duration::ZERO);
+    }
+    if rest.is_empty() {
+        return Err(invalid());
+    }
+    let mut total: u128 = 0;
+    while !rest.is_empty() {
+        let int_end = rest
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        let (int_part, after) = rest.split_at(int_end);
+        let (frac_part, after) = match after.strip_prefix('.') {
+            Some(a) => {
+                let e = a.find(|c: char| !c.is_ascii_digit()).unwrap_or(a.len());
+                a.split_at(e)
+            }
+            None => ("", after),
+        };
+        if int_part.is_empty() && frac_part.is_empty() {
+            return Err(invalid());
+        }
+        let unit_end = after
+            .find(|c: char| c == '.' || c.is_ascii_digit())
+            .unwrap_or(after.len());
+        let (unit, after) = after.split_at(unit_end);
+        let scale: u128 = match unit {
+            "" => return Err(format!("time: missing unit in duration {s:?}")),
+            "ns" => 1,
+            "us" | "\u{b5}s" | "\u{3bc}s" => 1_000,
+            "ms" => 1_000_000,
+            "s" => 1_000_000_000,
+            "m" => 60_000_000_000,
+            "h" => 3_600_000_000_000,
+            _ => return Err(format!("time: unknown unit {unit:?} in duration {s:?}")),
+        };
+        let whole: u128 = if int_part.is_empty() {
+            0
+        } else {
+            int_part.parse().map_err(|_| invalid())?
+        };
+        let mut nanos = whole.checked_mul(scale).ok_or_else(invalid)?;
+        // Fraction: at most 18 digits matter for nanosecond precision.
+        let frac: String = frac_part.chars().take(18).collect();
+        if !frac.is_empty() {
+            let f: u128 = frac.parse().map_err(|_| invalid())?;
+            let denom = 10u128.pow(frac.len() as u32);
+            nanos = nanos.checked_add(f * scale / denom).ok_or_else(invalid)?;
+        }
+        total = total.checked_add(nanos).ok_or_else(invalid)?;
+        rest = after;
+    }
+    let secs = u64::try_from(total / 1_000_000_000).map_err(|_| invalid())?;
+    Ok(Duration::new(secs, (total % 1_000_000_000) as u32))
+}
+
+// ---------------------------------------------------------------------------
+// Config file
+// ---------------------------------------------------------------------------
+
+/// `nats-server` config keys for features Tern does not have yet.
+const UNSUPPORTED_KEYS: &[&str] = &[
+    "listen_port",
+    "http",
+    "http_port",
+    "monitor_port",
+    "https",
+    "https_port",
+    "http_base_path",
+    "authorization",
+    "accounts",
+    "system_account",
+    "no_system_account",
+    "operator",
+    "operators",
+    "resolver",
+    "tls",
+    "cluster",
+    "gateway",
+    "leafnodes",
+    "leaf",
+    "jetstream",
+    "mqtt",
+    "websocket",
+    "syslog",
+    "remote_syslog",
+    "client_advertise",
+    "lame_duck_duration",
+    "lame_duck_grace_period",
+    "connect_error_reports",
+    "reconnect_error_reports",
+];
+
+/// Builds config-file errors located at a byte offset of the source.
+struct ConfigCtx<'a> {
+    path: &'a Path,
+    src: &'a str,
+}
+
+impl ConfigCtx<'_> {
+    fn err(&self, offset: usize, message: String) -> OptsError {
+        let upto = offset.min(self.src.len());
+        let line = self.src.as_bytes()[..upto]
+            .iter()
+            .filter(|&&b| b == b'\n')
+            .count()
+            + 1;
+        OptsError::Config {
+            path: self.path.to_path_buf(),
+            line,
+            message,
+        }
+    }
+}
+
+/// A config value with what is needed to report errors about it.
+struct Entry<'a> {
+    ctx: &'a ConfigCtx<'a>,
+    key: &'a str,
+    at: usize,
+    value: &'a toml::Value,
+}
+
+impl Entry<'_> {
+    fn wrong_type(&self, expected: &str) -> OptsError {
+        self.ctx.err(
+            self.at,
+            format!(
+                "option {:?} must be {expected}, got {}",
+                self.key,
+                self.value.type_str()
+            ),
+        )
+    }
+
+    fn invalid(&self, why: String) -> OptsError {
+        self.ctx
+            .err(self.at, format!("invalid value for {:?}: {why}", self.key))
+    }
+
+    fn string(&self) -> Result<String, OptsError> {
+        match self.value {
+            toml::Value::String(s) => Ok(s.clone()),
+            _ => Err(self.wrong_type("a string")),
+        }
+    }
+
+    fn boolean(&self) -> Result<bool, OptsError> {
+        match self.value {
+            toml::Value::Boolean(b) => Ok(*b),
+            _ => Err(self.wrong_type("a boolean")),
+        }
+    }
+
+    /// An integer or a size string (`"64MB"`).
+    fn size(&self) -> Result<u64, OptsError> {
+        match self.value {
+            toml::Value::Integer(n) => {
+                u64::try_from(*n).map_err(|_| self.invalid(format!("{n} is negative")))
+            }
+            toml::Value::String(s) => parse_size(s).map_err(|e| self.invalid(e)),
+            _ => Err(self.wrong_type("an integer or a size string")),
+        }
+    }
+
+    fn size_u32(&self) -> Result<u32, OptsError> {
+        let n = self.size()?;
+        u32::try_from(n).map_err(|_| self.invalid(format!("{n} is too big")))
+    }
+
+    /// Integer seconds or a Go duration string.
+    fn duration(&self) -> Result<Duration, OptsError> {
+        match self.value {
+            toml::Value::Integer(n) => u64::try_from(*n)
+                .map(Duration::from_secs)
+                .map_err(|_| self.invalid(format!("{n} is negative"))),
+            toml::Value::String(s) => parse_duration(s).map_err(|e| self.invalid(e)),
+            _ => Err(self.wrong_type("integer seconds or a duration string")),
+        }
+    }
+
+    fn port(&self) -> Result<u16, OptsError> {
+        match self.value {
+            toml::Value::Integer(n) => port_from_i64(*n)
+                .ok_or_else(|| self.invalid(format!("port {n} is not between -1 and 65535"))),
+            _ => Err(self.wrong_type("an integer")),
+        }
+    }
+
+    fn path(&self) -> Result<PathBuf, OptsError> {
+        self.string().map(PathBuf::from)
+    }
+}
+
+impl Options {
+    /// Reads the TOML config file at `path` and applies it on top of `self`;
+    /// records `path` in `config_file`. Does not validate.
+    pub fn apply_config_file(&mut self, path: &Path) -> Result<(), OptsError> {
+        let src = std::fs::read_to_string(path).map_err(|source| OptsError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        self.apply_config_str(&src, path)?;
+        self.config_file = Some(path.to_path_buf());
+        Ok(())
+    }
+
+    /// Applies TOML config text on top of `self`; `path` names it in errors.
+    /// Keys are the `nats-server` option names, case-insensitive.
+    pub fn apply_config_str(&mut self, src: &str, path: &Path) -> Result<(), OptsError> {
+        let ctx = ConfigCtx { path, src };
+        let table: BTreeMap<Spanned<String>, Spanned<toml::Value>> =
+            toml::from_str(src).map_err(|e| {
+                let at = e.span().map_or(0, |s| s.start);
+                ctx.err(at, e.message().trim().replace('\n', "; "))
+            })?;
+        // Apply in file order so that errors name the first offending line.
+        let mut entries: Vec<_> = table.iter().collect();
+        entries.sort_by_key(|(k, _)| k.span().start);
+        for (key, value) in entries {
+            let lower = key.get_ref().to_ascii_lowercase();
+            let e = Entry {
+                ctx: &ctx,
+                key: key.get_ref(),
+                at: key.span().start,
+                value: value.get_ref(),
+            };
+            match lower.as_str() {
+                "host" | "net" => self.host = e.string()?,
+                "port" => self.port = e.port()?,
+                "listen" => {
+                    let s = e.string()?;
+                    let (host, port) = s
+                        .rsplit_once(':')
+                        .ok_or_else(|| e.invalid(format!("{s:?} is not host:port")))?;
+                    let port = port
+                        .parse::<i64>()
+                        .ok()
+                        .and_then(port_from_i64)
+                        .ok_or_else(|| e.invalid(format!("bad port in {s:?}")))?;
+                    let host = host.trim_start_matches('[').trim_end_matches(']');
+                    if !host.is_empty() {
+                        self.host = host.to_string();
+                    }
+                    self.port = port;
+                }
+                "server_name" => self.server_name = Some(e.string()?),
+                "max_payload" => self.max_payload = e.size_u32()?,
+                "max_pending" => self.max_pending = e.size()?,
+                "max_control_line" => self.max_control_line = e.size_u32()?,
+                "max_connections" | "max_conn" => self.max_connections = e.size_u32()?,
+                "max_subscriptions" | "max_subs" => self.max_subscriptions = e.size_u32()?,
+                "ping_interval" => self.ping_interval = e.duration()?,
+                "ping_max" | "max_pings_out" => self.ping_max = e.size_u32()?,
+                "write_deadline" => self.write_deadline = e.duration()?,
+                "debug" => self.debug = e.boolean()?,
+                "trace" => self.trace = e.boolean()?,
+                "logtime" => self.logtime = e.boolean()?,
+                "log_file" | "logfile" => self.log_file = Some(e.path()?),
+                "pid_file" | "pidfile" => self.pid_file = Some(e.path()?),
+                "ports_file_dir" => self.ports_file_dir = Some(e.path()?),
+                "no_header_support" => self.no_header_support = e.boolean()?,
+                "shards" => {
+                    let n = e.size()?;
+                    self.shards =
+                        Some(usize::try_from(n).map_err(|_| e.invalid(format!("{n} is too big")))?);
+                }
+                "reuseport" => self.reuseport = e.boolean()?,
+                "spin_before_park" => self.spin_before_park = Some(e.duration()?),
+                k if UNSUPPORTED_KEYS.contains(&k) => {
+                    return Err(ctx.err(
+                        e.at,
+                        format!("option {:?} is not supported by Tern yet", e.key),
+                    ));
+                }
+                _ => {
+                    return Err(ctx.err(e.at, format!("unknown option {:?}", e.key)));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Fills zero limits with their defaults (as `nats-server` does) and
+    /// checks the options against each other.
+    pub fn validate(&mut self) -> Result<(), OptsError> {
+        if self.max_payload == 0 {
+            self.max_payload = DEFAULT_MAX_PAYLOAD;
+        }
+        if self.max_pending == 0 {
+            self.max_pending = DEFAULT_MAX_PENDING;
+        }
+        if self.max_control_line == 0 {
+            self.max_control_line = DEFAULT_MAX_CONTROL_LINE;
+        }
+        if self.max_connections == 0 {
+            self.max_connections = DEFAULT_MAX_CONNECTIONS;
+        }
+        if self.ping_interval.is_zero() {
+            self.ping_interval = DEFAULT_PING_INTERVAL;
+        }
+        if self.ping_max == 0 {
+            self.ping_max = DEFAULT_PING_MAX;
+        }
+        if self.write_deadline.is_zero() {
+            self.write_deadline = DEFAULT_WRITE_DEADLINE;
+        }
+        if self.max_payload > MAX_PAYLOAD_MAX_SIZE {
+            return Err(OptsError::Invalid(format!(
+                "max_payload ({}) cannot exceed {MAX_PAYLOAD_MAX_SIZE} (64 MiB)",
+                self.max_payload
+            )));
+        }
+        if u64::from(self.max_payload) > self.max_pending {
+            return Err(OptsError::Invalid(format!(
+                "max_payload ({}) cannot be higher than max_pending ({})",
+                self.max_payload, self.max_pending
+            )));
+        }
+        if self.shards == Some(0) {
+            return Err(OptsError::Invalid("shards must be at least 1".to_string()));
+        }
+        if self.server_name.as_deref().is_some_and(|n| n.contains(' ')) {
+            return Err(OptsError::Invalid(
+                "server name cannot contain spaces".to_string(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    fn args(s: &[&str]) -> Vec<String> {
+        s.iter().map(|a| a.to_string()).collect()
+    }
+
+    fn run(s: &[&str]) -> Options {
+        match parse_args(args(s)) {
+            Ok(Command::Run(o)) => *o,
+            other => panic!("{s:?}: expected Run, got {other:?}"),
+        }
+    }
+
+    fn err(s: &[&str]) -> String {
+        match parse_args(args(s)) {
+            Err(e) => e.to_string(),
+            Ok(c) => panic!("{s:?}: expected an error, got {c:?}"),
+        }
+    }
+
+    /// A config file with a unique name under the temp dir, removed on drop.
+    struct TempConf(PathBuf);
+
+    impl TempConf {
+        fn new(text: &str) -> Self {
+            static N: AtomicUsize = AtomicUsize::new(0);
+            let name = format!(
+                "tern-opts-{}-{}.toml",
+                std::process::id(),
+                N.fetch_add(1, Ordering::Relaxed)
+            );
+            let path = std::env::temp_dir().join(name);
+            std::fs::write(&path, text).expect("write temp config");
+            TempConf(path)
+        }
+        fn arg(&self) -> String {
+            self.0.display().to_string()
+        }
+    }
+
+    impl Drop for TempConf {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+
+    fn conf_err(text: &str) -> OptsError {
+        let mut o = Options::default();
+        match o.apply_config_str(text, Path::new("tern.toml")) {
+            Err(e) => e,
+            Ok(()) => panic!("expected config error for {text:?}"),
+        }
+    }
+
+    #[test]
+    fn defaults() {
+        let o = run(&[]);
+        assert_eq!(o, Options::default());
+        assert_eq!(o.port, 4222);
+        assert_eq!(o.host, "0.0.0.0");
+        assert_eq!(o.max_payload, 1_048_576);
+        assert_eq!(o.max_pending, 64 * 1024 * 1024);
+        assert_eq!(o.ping_interval, Duration::from_secs(120));
+        assert!(o.logtime);
+    }
+
+    #[test]
+    fn port_spellings() {
+        for form in [
+            &["-p", "4333"][..],
+            &["--port", "4333"],
+            &["-p=4333"],
+            &["--port=4333"],
+            &["-port", "4333"],
+            &["-port=4333"],
+        ] {
+            assert_eq!(run(form).port, 4333, "{form:?}");
+        }
+    }
+
+    #[test]
+    fn port_random_and_default() {
+        assert_eq!(run(&["-p", "-1"]).port, 0);
+        assert_eq!(run(&["--port=-1"]).port, 0);
+        assert_eq!(run(&["-p", "0"]).port, DEFAULT_PORT);
+        assert_eq!(
+            err(&["-p", "70000"]),
+            "invalid value \"70000\" for flag -p: value out of range"
+        );
+    }
+
+    #[test]
+    fn other_value_flags() {
+        let o = run(&[
+            "-a",
+            "127.0.0.1",
+            "--name",
+            "srv",
+            "-P",
+            "/tmp/x.pid",
+            "-l",
+            "/tmp/x.log",
+            "--ports_file_dir",
+            "/tmp",
+            "--shards",
+            "3",
+            "--spin_before_park",
+            "50us",
+        ]);
+        assert_eq!(o.host, "127.0.0.1");
+        assert_eq!(o.server_name.as_deref(), Some("srv"));
+        assert_eq!(o.pid_file, Some(PathBuf::from("/tmp/x.pid")));
+        assert_eq!(o.log_file, Some(PathBuf::from("/tmp/x.log")));
+        assert_eq!(o.ports_file_dir, Some(PathBuf::from("/tmp")));
+        assert_eq!(o.shards, Some(3));
+        assert_eq!(o.spin_before_park, Some(Duration::from_micros(50)));
+        assert_eq!(run(&["--net", "::1"]).host, "::1");
+        assert_eq!(run(&["-addr=h"]).host, "h");
+        assert_eq!(
+            run(&["--server_name", "x"]).server_name.as_deref(),
+            Some("x")
+        );
+        assert_eq!(run(&["-n", "y"]).server_name.as_deref(), Some("y"));
+    }
+
+    #[test]
+    fn bool_flags() {
+        let o = run(&["-DV"]);
+        assert!(o.debug && o.trace);
+        let o = run(&["--DV"]);
+        assert!(o.debug && o.trace);
+        let o = run(&["-DVV"]);
+        assert!(o.debug && o.trace);
+        let o = run(&["-VV"]);
+        assert!(!o.debug && o.trace);
+        let o = run(&["-D", "-V"]);
+        assert!(o.debug && o.trace);
+        assert!(run(&["--debug"]).debug);
+        assert!(run(&["--trace=true"]).trace);
+        assert!(!run(&["-T=false"]).logtime);
+        assert!(!run(&["--logtime=0"]).logtime);
+        assert!(run(&["-T"]).logtime);
+        assert!(run(&["-t"]).check_config);
+        assert!(run(&["--reuseport"]).reuseport);
+        let o = run(&["-DV", "-D=false"]);
+        assert!(!o.debug && o.trace);
+        assert_eq!(
+            err(&["-D=maybe"]),
+            "invalid value \"maybe\" for flag -D: parse error"
+        );
+    }
+
+    #[test]
+    fn bool_does_not_consume_next_arg() {
+        let o = run(&["-D", "-p", "5000"]);
+        assert!(o.debug);
+        assert_eq!(o.port, 5000);
+        // "false" after a bool is a positional argument, not its value.
+        assert_eq!(err(&["-D", "false"]), "unrecognized command: \"false\"");
+    }
+
+    #[test]
+    fn value_flag_consumes_dash_value() {
+        // As in Go, a value flag takes the next argument even if it looks
+        // like a flag.
+        assert_eq!(run(&["-n", "-D"]).server_name.as_deref(), Some("-D"));
+    }
+
+    #[test]
+    fn flag_errors() {
+        assert_eq!(err(&["-xyz"]), "flag provided but not defined: -xyz");
+        assert_eq!(err(&["--xyz=1"]), "flag provided but not defined: -xyz");
+        assert_eq!(err(&["-p"]), "flag needs an argument: -p");
+        assert_eq!(err(&["--port"]), "flag needs an argument: -port");
+        assert_eq!(
+            err(&["-p", "abc"]),
+            "invalid value \"abc\" for flag -p: parse error"
+        );
+        assert_eq!(
+            err(&["--spin_before_park", "fast"]),
+            "invalid value \"fast\" for flag -spin_before_park: parse error"
+        );
+        assert_eq!(err(&["---p"]), "bad flag syntax: ---p");
+        assert_eq!(err(&["-=1"]), "bad flag syntax: -=1");
+        assert!(matches!(
+            parse_args(args(&["-zz"])),
+            Err(OptsError::UnknownFlag(n)) if n == "zz"
+        ));
+    }
+
+    #[test]
+    fn positional_arguments() {
+        assert_eq!(err(&["extra"]), "unrecognized command: \"extra\"");
+        assert_eq!(err(&["-D", "--", "x"]), "unrecognized command: \"x\"");
+        assert!(run(&["-D", "--"]).debug);
+        // Parsing stops at the first non-flag.
+        assert_eq!(err(&["x", "-D"]), "unrecognized command: \"x\"");
+        assert_eq!(parse_args(args(&["version"])).ok(), Some(Command::Version));
+        assert_eq!(parse_args(args(&["help"])).ok(), Some(Command::Help));
+    }
+
+    #[test]
+    fn unsupported_flags_refused() {
+        for (arg, name) in [
+            (&["-m", "8222"][..], "m"),
+            (&["--http_port=8222"], "http_port"),
+            (&["-js"], "js"),
+            (&["--tls"], "tls"),
+            (&["--user", "u"], "user"),
+            (&["--cluster", "nats://x:1"], "cluster"),
+            (&["--routes", "a"], "routes"),
+            (&["-sl", "stop"], "sl"),
+            (&["--help_tls"], "help_tls"),
+        ] {
+            let e = parse_args(args(arg)).expect_err("must be refused");
+            assert!(matches!(&e, OptsError::UnsupportedFlag(n) if n == name));
+            let msg = e.to_string();
+            assert!(msg.contains(&format!("-{name}")), "{msg}");
+            assert!(msg.contains("not supported"), "{msg}");
+        }
+    }
+
+    #[test]
+    fn inert_flags_accepted() {
+        assert_eq!(run(&["-sd", "/tmp/js"]), Options::default());
+        assert_eq!(run(&["--store_dir=/tmp/js"]), Options::default());
+        assert_eq!(run(&["--max_traced_msg_len", "100"]), Options::default());
+        assert_eq!(
+            err(&["--log_size_limit", "big"]),
+            "invalid value \"big\" for flag -log_size_limit: parse error"
+        );
+    }
+
+    #[test]
+    fn help_and_version() {
+        for a in [&["-h"][..], &["--help"], &["-help"], &["-D", "-h"]] {
+            assert_eq!(parse_args(args(a)).ok(), Some(Command::Help), "{a:?}");
+        }
+        for a in [&["-v"][..], &["--version"], &["-v", "-h"]] {
+            assert_eq!(parse_args(args(a)).ok(), Some(Command::Version), "{a:?}");
+        }
+        // Answered before the config file is read.
+        assert_eq!(
+            parse_args(args(&["-c", "/nonexistent/tern.toml", "-v"])).ok(),
+            Some(Command::Version)
+        );
+        assert!(!run(&["-h=false"]).debug);
+        let u = usage();
+        assert!(u.starts_with("Usage: tern [options]"));
+        assert!(u.contains("--shards") && u.contains("Tern Options:"));
+        assert!(!u.contains("--http_port"));
+    }
+
+    #[test]
+    fn go_ints() {
+        assert_eq!(parse_go_int("42"), Ok(42));
+        assert_eq!(parse_go_int("-1"), Ok(-1));
+        assert_eq!(parse_go_int("+7"), Ok(7));
+        assert_eq!(parse_go_int("0x10"), Ok(16));
+        assert_eq!(parse_go_int("010"), Ok(8));
+        assert_eq!(parse_go_int("0"), Ok(0));
+        assert_eq!(parse_go_int(""), Err("parse error"));
+        assert_eq!(parse_go_int("1_000"), Err("parse error"));
+        assert_eq!(
+            parse_go_int("99999999999999999999"),
+            Err("value out of range")
+        );
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("1024"), Ok(1024));
+        assert_eq!(parse_size("1MB"), Ok(1 << 20));
+        assert_eq!(parse_size("64MB"), Ok(64 << 20));
+        assert_eq!(parse_size("512KB"), Ok(512 << 10));
+        assert_eq!(parse_size("512kib"), Ok(512 << 10));
+        assert_eq!(parse_size("1GB"), Ok(1 << 30));
+        assert_eq!(parse_size("1 Gi"), Ok(1 << 30));
+        assert_eq!(parse_size("2K"), Ok(2000));
+        assert_eq!(parse_size("3m"), Ok(3_000_000));
+        assert!(parse_size("MB").is_err());
+        assert!(parse_size("1XB").is_err());
+        assert!(parse_size("-1").is_err());
+        assert!(parse_size("99999999999TB").is_err());
+    }
+
+    #[test]
+    fn durations() {
+        let ok = |s: &str| parse_duration(s).expect(s);
+        assert_eq!(ok("2m"), Duration::from_secs(120));
+        assert_eq!(ok("10s"), Duration::from_secs(10));
+        assert_eq!(ok("500ms"), Duration::from_millis(500));
+        assert_eq!(ok("50us"), Duration::from_micros(50));
+        assert_eq!(ok("50µs"), Duration::from_micros(50));
+        assert_eq!(ok("7ns"), Duration::from_nanos(7));
+        assert_eq!(ok("1m30s"), Duration::from_secs(90));
+        assert_eq!(ok("1h"), Duration::from_secs(3600));
+        assert_eq!(ok("1.5h"), Duration::from_secs(5400));
+        assert_eq!(ok(".5s"), Duration::from_millis(500));
+        assert_eq!(ok("0"), Duration::ZERO);
+        assert_eq!(
+            parse_duration("10").unwrap_err(),
+            "time: missing unit in duration \"10\""
+        );
+        assert!(parse_duration("").is_err());
+        assert!(parse_duration("s").is_err());
+        assert!(parse_duration("1d").is_err());
+        assert!(parse_duration("-1s").is_err());
+        assert!(parse_duration("1.s5").is_err());
+        assert!(parse_duration(".s").is_err());
+    }
+
+    #[test]
+    fn config_file_loading() {
+        let f = TempConf::new(
+            r#"
+# comment
+port = 4333
+net = "127.0.0.1"
+server_name = "alpha"
+max_payload = "2MB"
+max_pending = "128MB"
+max_control_line = 8192
+max_connections = 100
+max_subscriptions = 10
+ping_interval = 30
+ping_max = 5
+write_deadline = "2s"
+debug = true
+trace = false
+logtime = false
+log_file = "/tmp/t.log"
+pid_file = "/tmp/t.pid"
+ports_file_dir = "/tmp"
+no_header_support = true
+shards = 2
+reuseport = true
+spin_before_park = "50us"
+"#,
+        );
+        let o = run(&["-c", &f.arg()]);
+        assert_eq!(o.port, 4333);
+        assert_eq!(o.host, "127.0.0.1");
+        assert_eq!(o.server_name.as_deref(), Some("alpha"));
+        assert_eq!(o.max_payload, 2 << 20);
+        assert_eq!(o.max_pending, 128 << 20);
+        assert_eq!(o.max_control_line, 8192);
+        assert_eq!(o.max_connections, 100);
+        assert_eq!(o.max_subscriptions, 10);
+        assert_eq!(o.ping_interval, Duration::from_secs(30));
+        assert_eq!(o.ping_max, 5);
+        assert_eq!(o.write_deadline, Duration::from_secs(2));
+        assert!(o.debug && !o.trace && !o.logtime && o.no_header_support);
+        assert_eq!(o.log_file, Some(PathBuf::from("/tmp/t.log")));
+        assert_eq!(o.pid_file, Some(PathBuf::from("/tmp/t.pid")));
+        assert_eq!(o.ports_file_dir, Some(PathBuf::from("/tmp")));
+        assert_eq!(o.shards, Some(2));
+        assert!(o.reuseport);
+        assert_eq!(o.spin_before_park, Some(Duration::from_micros(50)));
+        assert_eq!(o.config_file, Some(f.0.clone()));
+    }
+
+    #[test]
+    fn config_misc_keys() {
+        let mut o = Options::default();
+        o.apply_config_str(
+            "PORT = -1\nhost = \"h\"\nlisten = \"[::1]:5222\"\nmax_payload = 0\n",
+            Path::new("t"),
+        )
+        .expect("valid");
+        assert_eq!(o.host, "::1");
+        assert_eq!(o.port, 5222);
+        o.validate().expect("valid");
+        assert_eq!(o.max_payload, DEFAULT_MAX_PAYLOAD);
+        let mut o = Options::default();
+        o.apply_config_str("port = -1", Path::new("t")).expect("ok");
+        assert_eq!(o.port, 0);
+    }
+
+    #[test]
+    fn flags_override_file() {
+        let f = TempConf::new("port = 4333\ndebug = true\nlogtime = true\nshards = 4\n");
+        let o = run(&["-p", "5555", "-D=false", "-T=false", "-c", &f.arg()]);
+        assert_eq!(o.port, 5555);
+        assert!(!o.debug && !o.logtime);
+        assert_eq!(o.shards, Some(4));
+        let o = run(&["--config", &f.arg(), "--shards=1"]);
+        assert_eq!((o.port, o.shards, o.debug), (4333, Some(1), true));
+    }
+
+    #[test]
+    fn config_unknown_key_names_key_and_line() {
+        let e = conf_err("port = 4222\n\nprot = 4333\n");
+        assert_eq!(e.to_string(), "tern.toml:3: unknown option \"prot\"");
+        assert!(matches!(e, OptsError::Config { line: 3, .. }));
+
+        let f = TempConf::new("debug = true\nbogus = 1\n");
+        let msg = err(&["-c", &f.arg()]);
+        assert_eq!(msg, format!("{}:2: unknown option \"bogus\"", f.arg()));
+
+        let e = conf_err("debug = true\n[cluster]\nport = 6222\n");
+        assert_eq!(
+            e.to_string(),
+            "tern.toml:2: option \"cluster\" is not supported by Tern yet"
+        );
+    }
+
+    #[test]
+    fn config_wrong_type() {
+        let e = conf_err("port = 4222\ndebug = \"yes\"\n");
+        assert_eq!(
+            e.to_string(),
+            "tern.toml:2: option \"debug\" must be a boolean, got string"
+        );
+        let e = conf_err("\n\nport = \"4222\"\n");
+        assert!(matches!(e, OptsError::Config { line: 3, .. }), "{e}");
+        assert!(e.to_string().contains("\"port\""));
+        let e = conf_err("max_payload = \"1XB\"");
+        assert!(e
+            .to_string()
+            .starts_with("tern.toml:1: invalid value for \"max_payload\""));
+        let e = conf_err("ping_interval = \"soon\"");
+        assert!(e.to_string().contains("ping_interval"), "{e}");
+        let e = conf_err("port = 70000");
+        assert!(e.to_string().contains("port"), "{e}");
+        let e = conf_err("max_connections = -3");
+        assert!(e.to_string().contains("max_connections"), "{e}");
+    }
+
+    #[test]
+    fn config_syntax_error_has_line() {
+        let e = conf_err("port = 4222\ndebug = \n");
+        assert!(matches!(e, OptsError::Config { line: 2, .. }), "{e}");
+        assert!(e.to_string().starts_with("tern.toml:2: "), "{e}");
+        let e = conf_err("port = 1\nport = 2\n");
+        assert!(matches!(e, OptsError::Config { line: 2, .. }), "{e}");
+    }
+
+    #[test]
+    fn config_missing_file() {
+        let e = parse_args(args(&["-c", "/nonexistent/dir/tern.toml"])).expect_err("missing");
+        assert!(matches!(e, OptsError::Io { .. }));
+        assert!(e.to_string().contains("/nonexistent/dir/tern.toml"));
+    }
+
+    #[test]
+    fn validation() {
+        let f = TempConf::new("max_payload = \"2MB\"\nmax_pending = \"1MB\"\n");
+        assert_eq!(
+            err(&["-c", &f.arg()]),
+            "max_payload (2097152) cannot be higher than max_pending (1048576)"
+        );
+        let f = TempConf::new("max_payload = \"65MB\"\nmax_pending = \"1GB\"\n");
+        assert!(err(&["-c", &f.arg()]).contains("cannot exceed 67108864"));
+        let f = TempConf::new("max_payload = \"64MB\"\nmax_pending = \"1GB\"\n");
+        assert_eq!(run(&["-c", &f.arg()]).max_payload, 64 << 20);
+        assert_eq!(err(&["--shards", "0"]), "shards must be at least 1");
+        assert_eq!(
+            err(&["--shards", "-2"]),
+            "invalid value \"-2\" for flag -shards: value out of range"
+        );
+        assert_eq!(err(&["-n", "a b"]), "server name cannot contain spaces");
+    }
+}

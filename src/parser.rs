@@ -1,0 +1,559 @@
+//! The client protocol parser: bytes in, operations out (sans-IO).
+//!
+//! It owns framing: verbs (case-insensitive), argument splitting on spaces and tabs, `\r\n` or
+//! bare `\n` line ends, payload lengths and their trailing CRLF, and the limits that apply while
+//! parsing (`max_control_line`, `max_payload`). It hands out [`Op`]s whose subjects, sids and
+//! payloads are `Bytes` slices of the read buffer: nothing is copied and nothing is allocated
+//! per message. It must not know about subscriptions, connections or sockets.
+
+use bytes::{Buf, Bytes, BytesMut};
+use std::fmt;
+
+/// One protocol operation from a client.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Op {
+    /// `CONNECT <json>`: the raw JSON.
+    Connect(Bytes),
+    /// `PUB`/`HPUB`: `hdr_len` is the header block size (0 for `PUB`), `msg` holds headers and payload.
+    Pub {
+        subject: Bytes,
+        reply: Option<Bytes>,
+        headers: bool,
+        hdr_len: usize,
+        msg: Bytes,
+    },
+    /// `SUB <subject> [queue] <sid>`.
+    Sub {
+        subject: Bytes,
+        queue: Option<Bytes>,
+        sid: Bytes,
+    },
+    /// `UNSUB <sid> [max]`.
+    Unsub { sid: Bytes, max: Option<u64> },
+    /// `PING`.
+    Ping,
+    /// `PONG`.
+    Pong,
+    /// `INFO` or `+OK` sent by a client: accepted and ignored.
+    Ignored,
+    /// `-ERR` sent by a client: nats-server logs it and closes the connection.
+    ClientErr(Bytes),
+}
+
+/// Why parsing stopped. Each variant says how nats-server answers it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ParseError {
+    /// Unknown verb, missing payload CRLF, bad framing: `-ERR 'Unknown Protocol Operation'`, close.
+    UnknownOp,
+    /// Control line longer than `max_control_line`: `-ERR 'maximum control line exceeded'`, close.
+    MaxControlLine,
+    /// Payload size above `max_payload`: `-ERR 'Maximum Payload Violation'`, close.
+    MaxPayload,
+    /// Wrong argument count or an unparsable size: nats-server closes without an `-ERR`.
+    BadArgs(&'static str, String),
+    /// `HPUB` from a connection that did not announce headers: closed without an `-ERR`.
+    HeadersNotEnabled,
+}
+
+impl ParseError {
+    /// The `-ERR` text to send before closing, if nats-server sends one.
+    pub fn err_text(&self) -> Option<&'static str> {
+        match self {
+            ParseError::UnknownOp => Some("Unknown Protocol Operation"),
+            ParseError::MaxControlLine => Some("maximum control line exceeded"),
+            ParseError::MaxPayload => Some("Maximum Payload Violation"),
+            ParseError::BadArgs(..) | ParseError::HeadersNotEnabled => None,
+        }
+    }
+}
+
+impl fmt::Display for ParseError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ParseError::UnknownOp => f.write_str("unknown protocol operation"),
+            ParseError::MaxControlLine => f.write_str("maximum control line exceeded"),
+            ParseError::MaxPayload => f.write_str("maximum payload exceeded"),
+            ParseError::BadArgs(verb, arg) => write!(f, "{verb} parse error: '{arg}'"),
+            ParseError::HeadersNotEnabled => f.write_str("HPUB without headers support"),
+        }
+    }
+}
+
+impl std::error::Error for ParseError {}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Verb {
+    Connect,
+    Pub,
+    HPub,
+    Sub,
+    Unsub,
+    Ping,
+    Pong,
+    Info,
+    Ok,
+    Err,
+}
+
+const VERBS: &[(&[u8], Verb)] = &[
+    (b"CONNECT", Verb::Connect),
+    (b"PUB", Verb::Pub),
+    (b"HPUB", Verb::HPub),
+    (b"SUB", Verb::Sub),
+    (b"UNSUB", Verb::Unsub),
+    (b"PING", Verb::Ping),
+    (b"PONG", Verb::Pong),
+    (b"INFO", Verb::Info),
+    (b"+OK", Verb::Ok),
+    (b"-ERR", Verb::Err),
+];
+
+/// A `PUB`/`HPUB` whose control line has been read, waiting for its payload.
+#[derive(Debug)]
+struct PendingPub {
+    subject: Bytes,
+    reply: Option<Bytes>,
+    headers: bool,
+    hdr_len: usize,
+    size: usize,
+}
+
+/// Parser state for one connection.
+#[derive(Debug)]
+pub struct Parser {
+    max_control_line: usize,
+    max_payload: usize,
+    headers: bool,
+    pending: Option<PendingPub>,
+}
+
+fn is_space(b: u8) -> bool {
+    b == b' ' || b == b'\t'
+}
+
+/// Parses a decimal size like nats-server: digits only, at most 18 of them.
+fn parse_size(b: &[u8]) -> Option<u64> {
+    if b.is_empty() || b.len() > 18 {
+        return None;
+    }
+    let mut n: u64 = 0;
+    for &c in b {
+        if !c.is_ascii_digit() {
+            return None;
+        }
+        n = n * 10 + u64::from(c - b'0');
+    }
+    Some(n)
+}
+
+fn verb_of(word: &[u8]) -> Option<Verb> {
+    // nats-server stops looking at a PING or PONG line after its fourth byte.
+    if word.len() > 4 {
+        match &word[..4] {
+            w if w.eq_ignore_ascii_case(b"PING") => return Some(Verb::Ping),
+            w if w.eq_ignore_ascii_case(b"PONG") => return Some(Verb::Pong),
+            _ => {}
+        }
+    }
+    VERBS
+        .iter()
+        .find(|(name, _)| name.eq_ignore_ascii_case(word))
+        .map(|&(_, v)| v)
+}
+
+/// True if `word` (no line end seen yet) can still become a verb.
+fn could_be_verb(word: &[u8]) -> bool {
+    verb_of(word).is_some()
+        || VERBS.iter().any(|(name, _)| {
+            word.len() <= name.len() && name[..word.len()].eq_ignore_ascii_case(word)
+        })
+}
+
+/// Splits `line` into at most `N` fields on runs of spaces and tabs; returns the field count.
+fn split_args<const N: usize>(line: &Bytes, out: &mut [Bytes; N]) -> usize {
+    let mut n = 0;
+    let mut i = 0;
+    let b = &line[..];
+    while i < b.len() {
+        while i < b.len() && is_space(b[i]) {
+            i += 1;
+        }
+        if i == b.len() {
+            break;
+        }
+        let start = i;
+        while i < b.len() && !is_space(b[i]) {
+            i += 1;
+        }
+        if n == N {
+            return N + 1;
+        }
+        out[n] = line.slice(start..i);
+        n += 1;
+    }
+    n
+}
+
+impl Parser {
+    /// A parser enforcing the given limits.
+    pub fn new(max_control_line: usize, max_payload: usize) -> Parser {
+        Parser {
+            max_control_line,
+            max_payload,
+            headers: false,
+            pending: None,
+        }
+    }
+
+    /// Whether `HPUB` is allowed (the client's `CONNECT` had `headers: true`).
+    pub fn set_headers(&mut self, on: bool) {
+        self.headers = on;
+    }
+
+    /// Takes the next operation off the front of `buf`. `Ok(None)` means more bytes are needed
+    /// (what was consumed so far is remembered). After an error the connection must close.
+    pub fn next(&mut self, buf: &mut BytesMut) -> Result<Option<Op>, ParseError> {
+        if let Some(p) = &self.pending {
+            if buf.len() < p.size + 2 {
+                // A wrong byte where the CR belongs is an error as soon as it arrives.
+                if buf.len() > p.size && buf[p.size] != b'\r' {
+                    return Err(ParseError::UnknownOp);
+                }
+                return Ok(None);
+            }
+            if &buf[p.size..p.size + 2] != b"\r\n" {
+                return Err(ParseError::UnknownOp);
+            }
+            let p = self.pending.take().expect("checked above");
+            let msg = buf.split_to(p.size).freeze();
+            buf.advance(2);
+            return Ok(Some(Op::Pub {
+                subject: p.subject,
+                reply: p.reply,
+                headers: p.headers,
+                hdr_len: p.hdr_len,
+                msg,
+            }));
+        }
+        if buf.is_empty() {
+            return Ok(None);
+        }
+        let Some(nl) = memchr::memchr(b'\n', buf) else {
+            return self.check_partial(buf).map(|()| None);
+        };
+        let line_len = if nl > 0 && buf[nl - 1] == b'\r' {
+            nl - 1
+        } else {
+            nl
+        };
+        let verb_end = buf[..line_len]
+            .iter()
+            .position(|&b| is_space(b))
+            .unwrap_or(line_len);
+        let verb = verb_of(&buf[..verb_end]).ok_or(ParseError::UnknownOp)?;
+        let args_start = buf[verb_end..line_len]
+            .iter()
+            .position(|&b| !is_space(b))
+            .map_or(line_len, |p| verb_end + p);
+        if line_len - args_start > self.max_control_line && !matches!(verb, Verb::Ping | Verb::Pong)
+        {
+            return Err(ParseError::MaxControlLine);
+        }
+        let mut line = buf.split_to(nl + 1).freeze();
+        line.truncate(line_len);
+        let args = line.slice(args_start..);
+        match verb {
+            // A verb that takes arguments but has none is a framing error in nats-server.
+            Verb::Pub | Verb::HPub | Verb::Sub | Verb::Unsub if args.is_empty() => {
+                Err(ParseError::UnknownOp)
+            }
+            Verb::Ping => Ok(Some(Op::Ping)),
+            Verb::Pong => Ok(Some(Op::Pong)),
+            Verb::Connect => Ok(Some(Op::Connect(args))),
+            Verb::Info | Verb::Ok => Ok(Some(Op::Ignored)),
+            Verb::Err => Ok(Some(Op::ClientErr(args))),
+            Verb::Sub => parse_sub(&args).map(Some),
+            Verb::Unsub => parse_unsub(&args).map(Some),
+            Verb::Pub | Verb::HPub => {
+                self.pending = Some(self.parse_pub(&args, verb == Verb::HPub)?);
+                self.next(buf)
+            }
+        }
+    }
+
+    /// Without a complete line: refuse garbage and overlong lines early.
+    fn check_partial(&self, buf: &BytesMut) -> Result<(), ParseError> {
+        let verb_end = buf.iter().position(|&b| is_space(b));
+        let word = &buf[..verb_end.unwrap_or(buf.len())];
+        if !could_be_verb(word) || (verb_end.is_some() && verb_of(word).is_none()) {
+            return Err(ParseError::UnknownOp);
+        }
+        if buf.len() > self.max_control_line + 16 {
+            return Err(ParseError::MaxControlLine);
+        }
+        Ok(())
+    }
+
+    fn parse_pub(&self, args: &Bytes, headers: bool) -> Result<PendingPub, ParseError> {
+        if headers && !self.headers {
+            return Err(ParseError::HeadersNotEnabled);
+        }
+        let verb = if headers {
+            "processHeaderPub"
+        } else {
+            "processPub"
+        };
+        let bad = || ParseError::BadArgs(verb, String::from_utf8_lossy(args).into_owned());
+        let mut f: [Bytes; 4] = Default::default();
+        let n = split_args(args, &mut f);
+        let (subject, reply, hdr, total) = match (headers, n) {
+            (false, 2) => (f[0].clone(), None, None, &f[1]),
+            (false, 3) => (f[0].clone(), Some(f[1].clone()), None, &f[2]),
+            (true, 3) => (f[0].clone(), None, Some(&f[1]), &f[2]),
+            (true, 4) => (f[0].clone(), Some(f[1].clone()), Some(&f[2]), &f[3]),
+            _ => return Err(bad()),
+        };
+        let size = parse_size(total).ok_or_else(bad)?;
+        let hdr_len = match hdr {
+            Some(h) => parse_size(h).ok_or_else(bad)?,
+            None => 0,
+        };
+        if hdr_len > size {
+            return Err(bad());
+        }
+        if size > self.max_payload as u64 {
+            return Err(ParseError::MaxPayload);
+        }
+        Ok(PendingPub {
+            subject,
+            reply,
+            headers,
+            hdr_len: hdr_len as usize,
+            size: size as usize,
+        })
+    }
+}
+
+fn parse_sub(args: &Bytes) -> Result<Op, ParseError> {
+    let mut f: [Bytes; 3] = Default::default();
+    match split_args(args, &mut f) {
+        2 => Ok(Op::Sub {
+            subject: f[0].clone(),
+            queue: None,
+            sid: f[1].clone(),
+        }),
+        3 => Ok(Op::Sub {
+            subject: f[0].clone(),
+            queue: Some(f[1].clone()),
+            sid: f[2].clone(),
+        }),
+        _ => Err(ParseError::BadArgs(
+            "processSub",
+            String::from_utf8_lossy(args).into_owned(),
+        )),
+    }
+}
+
+fn parse_unsub(args: &Bytes) -> Result<Op, ParseError> {
+    let mut f: [Bytes; 2] = Default::default();
+    let bad = || ParseError::BadArgs("processUnsub", String::from_utf8_lossy(args).into_owned());
+    match split_args(args, &mut f) {
+        1 => Ok(Op::Unsub {
+            sid: f[0].clone(),
+            max: None,
+        }),
+        2 => Ok(Op::Unsub {
+            sid: f[0].clone(),
+            max: Some(parse_size(&f[1]).ok_or_else(bad)?),
+        }),
+        _ => Err(bad()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse_all(input: &[u8]) -> (Vec<Op>, Option<ParseError>) {
+        let mut p = Parser::new(4096, 1024 * 1024);
+        p.set_headers(true);
+        let mut buf = BytesMut::from(input);
+        let mut ops = Vec::new();
+        loop {
+            match p.next(&mut buf) {
+                Ok(Some(op)) => ops.push(op),
+                Ok(None) => return (ops, None),
+                Err(e) => return (ops, Some(e)),
+            }
+        }
+    }
+
+    fn b(s: &str) -> Bytes {
+        Bytes::copy_from_slice(s.as_bytes())
+    }
+
+    #[test]
+    fn pub_sub_ping() {
+        let (ops, err) = parse_all(b"SUB foo 1\r\npub foo bar 5\r\nhello\r\nPING\r\nunsub 1 3\n");
+        assert_eq!(err, None);
+        assert_eq!(
+            ops,
+            vec![
+                Op::Sub {
+                    subject: b("foo"),
+                    queue: None,
+                    sid: b("1")
+                },
+                Op::Pub {
+                    subject: b("foo"),
+                    reply: Some(b("bar")),
+                    headers: false,
+                    hdr_len: 0,
+                    msg: b("hello")
+                },
+                Op::Ping,
+                Op::Unsub {
+                    sid: b("1"),
+                    max: Some(3)
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn hpub_and_queue_sub_with_tabs() {
+        let (ops, err) = parse_all(b"SUB\tfoo  q\t 9\r\nHPUB foo 12 14\r\nNATS/1.0\r\n\r\nhi\r\n");
+        assert_eq!(err, None);
+        assert_eq!(
+            ops[0],
+            Op::Sub {
+                subject: b("foo"),
+                queue: Some(b("q")),
+                sid: b("9")
+            }
+        );
+        assert_eq!(
+            ops[1],
+            Op::Pub {
+                subject: b("foo"),
+                reply: None,
+                headers: true,
+                hdr_len: 12,
+                msg: b("NATS/1.0\r\n\r\nhi")
+            }
+        );
+    }
+
+    #[test]
+    fn split_input_byte_by_byte() {
+        let input = b"CONNECT {\"verbose\":false}\r\nPUB a.b 3\r\nxyz\r\nPING\r\n";
+        let mut p = Parser::new(4096, 1024);
+        let mut buf = BytesMut::new();
+        let mut ops = Vec::new();
+        for &c in input.iter() {
+            buf.extend_from_slice(&[c]);
+            while let Some(op) = p.next(&mut buf).unwrap() {
+                ops.push(op);
+            }
+        }
+        assert_eq!(ops.len(), 3);
+        assert_eq!(ops[0], Op::Connect(b("{\"verbose\":false}")));
+        assert_eq!(ops[2], Op::Ping);
+    }
+
+    #[test]
+    fn errors() {
+        assert_eq!(parse_all(b"FOO bar\r\n").1, Some(ParseError::UnknownOp));
+        assert_eq!(parse_all(b"XYZ").1, Some(ParseError::UnknownOp));
+        assert_eq!(
+            parse_all(b"PUB foo 2\r\nhiXX").1,
+            Some(ParseError::UnknownOp)
+        );
+        assert_eq!(
+            parse_all(b"PUB foo 2000000\r\n").1,
+            Some(ParseError::MaxPayload)
+        );
+        assert!(matches!(
+            parse_all(b"PUB foo -1\r\n").1,
+            Some(ParseError::BadArgs(..))
+        ));
+        assert!(matches!(
+            parse_all(b"PUB foo abc\r\n").1,
+            Some(ParseError::BadArgs(..))
+        ));
+        assert!(matches!(
+            parse_all(b"PUB foo\r\n").1,
+            Some(ParseError::BadArgs(..))
+        ));
+        assert!(matches!(
+            parse_all(b"HPUB foo 5 2\r\n").1,
+            Some(ParseError::BadArgs(..))
+        ));
+        assert!(matches!(
+            parse_all(b"SUB foo\r\n").1,
+            Some(ParseError::BadArgs(..))
+        ));
+        assert_eq!(parse_all(b"UNSUB\r\n").1, Some(ParseError::UnknownOp));
+        assert_eq!(parse_all(b"PUB\r\n").1, Some(ParseError::UnknownOp));
+        assert_eq!(parse_all(b"\r\n").1, Some(ParseError::UnknownOp));
+        assert_eq!(
+            parse_all(b"PUB foo 2\r\nhi\n").1,
+            Some(ParseError::UnknownOp)
+        );
+        assert_eq!(
+            parse_all(b"PING x\r\nPINGX\r\n").0,
+            vec![Op::Ping, Op::Ping]
+        );
+        let long = format!("SUB {} 1\r\n", "a".repeat(5000));
+        assert_eq!(
+            parse_all(long.as_bytes()).1,
+            Some(ParseError::MaxControlLine)
+        );
+        let partial = format!("SUB {}", "a".repeat(5000));
+        assert_eq!(
+            parse_all(partial.as_bytes()).1,
+            Some(ParseError::MaxControlLine)
+        );
+    }
+
+    #[test]
+    fn incomplete_waits() {
+        let (ops, err) = parse_all(b"PUB foo 5\r\nhel");
+        assert!(ops.is_empty() && err.is_none());
+        let (ops, err) = parse_all(b"PIN");
+        assert!(ops.is_empty() && err.is_none());
+    }
+
+    /// Random bytes never panic, and whatever the parser accepts stays inside the buffer.
+    #[test]
+    fn random_garbage_never_panics() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        let pieces: &[&[u8]] = &[
+            b"PUB ",
+            b"SUB ",
+            b"HPUB ",
+            b"UNSUB ",
+            b"PING",
+            b"\r\n",
+            b"\n",
+            b" ",
+            b"\t",
+            b"foo",
+            b"12",
+            b"-1",
+            b"x",
+            b"\0",
+            b"\xff",
+            b"5 ",
+            b"CONNECT {}",
+        ];
+        for _ in 0..5000 {
+            let mut input = Vec::new();
+            for _ in 0..rng.gen_range(1..12) {
+                input.extend_from_slice(pieces[rng.gen_range(0..pieces.len())]);
+            }
+            let _ = parse_all(&input);
+        }
+    }
+}

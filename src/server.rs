@@ -1,0 +1,1017 @@
+//! The server on its shards: connections, the per-shard subject index, interest gossip and
+//! message forwarding between shards (DESIGN.md, "The shape").
+//!
+//! Each shard owns its clients and a [`Sublist`] of their subscriptions, plus a table of the
+//! other shards' interest. A publish is delivered to local subscribers and forwarded once per
+//! interested shard in per-peer batches; a forwarded message is only ever delivered locally
+//! (one hop). Queue groups are chosen across the whole server by weight. A client's `PING` is
+//! answered only after every peer shard has applied this shard's interest changes (the
+//! interest barrier), so a flushed `SUB` sees every later publish, as on a single nats-server.
+//!
+//! This module does I/O only through `tern_shards`; the protocol itself lives in `parser` and
+//! `client`.
+
+use crate::client::{self, ConnectOpts};
+use crate::opts::Options;
+use crate::parser::{Op, ParseError, Parser};
+use crate::sublist::{self, Sublist};
+use bytes::{Bytes, BytesMut};
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::task::{Poll, Waker};
+use std::time::{Duration, Instant};
+use tern_shards::{rt, ConnReader, ConnWriter, Mesh, MeshReceiver, ShardCtx};
+
+/// Smallest and largest read buffer (nats-server's dynamic read buffer bounds).
+const READ_MIN: usize = 512;
+const READ_MAX: usize = 64 * 1024;
+/// How long a shutdown waits for clients' queued output to drain.
+const SHUTDOWN_FLUSH: Duration = Duration::from_secs(2);
+
+/// State shared by all shards; read-mostly, and only atomics are written.
+pub struct Global {
+    pub opts: Options,
+    pub server_id: String,
+    pub server_name: String,
+    pub port: u16,
+    pub shutdown: Arc<AtomicBool>,
+    pub connections: AtomicUsize,
+    next_cid: AtomicU64,
+}
+
+impl Global {
+    pub fn new(opts: Options, server_id: String, port: u16) -> Global {
+        let server_name = opts
+            .server_name
+            .clone()
+            .unwrap_or_else(|| server_id.clone());
+        Global {
+            opts,
+            server_id,
+            server_name,
+            port,
+            shutdown: Arc::new(AtomicBool::new(false)),
+            connections: AtomicUsize::new(0),
+            next_cid: AtomicU64::new(1),
+        }
+    }
+
+    fn info_line(&self, cid: u64, ip: &str) -> Vec<u8> {
+        #[derive(serde::Serialize)]
+        struct Info<'a> {
+            server_id: &'a str,
+            server_name: &'a str,
+            version: &'a str,
+            proto: u8,
+            go: &'a str,
+            host: &'a str,
+            port: u16,
+            headers: bool,
+            max_payload: u32,
+            client_id: u64,
+            client_ip: &'a str,
+        }
+        let info = Info {
+            server_id: &self.server_id,
+            server_name: &self.server_name,
+            version: crate::VERSION,
+            proto: 1,
+            go: concat!("tern ", env!("CARGO_PKG_VERSION")),
+            host: &self.opts.host,
+            port: self.port,
+            headers: !self.opts.no_header_support,
+            max_payload: self.opts.max_payload,
+            client_id: cid,
+            client_ip: ip,
+        };
+        let mut line = b"INFO ".to_vec();
+        line.extend_from_slice(&serde_json::to_vec(&info).unwrap_or_default());
+        // nats-server puts a space between the JSON and the line end.
+        line.extend_from_slice(b" \r\n");
+        line
+    }
+}
+
+/// One unit of traffic between shards.
+pub enum ShardOp {
+    /// The sender's local interest in (subject, queue) is now `weight` (0 = gone).
+    Interest {
+        seq: u64,
+        subject: Bytes,
+        queue: Option<Bytes>,
+        weight: u32,
+    },
+    /// The receiver has applied the sender's interest changes up to `seq`.
+    Ack(u64),
+    /// A message to deliver locally, to plain subscribers and to one member of each named queue.
+    Msg {
+        subject: Bytes,
+        reply: Option<Bytes>,
+        hdr_len: usize,
+        msg: Bytes,
+        queues: Vec<Bytes>,
+    },
+}
+
+/// What travels on the mesh: a batch of operations, in order.
+pub type MeshMsg = Vec<ShardOp>;
+
+/// A client connection on this shard.
+struct Client {
+    cid: u64,
+    out: RefCell<BytesMut>,
+    in_flight: Cell<usize>,
+    writer: Cell<Option<Waker>>,
+    dirty: Cell<bool>,
+    closed: Cell<bool>,
+    /// Drop queued output instead of flushing it (slow consumer).
+    discard: Cell<bool>,
+    opts: RefCell<ConnectOpts>,
+    echo: Cell<bool>,
+    headers: Cell<bool>,
+    subs: RefCell<HashMap<Bytes, SubRef>>,
+    received: Cell<bool>,
+    pings_out: Cell<u32>,
+    next_ping: Cell<Instant>,
+    rtt_due: Cell<bool>,
+    /// Woken on close, so a sleeping ping timer lets go of the client at once.
+    ping_waker: Cell<Option<Waker>>,
+    writer_done: Cell<bool>,
+    addr: String,
+}
+
+impl Client {
+    fn write(&self, b: &[u8]) {
+        self.out.borrow_mut().extend_from_slice(b);
+    }
+    fn write_err(&self, text: &str) {
+        client::write_err(&mut self.out.borrow_mut(), text);
+    }
+    fn wake_writer(&self) {
+        if let Some(w) = self.writer.take() {
+            w.wake();
+        }
+    }
+    /// Resolves once the client is closed.
+    async fn wait_closed(&self) {
+        std::future::poll_fn(|cx| {
+            if self.closed.get() {
+                Poll::Ready(())
+            } else {
+                self.ping_waker.set(Some(cx.waker().clone()));
+                Poll::Pending
+            }
+        })
+        .await
+    }
+}
+
+/// A subscription; compared by identity.
+struct Subscription {
+    client: Rc<Client>,
+    sid: Bytes,
+    subject: Bytes,
+    queue: Option<Bytes>,
+    max: Cell<u64>,
+    delivered: Cell<u64>,
+}
+
+#[derive(Clone)]
+struct SubRef(Rc<Subscription>);
+
+impl PartialEq for SubRef {
+    fn eq(&self, other: &Self) -> bool {
+        Rc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+/// Another shard's interest, with its queue weight (1 for plain interest).
+#[derive(Clone, PartialEq)]
+struct RemoteRef {
+    shard: usize,
+    weight: u32,
+}
+
+/// A local (subject, queue) interest.
+type InterestKey = (Bytes, Option<Bytes>);
+/// Another shard's (shard, subject, queue) interest.
+type RemoteKey = (usize, Bytes, Option<Bytes>);
+
+/// One shard of the server.
+struct Shard {
+    g: Arc<Global>,
+    id: usize,
+    peers: usize,
+    mesh: Rc<Mesh<MeshMsg>>,
+    subs: RefCell<Sublist<SubRef>>,
+    remote: RefCell<Sublist<RemoteRef>>,
+    remote_weights: RefCell<HashMap<RemoteKey, u32>>,
+    interest: RefCell<HashMap<InterestKey, u32>>,
+    outbox: RefCell<Vec<MeshMsg>>,
+    gossip_seq: Cell<u64>,
+    acked: RefCell<Vec<u64>>,
+    barrier_waiters: RefCell<Vec<Waker>>,
+    dirty: RefCell<Vec<Rc<Client>>>,
+    clients: RefCell<HashMap<u64, Rc<Client>>>,
+    /// Per-peer scratch for one publish: plain interest, and the queue groups it must serve.
+    scratch: RefCell<Vec<(bool, Vec<Bytes>)>>,
+    rng: Cell<u64>,
+}
+
+/// Runs one shard until shutdown.
+pub async fn shard_main(ctx: Rc<ShardCtx<MeshMsg>>, g: Arc<Global>) {
+    let n = ctx.count();
+    let shard = Rc::new(Shard {
+        g: g.clone(),
+        id: ctx.id(),
+        peers: n,
+        mesh: ctx.mesh().clone(),
+        subs: RefCell::new(Sublist::new()),
+        remote: RefCell::new(Sublist::new()),
+        remote_weights: RefCell::new(HashMap::new()),
+        interest: RefCell::new(HashMap::new()),
+        outbox: RefCell::new((0..n).map(|_| Vec::new()).collect()),
+        gossip_seq: Cell::new(0),
+        acked: RefCell::new(vec![0; n]),
+        barrier_waiters: RefCell::new(Vec::new()),
+        dirty: RefCell::new(Vec::new()),
+        clients: RefCell::new(HashMap::new()),
+        scratch: RefCell::new((0..n).map(|_| (false, Vec::new())).collect()),
+        rng: Cell::new(0x9E37_79B9_7F4A_7C15 ^ (ctx.id() as u64 + 1)),
+    });
+    for rx in ctx.take_receivers() {
+        rt::spawn(mesh_loop(shard.clone(), rx));
+    }
+    {
+        let ctx = ctx.clone();
+        let g = g.clone();
+        rt::spawn(async move {
+            while !g.shutdown.load(Ordering::Relaxed) {
+                rt::sleep(Duration::from_millis(50)).await;
+            }
+            ctx.stop_accepting();
+        });
+    }
+    while let Some(conn) = ctx.accept().await {
+        rt::spawn(client_main(shard.clone(), conn));
+    }
+    // Shutting down: close every client, letting writers flush what is queued.
+    let clients: Vec<Rc<Client>> = shard.clients.borrow().values().cloned().collect();
+    for c in &clients {
+        shard.close_client(c);
+    }
+    let deadline = Instant::now() + SHUTDOWN_FLUSH;
+    while clients.iter().any(|c| !c.writer_done.get()) && Instant::now() < deadline {
+        rt::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+async fn mesh_loop(shard: Rc<Shard>, rx: MeshReceiver<MeshMsg>) {
+    let from = rx.from();
+    while let Some(batch) = rx.recv().await {
+        let mut ack = None;
+        for op in batch {
+            match op {
+                ShardOp::Interest {
+                    seq,
+                    subject,
+                    queue,
+                    weight,
+                } => {
+                    shard.apply_remote_interest(from, subject, queue, weight);
+                    ack = Some(seq);
+                }
+                ShardOp::Ack(seq) => {
+                    shard.acked.borrow_mut()[from] = seq;
+                    for w in shard.barrier_waiters.borrow_mut().drain(..) {
+                        w.wake();
+                    }
+                }
+                ShardOp::Msg {
+                    subject,
+                    reply,
+                    hdr_len,
+                    msg,
+                    queues,
+                } => shard.deliver_forwarded(&subject, reply.as_deref(), hdr_len, &msg, &queues),
+            }
+        }
+        if let Some(seq) = ack {
+            shard.outbox.borrow_mut()[from].push(ShardOp::Ack(seq));
+        }
+        shard.flush();
+    }
+}
+
+impl Shard {
+    fn next_rand(&self, bound: usize) -> usize {
+        // xorshift64*: queue member selection only needs to be cheap and well spread.
+        let mut x = self.rng.get();
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.rng.set(x);
+        (x.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 33) as usize % bound.max(1)
+    }
+
+    /// Pushes each peer's pending batch and wakes the writers of touched clients.
+    fn flush(&self) {
+        {
+            let mut outbox = self.outbox.borrow_mut();
+            for (peer, ops) in outbox.iter_mut().enumerate() {
+                if !ops.is_empty() {
+                    self.mesh.send(peer, std::mem::take(ops));
+                }
+            }
+        }
+        let dirty = std::mem::take(&mut *self.dirty.borrow_mut());
+        for c in dirty {
+            c.dirty.set(false);
+            c.wake_writer();
+        }
+    }
+
+    fn mark_dirty(&self, c: &Rc<Client>) {
+        if !c.dirty.replace(true) {
+            self.dirty.borrow_mut().push(c.clone());
+        }
+    }
+
+    /// Waits until every peer shard has applied this shard's interest changes so far.
+    async fn interest_barrier(&self) {
+        let target = self.gossip_seq.get();
+        if self.peers == 1 {
+            return;
+        }
+        self.flush();
+        std::future::poll_fn(|cx| {
+            let acked = self.acked.borrow();
+            let behind = acked
+                .iter()
+                .enumerate()
+                .any(|(p, &a)| p != self.id && a < target);
+            if behind && !self.g.shutdown.load(Ordering::Relaxed) {
+                self.barrier_waiters.borrow_mut().push(cx.waker().clone());
+                Poll::Pending
+            } else {
+                Poll::Ready(())
+            }
+        })
+        .await;
+    }
+
+    fn gossip(&self, subject: &Bytes, queue: &Option<Bytes>, weight: u32) {
+        let seq = self.gossip_seq.get() + 1;
+        self.gossip_seq.set(seq);
+        let mut outbox = self.outbox.borrow_mut();
+        for (peer, ops) in outbox.iter_mut().enumerate() {
+            if peer != self.id {
+                ops.push(ShardOp::Interest {
+                    seq,
+                    subject: subject.clone(),
+                    queue: queue.clone(),
+                    weight,
+                });
+            }
+        }
+    }
+
+    fn interest_changed(&self, subject: &Bytes, queue: &Option<Bytes>, added: bool) {
+        if self.peers == 1 {
+            return;
+        }
+        let key = (subject.clone(), queue.clone());
+        let weight = {
+            let mut m = self.interest.borrow_mut();
+            let w = m.entry(key.clone()).or_insert(0);
+            if added {
+                *w += 1;
+            } else {
+                *w = w.saturating_sub(1);
+            }
+            let w = *w;
+            if w == 0 {
+                m.remove(&key);
+            }
+            w
+        };
+        // Plain interest is news only when it appears or disappears; queue weights always are.
+        if queue.is_some() || (added && weight == 1) || (!added && weight == 0) {
+            self.gossip(subject, queue, weight);
+        }
+    }
+
+    fn apply_remote_interest(&self, from: usize, subject: Bytes, queue: Option<Bytes>, w: u32) {
+        let key = (from, subject, queue);
+        let mut weights = self.remote_weights.borrow_mut();
+        let mut sl = self.remote.borrow_mut();
+        if let Some(old) = weights.remove(&key) {
+            sl.remove(
+                &key.1,
+                key.2.as_deref(),
+                &RemoteRef {
+                    shard: from,
+                    weight: old,
+                },
+            );
+        }
+        if w > 0
+            && sl
+                .insert(
+                    &key.1,
+                    key.2.as_deref(),
+                    RemoteRef {
+                        shard: from,
+                        weight: w,
+                    },
+                )
+                .is_ok()
+        {
+            weights.insert(key, w);
+        }
+    }
+
+    fn add_sub(&self, c: &Rc<Client>, subject: Bytes, queue: Option<Bytes>, sid: Bytes) {
+        let sub = SubRef(Rc::new(Subscription {
+            client: c.clone(),
+            sid: sid.clone(),
+            subject: subject.clone(),
+            queue: queue.clone(),
+            max: Cell::new(0),
+            delivered: Cell::new(0),
+        }));
+        if self
+            .subs
+            .borrow_mut()
+            .insert(&subject, queue.as_deref(), sub.clone())
+            .is_err()
+        {
+            return;
+        }
+        c.subs.borrow_mut().insert(sid, sub);
+        self.interest_changed(&subject, &queue, true);
+    }
+
+    fn remove_sub(&self, c: &Client, sid: &[u8]) {
+        let Some(sub) = c.subs.borrow_mut().remove(sid) else {
+            return;
+        };
+        self.unindex(&sub);
+    }
+
+    fn unindex(&self, sub: &SubRef) {
+        let s = &sub.0;
+        self.subs
+            .borrow_mut()
+            .remove(&s.subject, s.queue.as_deref(), sub);
+        self.interest_changed(&s.subject, &s.queue, false);
+    }
+
+    fn close_client(&self, c: &Rc<Client>) {
+        if c.closed.replace(true) {
+            return;
+        }
+        let subs: Vec<SubRef> = c.subs.borrow_mut().drain().map(|(_, s)| s).collect();
+        for s in &subs {
+            self.unindex(s);
+        }
+        if self.clients.borrow_mut().remove(&c.cid).is_some() {
+            self.g.connections.fetch_sub(1, Ordering::Relaxed);
+        }
+        c.wake_writer();
+        if let Some(w) = c.ping_waker.take() {
+            w.wake();
+        }
+    }
+
+    /// Appends one delivery to a subscriber. Returns whether it was delivered.
+    fn deliver(
+        &self,
+        sub: &SubRef,
+        subject: &[u8],
+        reply: Option<&[u8]>,
+        hdr_len: usize,
+        msg: &[u8],
+        publisher: u64,
+    ) -> bool {
+        let s = &sub.0;
+        let c = &s.client;
+        if c.closed.get() || (publisher == c.cid && !c.echo.get()) {
+            return false;
+        }
+        let max = s.max.get();
+        if max > 0 && s.delivered.get() >= max {
+            return false;
+        }
+        s.delivered.set(s.delivered.get() + 1);
+        if tracing::enabled!(tracing::Level::TRACE) {
+            tracing::trace!(
+                "{} - cid:{} - ->> [MSG {} {} {}]",
+                c.addr,
+                c.cid,
+                String::from_utf8_lossy(subject),
+                String::from_utf8_lossy(&s.sid),
+                msg.len() - hdr_len
+            );
+        }
+        let pending = {
+            let mut out = c.out.borrow_mut();
+            client::write_msg(
+                &mut out,
+                subject,
+                &s.sid,
+                reply,
+                hdr_len,
+                msg,
+                c.headers.get(),
+            );
+            out.len() + c.in_flight.get()
+        };
+        if pending as u64 > self.g.opts.max_pending {
+            tracing::info!(
+                "{} - cid:{} - Slow Consumer Detected: MaxPending of {} Exceeded",
+                c.addr,
+                c.cid,
+                self.g.opts.max_pending
+            );
+            c.discard.set(true);
+            self.close_client(c);
+            return true;
+        }
+        self.mark_dirty(c);
+        if max > 0 && s.delivered.get() >= max {
+            self.remove_sub(c, &s.sid);
+        }
+        true
+    }
+
+    /// Picks one deliverable member of a local queue group and delivers to it.
+    fn deliver_queue(
+        &self,
+        members: &[SubRef],
+        subject: &[u8],
+        reply: Option<&[u8]>,
+        hdr_len: usize,
+        msg: &[u8],
+        publisher: u64,
+    ) -> bool {
+        if members.is_empty() {
+            return false;
+        }
+        let start = self.next_rand(members.len());
+        (0..members.len()).any(|i| {
+            let m = &members[(start + i) % members.len()];
+            self.deliver(m, subject, reply, hdr_len, msg, publisher)
+        })
+    }
+
+    /// Routes a message published by a client of this shard. Returns whether anyone
+    /// (here or on another shard) will receive it.
+    fn publish(
+        &self,
+        publisher: &Client,
+        subject: &Bytes,
+        reply: Option<&Bytes>,
+        hdr_len: usize,
+        msg: &Bytes,
+    ) -> bool {
+        let cid = publisher.cid;
+        let rep = reply.map(|r| &r[..]);
+        let local = self.subs.borrow_mut().matches(subject);
+        let mut any = false;
+        for s in &local.psubs {
+            any |= self.deliver(s, subject, rep, hdr_len, msg, cid);
+        }
+        if self.peers == 1 {
+            for (_, members) in &local.qsubs {
+                any |= self.deliver_queue(members, subject, rep, hdr_len, msg, cid);
+            }
+            return any;
+        }
+        let remote = self.remote.borrow_mut().matches(subject);
+        let mut scratch = self.scratch.borrow_mut();
+        for r in &remote.psubs {
+            scratch[r.shard].0 = true;
+        }
+        for (name, members) in &local.qsubs {
+            let eligible = members
+                .iter()
+                .filter(|m| {
+                    !m.0.client.closed.get() && (m.0.client.cid != cid || m.0.client.echo.get())
+                })
+                .count();
+            let rmembers = remote
+                .qsubs
+                .iter()
+                .find(|(n, _)| n == name)
+                .map_or(&[][..], |(_, m)| &m[..]);
+            let rweight: usize = rmembers.iter().map(|r| r.weight as usize).sum();
+            let pick = self.next_rand(eligible + rweight);
+            if pick < eligible {
+                any |= self.deliver_queue(members, subject, rep, hdr_len, msg, cid);
+            } else if let Some(shard) = pick_weighted(rmembers, pick - eligible) {
+                scratch[shard].1.push(Bytes::copy_from_slice(name));
+            }
+        }
+        for (name, rmembers) in &remote.qsubs {
+            if local.qsubs.iter().any(|(n, _)| n == name) {
+                continue;
+            }
+            let rweight: usize = rmembers.iter().map(|r| r.weight as usize).sum();
+            if let Some(shard) = pick_weighted(rmembers, self.next_rand(rweight)) {
+                scratch[shard].1.push(Bytes::copy_from_slice(name));
+            }
+        }
+        let mut outbox = self.outbox.borrow_mut();
+        for (peer, (plain, queues)) in scratch.iter_mut().enumerate() {
+            if *plain || !queues.is_empty() {
+                any = true;
+                outbox[peer].push(ShardOp::Msg {
+                    subject: subject.clone(),
+                    reply: reply.cloned(),
+                    hdr_len,
+                    msg: msg.clone(),
+                    queues: std::mem::take(queues),
+                });
+                *plain = false;
+            }
+        }
+        any
+    }
+
+    /// Delivers a message another shard forwarded: locally only, never forwarded again.
+    fn deliver_forwarded(
+        &self,
+        subject: &[u8],
+        reply: Option<&[u8]>,
+        hdr_len: usize,
+        msg: &[u8],
+        queues: &[Bytes],
+    ) {
+        let local = self.subs.borrow_mut().matches(subject);
+        for s in &local.psubs {
+            self.deliver(s, subject, reply, hdr_len, msg, 0);
+        }
+        for q in queues {
+            if let Some((_, members)) = local.qsubs.iter().find(|(n, _)| n[..] == q[..]) {
+                self.deliver_queue(members, subject, reply, hdr_len, msg, 0);
+            }
+        }
+    }
+}
+
+fn pick_weighted(members: &[RemoteRef], mut pick: usize) -> Option<usize> {
+    for m in members {
+        if pick < m.weight as usize {
+            return Some(m.shard);
+        }
+        pick -= m.weight as usize;
+    }
+    None
+}
+
+/// What the reader must do after an operation.
+enum Next {
+    Continue,
+    Close,
+}
+
+async fn client_main(shard: Rc<Shard>, conn: tern_shards::Conn) {
+    let g = shard.g.clone();
+    let cid = g.next_cid.fetch_add(1, Ordering::Relaxed);
+    let peer = conn.peer_addr();
+    let ip = peer.map(|p| p.ip().to_string()).unwrap_or_default();
+    let addr = peer.map(|p| p.to_string()).unwrap_or_default();
+    let (reader, writer) = conn.split();
+    let client = Rc::new(Client {
+        cid,
+        out: RefCell::new(BytesMut::with_capacity(1024)),
+        in_flight: Cell::new(0),
+        writer: Cell::new(None),
+        dirty: Cell::new(false),
+        closed: Cell::new(false),
+        discard: Cell::new(false),
+        opts: RefCell::new(ConnectOpts::default()),
+        echo: Cell::new(true),
+        headers: Cell::new(false),
+        subs: RefCell::new(HashMap::new()),
+        received: Cell::new(false),
+        pings_out: Cell::new(0),
+        next_ping: Cell::new(Instant::now() + g.opts.ping_interval),
+        rtt_due: Cell::new(false),
+        ping_waker: Cell::new(None),
+        writer_done: Cell::new(false),
+        addr,
+    });
+    client.write(&g.info_line(cid, &ip));
+    rt::spawn(writer_task(shard.clone(), client.clone(), writer));
+    let count = g.connections.fetch_add(1, Ordering::Relaxed) + 1;
+    shard.clients.borrow_mut().insert(cid, client.clone());
+    if count > g.opts.max_connections as usize {
+        tracing::error!(
+            "{} - cid:{} - maximum connections exceeded",
+            client.addr,
+            cid
+        );
+        client.write_err("maximum connections exceeded");
+        shard.close_client(&client);
+        return;
+    }
+    tracing::debug!("{} - cid:{} - Client connection created", client.addr, cid);
+    rt::spawn(ping_task(shard.clone(), client.clone()));
+    read_loop(&shard, &client, reader).await;
+    shard.close_client(&client);
+    shard.flush();
+    tracing::debug!("{} - cid:{} - Client connection closed", client.addr, cid);
+}
+
+async fn read_loop(shard: &Rc<Shard>, c: &Rc<Client>, mut reader: ConnReader) {
+    let g = &shard.g;
+    let mut parser = Parser::new(
+        g.opts.max_control_line as usize,
+        g.opts.max_payload as usize,
+    );
+    let mut buf = BytesMut::new();
+    let mut read_size = READ_MIN;
+    loop {
+        if shard.mesh.congested() {
+            shard.flush();
+            shard.mesh.wait_uncongested().await;
+        }
+        let start = buf.len();
+        buf.resize(start + read_size, 0);
+        let n = match reader.read(&mut buf[start..]).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        buf.truncate(start + n);
+        if c.closed.get() {
+            return;
+        }
+        c.received.set(true);
+        if n == read_size && read_size < READ_MAX {
+            read_size *= 2;
+        } else if n < read_size / 4 && read_size > READ_MIN {
+            read_size /= 2;
+        }
+        loop {
+            match parser.next(&mut buf) {
+                Ok(Some(op)) => {
+                    if let Next::Close = handle_op(shard, c, op).await {
+                        shard.close_client(c);
+                        return;
+                    }
+                    parser.set_headers(c.headers.get());
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    protocol_error(c, &e);
+                    return;
+                }
+            }
+        }
+        shard.flush();
+    }
+}
+
+fn protocol_error(c: &Client, e: &ParseError) {
+    match e.err_text() {
+        Some(text) => {
+            tracing::error!("{} - cid:{} - {}", c.addr, c.cid, e);
+            c.write_err(text);
+        }
+        None => tracing::error!("{} - cid:{} - {}", c.addr, c.cid, e),
+    }
+}
+
+async fn handle_op(shard: &Rc<Shard>, c: &Rc<Client>, op: Op) -> Next {
+    if tracing::enabled!(tracing::Level::TRACE) {
+        tracing::trace!("{} - cid:{} - <<- [{:?}]", c.addr, c.cid, op);
+    }
+    let verbose = c.opts.borrow().verbose;
+    match op {
+        Op::Connect(json) => match ConnectOpts::parse(&json) {
+            Ok(o) => {
+                c.echo.set(o.echo);
+                c.headers.set(o.headers && !shard.g.opts.no_header_support);
+                let verbose = o.verbose;
+                *c.opts.borrow_mut() = o;
+                // nats-server measures the RTT soon after CONNECT: the first PING comes early.
+                let first = shard.g.opts.ping_interval.min(Duration::from_secs(2));
+                c.next_ping.set(Instant::now() + first);
+                c.rtt_due.set(true);
+                if verbose {
+                    c.write(client::OK);
+                }
+            }
+            Err(e) => {
+                tracing::error!("{} - cid:{} - {}", c.addr, c.cid, e);
+                if let Some(text) = e.err_text() {
+                    c.write_err(text);
+                }
+                return Next::Close;
+            }
+        },
+        Op::Pub {
+            subject,
+            reply,
+            hdr_len,
+            msg,
+            ..
+        } => {
+            let pedantic = c.opts.borrow().pedantic;
+            if pedantic && !sublist::is_valid_literal_subject(&subject) {
+                c.write_err("Invalid Publish Subject");
+            }
+            if verbose {
+                c.write(client::OK);
+            }
+            let delivered = shard.publish(c, &subject, reply.as_ref(), hdr_len, &msg);
+            if let Some(reply) = reply.as_ref() {
+                if !delivered && c.opts.borrow().no_responders {
+                    no_responders(shard, c, reply);
+                }
+            }
+            shard.mark_dirty(c);
+        }
+        Op::Sub {
+            subject,
+            queue,
+            sid,
+        } => {
+            let max_subs = shard.g.opts.max_subscriptions as usize;
+            let queue_ok = queue
+                .as_ref()
+                .is_none_or(|q| sublist::is_valid_literal_subject(q));
+            if !sublist::is_valid_subject(&subject) || !queue_ok {
+                c.write_err("Invalid Subject");
+            } else if max_subs > 0 && c.subs.borrow().len() >= max_subs {
+                tracing::error!(
+                    "{} - cid:{} - maximum subscriptions exceeded",
+                    c.addr,
+                    c.cid
+                );
+                c.write_err("maximum subscriptions exceeded");
+            } else {
+                if !c.subs.borrow().contains_key(&sid) {
+                    shard.add_sub(c, subject, queue, sid);
+                }
+                if verbose {
+                    c.write(client::OK);
+                }
+            }
+            shard.mark_dirty(c);
+        }
+        Op::Unsub { sid, max } => {
+            let sub = c.subs.borrow().get(&sid).cloned();
+            if let Some(sub) = sub {
+                match max {
+                    Some(m) if m > 0 && sub.0.delivered.get() < m => sub.0.max.set(m),
+                    _ => shard.remove_sub(c, &sid),
+                }
+            }
+            if verbose {
+                c.write(client::OK);
+            }
+            shard.mark_dirty(c);
+        }
+        Op::Ping => {
+            shard.interest_barrier().await;
+            c.write(client::PONG);
+            shard.mark_dirty(c);
+            shard.flush();
+        }
+        Op::Pong => {
+            c.pings_out.set(0);
+            c.rtt_due.set(false);
+        }
+        Op::Ignored => {}
+        Op::ClientErr(text) => {
+            tracing::error!(
+                "{} - cid:{} - Client Error {}",
+                c.addr,
+                c.cid,
+                String::from_utf8_lossy(&text)
+            );
+            return Next::Close;
+        }
+    }
+    if c.closed.get() {
+        Next::Close
+    } else {
+        Next::Continue
+    }
+}
+
+/// Answers a request nobody can receive with a 503 status on the requester's own
+/// subscription that matches the reply subject.
+fn no_responders(shard: &Shard, c: &Rc<Client>, reply: &Bytes) {
+    let sid = c
+        .subs
+        .borrow()
+        .values()
+        .find(|s| sublist::subject_matches(&s.0.subject, reply))
+        .map(|s| s.0.sid.clone());
+    if let Some(sid) = sid {
+        let hdr = client::NO_RESPONDERS_HDR;
+        client::write_msg(
+            &mut c.out.borrow_mut(),
+            reply,
+            &sid,
+            None,
+            hdr.len(),
+            hdr,
+            true,
+        );
+        shard.mark_dirty(c);
+    }
+}
+
+async fn writer_task(shard: Rc<Shard>, c: Rc<Client>, mut w: ConnWriter) {
+    let deadline = shard.g.opts.write_deadline;
+    let mut spare = BytesMut::new();
+    loop {
+        std::future::poll_fn(|cx| {
+            if !c.out.borrow().is_empty() || c.closed.get() {
+                Poll::Ready(())
+            } else {
+                c.writer.set(Some(cx.waker().clone()));
+                Poll::Pending
+            }
+        })
+        .await;
+        if c.discard.get() {
+            break;
+        }
+        let mut data = std::mem::replace(&mut *c.out.borrow_mut(), spare);
+        if data.is_empty() {
+            spare = data;
+            if c.closed.get() {
+                break;
+            }
+            continue;
+        }
+        c.in_flight.set(data.len());
+        match rt::timeout(deadline, w.write_all(&data)).await {
+            Some(Ok(())) => {}
+            Some(Err(_)) => {
+                shard.close_client(&c);
+                break;
+            }
+            None => {
+                tracing::info!(
+                    "{} - cid:{} - Slow Consumer Detected: WriteDeadline of {:?} exceeded with {} chunks of {} total bytes.",
+                    c.addr, c.cid, deadline, 1, data.len()
+                );
+                c.discard.set(true);
+                shard.close_client(&c);
+                break;
+            }
+        }
+        c.in_flight.set(0);
+        data.clear();
+        // Keep a large buffer only while it is needed.
+        spare = if data.capacity() > 4 * 1024 * 1024 {
+            BytesMut::new()
+        } else {
+            data
+        };
+    }
+    w.shutdown();
+    c.writer_done.set(true);
+}
+
+async fn ping_task(shard: Rc<Shard>, c: Rc<Client>) {
+    let interval = shard.g.opts.ping_interval;
+    loop {
+        let now = Instant::now();
+        let due = c.next_ping.get();
+        if due > now {
+            rt::race(rt::sleep(due - now), c.wait_closed()).await;
+            if c.closed.get() {
+                return;
+            }
+            continue;
+        }
+        c.next_ping.set(now + interval);
+        if c.pings_out.get() + 1 > shard.g.opts.ping_max {
+            tracing::debug!(
+                "{} - cid:{} - Stale Client Connection - Closing",
+                c.addr,
+                c.cid
+            );
+            c.write_err("Stale Connection");
+            shard.close_client(&c);
+            return;
+        }
+        if c.received.replace(false) && !c.rtt_due.get() {
+            continue;
+        }
+        c.pings_out.set(c.pings_out.get() + 1);
+        c.write(client::PING);
+        c.wake_writer();
+    }
+}

@@ -1,0 +1,1014 @@
+//! Subject validation and the subscription index ("sublist").
+//!
+//! This module owns:
+//!
+//! * **Subject validation** with exactly the nats-server rules: subjects are
+//!   byte strings of `.`-separated, non-empty tokens; ASCII whitespace
+//!   (space, `\t`, `\n`, `\r`, `\x0c`) is illegal anywhere; `*` (one token)
+//!   and `>` (one or more trailing tokens) are wildcards only when they are a
+//!   whole token, and `>` must be the last token.
+//! * **The subject index** [`Sublist`]: a token trie modelled on
+//!   nats-server's `sublist.go`. Each level has literal children in a hash
+//!   map plus optional `*` and `>` children; each node stores its plain
+//!   subscriptions and its queue subscriptions grouped by queue name.
+//!   Removal prunes empty nodes, so memory stays bounded under churn.
+//! * **The bounded match cache**: at most [`CACHE_MAX`] results, keyed by
+//!   subject bytes, invalidated lazily by a generation counter that every
+//!   successful insert/remove bumps. A cache hit performs no allocation (it
+//!   is a hash lookup plus an `Rc` refcount bump).
+//!
+//! It must not do I/O, spawn threads or take locks: it is sans-IO and
+//! single-threaded (each server shard owns its own index), which is why
+//! results are shared through [`Rc`].
+//!
+//! Note on hashing: the index uses a small hand-written Fx-style hasher
+//! because subject tokens are short. It is fast but not HashDoS resistant.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::hash::{BuildHasherDefault, Hasher};
+use std::rc::Rc;
+
+/// Maximum number of entries kept in the match cache (nats-server's
+/// `slCacheMax`).
+pub const CACHE_MAX: usize = 1024;
+
+/// Number of entries the cache is reduced to when it overflows with fresh
+/// entries (nats-server's `slCacheSweep`).
+const CACHE_SWEEP: usize = 256;
+
+/// Token separator.
+const TSEP: u8 = b'.';
+
+/// Errors returned by [`Sublist`] mutations.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SublistError {
+    /// The subject is not a valid subscription subject (empty, empty token,
+    /// whitespace, or `>` not in last position). See [`is_valid_subject`].
+    InvalidSubject,
+    /// The queue group name is empty or contains whitespace.
+    InvalidQueue,
+}
+
+impl fmt::Display for SublistError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SublistError::InvalidSubject => f.write_str("invalid subject"),
+            SublistError::InvalidQueue => f.write_str("invalid queue group name"),
+        }
+    }
+}
+
+impl std::error::Error for SublistError {}
+
+// ---------------------------------------------------------------------------
+// Subject validation
+// ---------------------------------------------------------------------------
+
+#[inline]
+fn is_ws(b: u8) -> bool {
+    matches!(b, b' ' | b'\t' | b'\n' | b'\r' | 0x0c)
+}
+
+/// Returns true if `s` is a valid subscription subject (wildcards allowed).
+///
+/// The empty subject, empty tokens (leading, trailing or double `.`),
+/// whitespace bytes, and a `>` token that is not the last token are invalid.
+/// `foo*` and `foo>` are ordinary literal tokens.
+pub fn is_valid_subject(s: &[u8]) -> bool {
+    if s.is_empty() {
+        return false;
+    }
+    let mut saw_fwc = false;
+    for tok in s.split(|&b| b == TSEP) {
+        if saw_fwc || tok.is_empty() || tok.iter().any(|&b| is_ws(b)) {
+            return false;
+        }
+        if tok == b">" {
+            saw_fwc = true;
+        }
+    }
+    true
+}
+
+/// Returns true if `s` is a valid subject containing no wildcard token
+/// (i.e. usable as a publish subject).
+pub fn is_valid_literal_subject(s: &[u8]) -> bool {
+    is_valid_subject(s) && s.split(|&b| b == TSEP).all(|t| t != b"*" && t != b">")
+}
+
+/// Returns true if `s` is non-empty and has no empty token. This is the only
+/// check [`Sublist::matches`] applies to a published subject.
+#[inline]
+fn has_no_empty_tokens(s: &[u8]) -> bool {
+    !s.is_empty() && s.split(|&b| b == TSEP).all(|t| !t.is_empty())
+}
+
+/// Naive reference matcher: does subscription `filter` match the published
+/// `subject`?
+///
+/// Tokens of `subject` are taken literally, so a published `*` or `>` token
+/// is matched only by a `*` or `>` filter token (a `*`/`>` filter token is
+/// always a wildcard). Returns
+/// false if `filter` is not a valid subject or `subject` is empty or has an
+/// empty token, mirroring [`Sublist::matches`].
+pub fn subject_matches(filter: &[u8], subject: &[u8]) -> bool {
+    if !is_valid_subject(filter) || !has_no_empty_tokens(subject) {
+        return false;
+    }
+    let mut f = filter.split(|&b| b == TSEP);
+    let mut s = subject.split(|&b| b == TSEP);
+    loop {
+        match (f.next(), s.next()) {
+            (None, None) => return true,
+            (Some(b">"), Some(_)) => return true,
+            (Some(b"*"), Some(_)) => {}
+            (Some(ft), Some(st)) => {
+                if ft != st {
+                    return false;
+                }
+            }
+            _ => return false,
+        }
+    }
+}
+
+/// Splits off the first token: returns `(token, rest_after_separator)`;
+/// `rest` is `None` when `s` holds the last token.
+#[inline]
+fn split_token(s: &[u8]) -> (&[u8], Option<&[u8]>) {
+    match s.iter().position(|&b| b == TSEP) {
+        Some(i) => (&s[..i], Some(&s[i + 1..])),
+        None => (s, None),
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Hasher
+// ---------------------------------------------------------------------------
+
+/// Small Fx-style hasher (as used in rustc) for short byte-string keys.
+#[derive(Default, Clone, Copy)]
+struct FxHasher {
+    hash: u64,
+}
+
+const FX_K: u64 = 0xf135_7aea_2e62_a9c5;
+
+impl FxHasher {
+    #[inline]
+    fn add(&mut self, w: u64) {
+        self.hash = self.hash.wrapping_add(w).wrapping_mul(FX_K);
+    }
+}
+
+impl Hasher for FxHasher {
+    #[inline]
+    fn write(&mut self, bytes: &[u8]) {
+        let mut chunks = bytes.chunks_exact(8);
+        for c in &mut chunks {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(c);
+            self.add(u64::from_le_bytes(b));
+        }
+        let rem = chunks.remainder();
+        if !rem.is_empty() {
+            let mut b = [0u8; 8];
+            b[..rem.len()].copy_from_slice(rem);
+            // Mix in the remainder length so "a\0" and "a" differ.
+            self.add(u64::from_le_bytes(b) ^ ((rem.len() as u64) << 59));
+        }
+    }
+
+    #[inline]
+    fn write_u8(&mut self, i: u8) {
+        self.add(u64::from(i));
+    }
+
+    #[inline]
+    fn write_usize(&mut self, i: usize) {
+        self.add(i as u64);
+    }
+
+    #[inline]
+    fn finish(&self) -> u64 {
+        // Rotate so the well-mixed high bits reach the bucket-index bits.
+        self.hash.rotate_left(26)
+    }
+}
+
+type FxBuild = BuildHasherDefault<FxHasher>;
+type FxMap<K, V> = HashMap<K, V, FxBuild>;
+
+// ---------------------------------------------------------------------------
+// Results
+// ---------------------------------------------------------------------------
+
+/// Result of [`Sublist::matches`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct SublistResult<T> {
+    /// Plain (non-queue) subscriptions that match, in no particular order.
+    pub psubs: Vec<T>,
+    /// One entry per distinct matching queue group name, with all matching
+    /// members of that group (from literal, `*` and `>` paths merged).
+    pub qsubs: Vec<(Box<[u8]>, Vec<T>)>,
+}
+
+impl<T> SublistResult<T> {
+    /// True if nothing matched.
+    pub fn is_empty(&self) -> bool {
+        self.psubs.is_empty() && self.qsubs.is_empty()
+    }
+}
+
+impl<T> Default for SublistResult<T> {
+    fn default() -> Self {
+        SublistResult {
+            psubs: Vec::new(),
+            qsubs: Vec::new(),
+        }
+    }
+}
+
+impl<T: Clone> SublistResult<T> {
+    fn add_node(&mut self, n: &Node<T>) {
+        self.psubs.extend_from_slice(&n.psubs);
+        for (name, members) in &n.qsubs {
+            match self.qsubs.iter_mut().find(|(q, _)| **q == **name) {
+                Some((_, acc)) => acc.extend_from_slice(members),
+                None => self.qsubs.push((name.clone(), members.clone())),
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Trie
+// ---------------------------------------------------------------------------
+
+struct Node<T> {
+    next: Option<Box<Level<T>>>,
+    psubs: Vec<T>,
+    qsubs: Vec<(Box<[u8]>, Vec<T>)>,
+}
+
+impl<T> Default for Node<T> {
+    fn default() -> Self {
+        Node {
+            next: None,
+            psubs: Vec::new(),
+            qsubs: Vec::new(),
+        }
+    }
+}
+
+impl<T: PartialEq> Node<T> {
+    /// True if the node has no subscriptions and no children (child levels
+    /// are pruned eagerly, so `next` is `None` when empty).
+    fn is_empty(&self) -> bool {
+        self.psubs.is_empty() && self.qsubs.is_empty() && self.next.is_none()
+    }
+
+    fn remove_sub(&mut self, queue: Option<&[u8]>, value: &T) -> bool {
+        match queue {
+            None => match self.psubs.iter().position(|v| v == value) {
+                Some(i) => {
+                    self.psubs.swap_remove(i);
+                    true
+                }
+                None => false,
+            },
+            Some(q) => {
+                let Some(gi) = self.qsubs.iter().position(|(n, _)| **n == *q) else {
+                    return false;
+                };
+                let members = &mut self.qsubs[gi].1;
+                let Some(i) = members.iter().position(|v| v == value) else {
+                    return false;
+                };
+                members.swap_remove(i);
+                if members.is_empty() {
+                    self.qsubs.swap_remove(gi);
+                }
+                true
+            }
+        }
+    }
+}
+
+struct Level<T> {
+    nodes: FxMap<Box<[u8]>, Node<T>>,
+    pwc: Option<Box<Node<T>>>,
+    fwc: Option<Box<Node<T>>>,
+}
+
+impl<T> Default for Level<T> {
+    fn default() -> Self {
+        Level {
+            nodes: FxMap::default(),
+            pwc: None,
+            fwc: None,
+        }
+    }
+}
+
+impl<T> Level<T> {
+    fn is_empty(&self) -> bool {
+        self.nodes.is_empty() && self.pwc.is_none() && self.fwc.is_none()
+    }
+
+    #[cfg(test)]
+    fn node_count(&self) -> usize {
+        let sub = |n: &Node<T>| 1 + n.next.as_ref().map_or(0, |l| l.node_count());
+        self.nodes.values().map(sub).sum::<usize>()
+            + self.pwc.as_deref().map_or(0, sub)
+            + self.fwc.as_deref().map_or(0, sub)
+    }
+}
+
+/// Walks the trie for a published subject (`rest` must have no empty
+/// tokens), adding all matching nodes to `acc`. Mirrors nats-server's
+/// `matchLevel`. A published token that is itself `*` or `>` only looks up
+/// the wildcard children (literal children never have those keys).
+fn match_level<T: Clone>(mut level: &Level<T>, mut rest: &[u8], acc: &mut SublistResult<T>) {
+    loop {
+        let (tok, tail) = split_token(rest);
+        if let Some(f) = level.fwc.as_deref() {
+            acc.add_node(f);
+        }
+        let pwc = level.pwc.as_deref();
+        let lit = if tok == b"*" || tok == b">" {
+            None
+        } else {
+            level.nodes.get(tok)
+        };
+        match tail {
+            None => {
+                if let Some(n) = lit {
+                    acc.add_node(n);
+                }
+                if let Some(p) = pwc {
+                    acc.add_node(p);
+                }
+                return;
+            }
+            Some(t) => {
+                if let Some(next) = pwc.and_then(|p| p.next.as_deref()) {
+                    match_level(next, t, acc);
+                }
+                match lit.and_then(|n| n.next.as_deref()) {
+                    Some(l) => {
+                        level = l;
+                        rest = t;
+                    }
+                    None => return,
+                }
+            }
+        }
+    }
+}
+
+/// Like [`match_level`] but only answers whether anything matches, without
+/// allocating.
+fn level_has_interest<T>(mut level: &Level<T>, mut rest: &[u8]) -> bool {
+    loop {
+        let (tok, tail) = split_token(rest);
+        if level.fwc.as_deref().is_some_and(|f| f.has_subs_any()) {
+            return true;
+        }
+        let pwc = level.pwc.as_deref();
+        let lit = if tok == b"*" || tok == b">" {
+            None
+        } else {
+            level.nodes.get(tok)
+        };
+        match tail {
+            None => {
+                return lit.is_some_and(|n| n.has_subs_any())
+                    || pwc.is_some_and(|p| p.has_subs_any());
+            }
+            Some(t) => {
+                if let Some(next) = pwc.and_then(|p| p.next.as_deref()) {
+                    if level_has_interest(next, t) {
+                        return true;
+                    }
+                }
+                match lit.and_then(|n| n.next.as_deref()) {
+                    Some(l) => {
+                        level = l;
+                        rest = t;
+                    }
+                    None => return false,
+                }
+            }
+        }
+    }
+}
+
+impl<T> Node<T> {
+    #[inline]
+    fn has_subs_any(&self) -> bool {
+        !self.psubs.is_empty() || !self.qsubs.is_empty()
+    }
+}
+
+/// Removes one `(queue, value)` subscription at `subject` below `level`,
+/// pruning nodes that become empty. Returns true if it was found.
+fn remove_rec<T: PartialEq>(
+    level: &mut Level<T>,
+    subject: &[u8],
+    queue: Option<&[u8]>,
+    value: &T,
+) -> bool {
+    let (tok, tail) = split_token(subject);
+    let node: &mut Node<T> = match tok {
+        b"*" => match level.pwc.as_deref_mut() {
+            Some(n) => n,
+            None => return false,
+        },
+        b">" => match level.fwc.as_deref_mut() {
+            Some(n) => n,
+            None => return false,
+        },
+        _ => match level.nodes.get_mut(tok) {
+            Some(n) => n,
+            None => return false,
+        },
+    };
+    let removed = match tail {
+        None => node.remove_sub(queue, value),
+        Some(t) => match node.next.as_deref_mut() {
+            Some(next) => {
+                let r = remove_rec(next, t, queue, value);
+                if r && next.is_empty() {
+                    node.next = None;
+                }
+                r
+            }
+            None => false,
+        },
+    };
+    if removed && node.is_empty() {
+        match tok {
+            b"*" => level.pwc = None,
+            b">" => level.fwc = None,
+            _ => {
+                level.nodes.remove(tok);
+            }
+        }
+    }
+    removed
+}
+
+/// Computes a fresh match result; returns the shared empty result when
+/// nothing matches so that misses with no interest do not allocate a result.
+fn compute<T: Clone>(
+    root: &Level<T>,
+    empty: &Rc<SublistResult<T>>,
+    subject: &[u8],
+) -> Rc<SublistResult<T>> {
+    let mut acc = SublistResult::default();
+    match_level(root, subject, &mut acc);
+    if acc.is_empty() {
+        Rc::clone(empty)
+    } else {
+        Rc::new(acc)
+    }
+}
+
+struct CacheEntry<T> {
+    generation: u64,
+    result: Rc<SublistResult<T>>,
+}
+
+/// The subject index: a token trie of subscriptions with queue groups and a
+/// bounded, lazily invalidated match cache.
+///
+/// Duplicates: inserting an identical `(subject, queue, value)` triple twice
+/// stores it twice (and it is then reported twice by [`Sublist::matches`]);
+/// each [`Sublist::remove`] removes one copy. The same value under
+/// different subjects is independent and may be reported once per matching
+/// subscription.
+pub struct Sublist<T> {
+    root: Level<T>,
+    count: usize,
+    generation: u64,
+    cache: FxMap<Box<[u8]>, CacheEntry<T>>,
+    empty: Rc<SublistResult<T>>,
+}
+
+impl<T: Clone + PartialEq> Default for Sublist<T> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<T: Clone + PartialEq> Sublist<T> {
+    /// Creates an empty index.
+    pub fn new() -> Self {
+        Sublist {
+            root: Level::default(),
+            count: 0,
+            generation: 0,
+            cache: FxMap::default(),
+            empty: Rc::new(SublistResult::default()),
+        }
+    }
+
+    /// Adds a subscription on `subject` (wildcards allowed), optionally in
+    /// queue group `queue`.
+    ///
+    /// Errors: [`SublistError::InvalidSubject`] if `subject` fails
+    /// [`is_valid_subject`]; [`SublistError::InvalidQueue`] if `queue` is
+    /// empty or contains whitespace. On error nothing changes.
+    pub fn insert(
+        &mut self,
+        subject: &[u8],
+        queue: Option<&[u8]>,
+        value: T,
+    ) -> Result<(), SublistError> {
+        if !is_valid_subject(subject) {
+            return Err(SublistError::InvalidSubject);
+        }
+        if let Some(q) = queue {
+            if q.is_empty() || q.iter().any(|&b| is_ws(b)) {
+                return Err(SublistError::InvalidQueue);
+            }
+        }
+        let mut level = &mut self.root;
+        let mut rest = subject;
+        let node = loop {
+            let (tok, tail) = split_token(rest);
+            let node: &mut Node<T> = match tok {
+                b"*" => level.pwc.get_or_insert_with(Box::default),
+                b">" => level.fwc.get_or_insert_with(Box::default),
+                _ => level.nodes.entry(Box::from(tok)).or_default(),
+            };
+            match tail {
+                None => break node,
+                Some(t) => {
+                    level = node.next.get_or_insert_with(Box::default);
+                    rest = t;
+                }
+            }
+        };
+        match queue {
+            None => node.psubs.push(value),
+            Some(q) => match node.qsubs.iter_mut().find(|(n, _)| **n == *q) {
+                Some((_, members)) => members.push(value),
+                None => node.qsubs.push((Box::from(q), vec![value])),
+            },
+        }
+        self.count += 1;
+        self.generation = self.generation.wrapping_add(1);
+        Ok(())
+    }
+
+    /// Removes one subscription `(subject, queue, value)`. Returns true if it
+    /// was present. Empty trie nodes are pruned.
+    pub fn remove(&mut self, subject: &[u8], queue: Option<&[u8]>, value: &T) -> bool {
+        if !is_valid_subject(subject) {
+            return false;
+        }
+        let removed = remove_rec(&mut self.root, subject, queue, value);
+        if removed {
+            self.count -= 1;
+            self.generation = self.generation.wrapping_add(1);
+        }
+        removed
+    }
+
+    /// Returns all subscriptions matching the published `subject`.
+    ///
+    /// Tokens are taken literally, except that a published `*` or `>` token
+    /// matches only wildcard subscriptions (`*`/`>`) at that position. A
+    /// subject that is empty or has an empty token matches nothing. Results
+    /// are cached (see the module docs); a cache hit does not allocate.
+    pub fn matches(&mut self, subject: &[u8]) -> Rc<SublistResult<T>> {
+        let generation = self.generation;
+        if let Some(e) = self.cache.get_mut(subject) {
+            if e.generation != generation {
+                e.result = compute(&self.root, &self.empty, subject);
+                e.generation = generation;
+            }
+            return Rc::clone(&e.result);
+        }
+        if !has_no_empty_tokens(subject) {
+            return Rc::clone(&self.empty);
+        }
+        let r = compute(&self.root, &self.empty, subject);
+        if self.cache.len() >= CACHE_MAX {
+            self.shrink_cache();
+        }
+        self.cache.insert(
+            Box::from(subject),
+            CacheEntry {
+                generation: self.generation,
+                result: Rc::clone(&r),
+            },
+        );
+        r
+    }
+
+    /// True if any plain or queue subscription matches `subject`. Uses a
+    /// fresh cache entry if present, otherwise walks the trie without
+    /// allocating (and without populating the cache).
+    pub fn has_interest(&mut self, subject: &[u8]) -> bool {
+        if let Some(e) = self.cache.get(subject) {
+            if e.generation == self.generation {
+                return !e.result.is_empty();
+            }
+        }
+        has_no_empty_tokens(subject) && level_has_interest(&self.root, subject)
+    }
+
+    /// Number of subscriptions stored.
+    pub fn count(&self) -> usize {
+        self.count
+    }
+
+    /// Number of entries currently in the match cache (fresh or stale).
+    pub fn cache_len(&self) -> usize {
+        self.cache.len()
+    }
+
+    /// Called when the cache is full: drop stale entries; if that frees too
+    /// little, drop arbitrary (hash-order) entries down to `CACHE_SWEEP`.
+    /// Amortised O(1) per insertion.
+    fn shrink_cache(&mut self) {
+        let generation = self.generation;
+        self.cache.retain(|_, e| e.generation == generation);
+        if self.cache.len() > CACHE_MAX - CACHE_SWEEP {
+            let mut keep = CACHE_SWEEP;
+            self.cache.retain(|_, _| {
+                if keep > 0 {
+                    keep -= 1;
+                    true
+                } else {
+                    false
+                }
+            });
+        }
+    }
+
+    #[cfg(test)]
+    fn node_count(&self) -> usize {
+        self.root.node_count()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::rngs::StdRng;
+    use rand::{Rng, SeedableRng};
+    use std::collections::BTreeSet;
+
+    #[test]
+    fn validation() {
+        for s in [
+            "foo", "foo.bar", "foo.*", "foo.>", ">", "*", "foo*.bar", "foo>.bar", "*.*.>",
+            "a.b.c.d",
+        ] {
+            assert!(is_valid_subject(s.as_bytes()), "{s} should be valid");
+        }
+        for s in [
+            "",
+            ".foo",
+            "foo.",
+            "foo..bar",
+            "foo.>.bar",
+            ">.>",
+            "foo bar",
+            "foo\tbar",
+            "foo\nbar",
+            "foo\rbar",
+            "foo\x0cbar",
+            ".",
+            "..",
+        ] {
+            assert!(!is_valid_subject(s.as_bytes()), "{s:?} should be invalid");
+        }
+        for s in ["foo", "foo.bar", "foo*.bar", "foo>.bar", "a.b.c"] {
+            assert!(is_valid_literal_subject(s.as_bytes()), "{s} literal");
+        }
+        for s in ["foo.*", "foo.>", ">", "*", "", "foo..bar", "foo bar"] {
+            assert!(!is_valid_literal_subject(s.as_bytes()), "{s:?} not literal");
+        }
+    }
+
+    #[test]
+    fn naive_matcher() {
+        let m = |f: &str, s: &str| subject_matches(f.as_bytes(), s.as_bytes());
+        assert!(m("foo", "foo"));
+        assert!(!m("foo", "Foo"));
+        assert!(m("foo.*", "foo.bar"));
+        assert!(!m("foo.*", "foo"));
+        assert!(!m("foo.*", "foo.bar.baz"));
+        assert!(m("foo.>", "foo.bar.baz"));
+        assert!(!m("foo.>", "foo"));
+        assert!(m(">", "foo"));
+        assert!(m("*.bar", "foo.bar"));
+        assert!(!m("foo*", "foo.bar"));
+        assert!(m("foo*", "foo*"));
+        assert!(!m("foo.bar", "foo.*"));
+        assert!(m("foo.*", "foo.*"));
+        assert!(!m("foo", ""));
+        assert!(!m("foo.>.bar", "foo.x.bar"));
+    }
+
+    fn sorted<T: Ord + Clone>(v: &[T]) -> Vec<T> {
+        let mut v = v.to_vec();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn insert_match_remove_basic() {
+        let mut sl: Sublist<u32> = Sublist::new();
+        sl.insert(b"foo.bar", None, 1).unwrap();
+        sl.insert(b"foo.*", None, 2).unwrap();
+        sl.insert(b"foo.>", None, 3).unwrap();
+        sl.insert(b">", None, 4).unwrap();
+        sl.insert(b"*.bar", None, 5).unwrap();
+        sl.insert(b"foo", None, 6).unwrap();
+        assert_eq!(sl.count(), 6);
+
+        assert_eq!(sorted(&sl.matches(b"foo.bar").psubs), vec![1, 2, 3, 4, 5]);
+        assert_eq!(sorted(&sl.matches(b"foo.baz").psubs), vec![2, 3, 4]);
+        assert_eq!(sorted(&sl.matches(b"foo.bar.baz").psubs), vec![3, 4]);
+        assert_eq!(sorted(&sl.matches(b"foo").psubs), vec![4, 6]);
+        assert_eq!(sorted(&sl.matches(b"bar").psubs), vec![4]);
+        // Published wildcard tokens only hit wildcard subscriptions.
+        assert_eq!(sorted(&sl.matches(b"foo.*").psubs), vec![2, 3, 4]);
+        assert_eq!(sorted(&sl.matches(b"*.bar").psubs), vec![4, 5]);
+        // Empty tokens match nothing.
+        assert!(sl.matches(b"foo..bar").is_empty());
+        assert!(sl.matches(b"").is_empty());
+        assert!(!sl.has_interest(b""));
+
+        assert!(sl.remove(b"foo.*", None, &2));
+        assert!(!sl.remove(b"foo.*", None, &2));
+        assert!(!sl.remove(b"foo.bar", None, &99));
+        assert!(!sl.remove(b"nope.x", None, &1));
+        assert_eq!(sorted(&sl.matches(b"foo.baz").psubs), vec![3, 4]);
+        assert_eq!(sl.count(), 5);
+    }
+
+    #[test]
+    fn invalid_inserts() {
+        let mut sl: Sublist<u32> = Sublist::new();
+        assert_eq!(sl.insert(b"", None, 1), Err(SublistError::InvalidSubject));
+        assert_eq!(
+            sl.insert(b"foo.>.bar", None, 1),
+            Err(SublistError::InvalidSubject)
+        );
+        assert_eq!(
+            sl.insert(b"foo bar", None, 1),
+            Err(SublistError::InvalidSubject)
+        );
+        assert_eq!(
+            sl.insert(b"foo", Some(b""), 1),
+            Err(SublistError::InvalidQueue)
+        );
+        assert_eq!(
+            sl.insert(b"foo", Some(b"q 1"), 1),
+            Err(SublistError::InvalidQueue)
+        );
+        assert_eq!(sl.count(), 0);
+        assert_eq!(sl.node_count(), 0);
+        assert_eq!(SublistError::InvalidSubject.to_string(), "invalid subject");
+    }
+
+    #[test]
+    fn queue_groups_merge() {
+        let mut sl: Sublist<u32> = Sublist::new();
+        sl.insert(b"foo.bar", Some(b"q1"), 1).unwrap();
+        sl.insert(b"foo.*", Some(b"q1"), 2).unwrap();
+        sl.insert(b"foo.>", Some(b"q1"), 3).unwrap();
+        sl.insert(b"foo.bar", Some(b"q2"), 4).unwrap();
+        sl.insert(b"foo.bar", None, 5).unwrap();
+        let r = sl.matches(b"foo.bar");
+        assert_eq!(r.psubs, vec![5]);
+        assert_eq!(r.qsubs.len(), 2);
+        let q1 = r.qsubs.iter().find(|(n, _)| &**n == b"q1").unwrap();
+        assert_eq!(sorted(&q1.1), vec![1, 2, 3]);
+        let q2 = r.qsubs.iter().find(|(n, _)| &**n == b"q2").unwrap();
+        assert_eq!(q2.1, vec![4]);
+        // Wrong queue name does not remove.
+        assert!(!sl.remove(b"foo.bar", Some(b"q2"), &1));
+        assert!(!sl.remove(b"foo.bar", None, &1));
+        assert!(sl.remove(b"foo.bar", Some(b"q2"), &4));
+        let r = sl.matches(b"foo.bar");
+        assert_eq!(r.qsubs.len(), 1);
+        assert!(sl.has_interest(b"foo.x"));
+    }
+
+    #[test]
+    fn duplicates_stored_twice() {
+        let mut sl: Sublist<u32> = Sublist::new();
+        sl.insert(b"a", None, 1).unwrap();
+        sl.insert(b"a", None, 1).unwrap();
+        assert_eq!(sl.count(), 2);
+        assert_eq!(sl.matches(b"a").psubs, vec![1, 1]);
+        assert!(sl.remove(b"a", None, &1));
+        assert_eq!(sl.matches(b"a").psubs, vec![1]);
+        assert!(sl.remove(b"a", None, &1));
+        assert!(sl.matches(b"a").is_empty());
+        assert_eq!(sl.node_count(), 0);
+    }
+
+    #[test]
+    fn pruning() {
+        let mut sl: Sublist<u32> = Sublist::new();
+        let subs: &[(&[u8], Option<&[u8]>)] = &[
+            (b"a.b.c", None),
+            (b"a.b", None),
+            (b"a.*.c", Some(b"q")),
+            (b"a.>", None),
+            (b"*.*.*.*", Some(b"q")),
+            (b">", None),
+            (b"x.y.z.w.v", None),
+        ];
+        for (i, (s, q)) in subs.iter().enumerate() {
+            sl.insert(s, *q, i as u32).unwrap();
+        }
+        assert!(sl.node_count() > 0);
+        for (i, (s, q)) in subs.iter().enumerate().rev() {
+            assert!(sl.remove(s, *q, &(i as u32)));
+        }
+        assert_eq!(sl.count(), 0);
+        assert_eq!(sl.node_count(), 0);
+        assert!(sl.root.is_empty());
+        // Churn keeps it bounded.
+        for i in 0..1000u32 {
+            let s = format!("t.{}.x", i);
+            sl.insert(s.as_bytes(), None, i).unwrap();
+            assert!(sl.remove(s.as_bytes(), None, &i));
+        }
+        assert_eq!(sl.node_count(), 0);
+    }
+
+    #[test]
+    fn cache_invalidation() {
+        let mut sl: Sublist<u32> = Sublist::new();
+        sl.insert(b"foo.bar", None, 1).unwrap();
+        let r1 = sl.matches(b"foo.bar");
+        let r2 = sl.matches(b"foo.bar");
+        assert!(Rc::ptr_eq(&r1, &r2), "second lookup is a cache hit");
+        assert_eq!(r1.psubs, vec![1]);
+
+        sl.insert(b"foo.*", None, 2).unwrap();
+        assert_eq!(sorted(&sl.matches(b"foo.bar").psubs), vec![1, 2]);
+        // Old result is unchanged (immutable snapshot).
+        assert_eq!(r1.psubs, vec![1]);
+
+        assert!(sl.remove(b"foo.bar", None, &1));
+        assert_eq!(sl.matches(b"foo.bar").psubs, vec![2]);
+        assert!(sl.remove(b"foo.*", None, &2));
+        assert!(sl.matches(b"foo.bar").is_empty());
+        assert!(!sl.has_interest(b"foo.bar"));
+    }
+
+    #[test]
+    fn cache_is_bounded() {
+        let mut sl: Sublist<u32> = Sublist::new();
+        sl.insert(b">", None, 1).unwrap();
+        for i in 0..5000u32 {
+            let s = format!("s.{i}");
+            assert_eq!(sl.matches(s.as_bytes()).psubs, vec![1]);
+            assert!(sl.cache_len() <= CACHE_MAX);
+        }
+    }
+
+    fn random_filter(rng: &mut StdRng) -> String {
+        const ALPHA: [&str; 3] = ["a", "b", "c"];
+        let n = rng.gen_range(1..=5);
+        let mut toks = Vec::new();
+        for i in 0..n {
+            let r = rng.gen_range(0..10);
+            if i == n - 1 && r == 0 {
+                toks.push(">");
+            } else if r < 3 {
+                toks.push("*");
+            } else {
+                toks.push(ALPHA[rng.gen_range(0..ALPHA.len())]);
+            }
+        }
+        toks.join(".")
+    }
+
+    fn random_subject(rng: &mut StdRng) -> String {
+        const ALPHA: [&str; 4] = ["a", "b", "c", "d"];
+        let n = rng.gen_range(1..=6);
+        let mut toks = Vec::new();
+        for _ in 0..n {
+            let r = rng.gen_range(0..30);
+            if r == 0 {
+                toks.push("*");
+            } else if r == 1 {
+                toks.push(">");
+            } else {
+                toks.push(ALPHA[rng.gen_range(0..ALPHA.len())]);
+            }
+        }
+        toks.join(".")
+    }
+
+    type Canon = (BTreeSet<u32>, BTreeSet<(Vec<u8>, BTreeSet<u32>)>);
+
+    fn canon(r: &SublistResult<u32>) -> Canon {
+        let p: BTreeSet<u32> = r.psubs.iter().copied().collect();
+        assert_eq!(p.len(), r.psubs.len(), "no duplicate psubs");
+        let names: BTreeSet<&[u8]> = r.qsubs.iter().map(|(n, _)| &**n).collect();
+        assert_eq!(names.len(), r.qsubs.len(), "one entry per queue name");
+        let q = r
+            .qsubs
+            .iter()
+            .map(|(n, m)| {
+                let s: BTreeSet<u32> = m.iter().copied().collect();
+                assert_eq!(s.len(), m.len());
+                assert!(!m.is_empty());
+                (n.to_vec(), s)
+            })
+            .collect();
+        (p, q)
+    }
+
+    fn brute(live: &[(String, Option<String>, u32)], subject: &str) -> Canon {
+        let mut p = BTreeSet::new();
+        let mut q: std::collections::BTreeMap<Vec<u8>, BTreeSet<u32>> = Default::default();
+        for (f, qn, v) in live {
+            if subject_matches(f.as_bytes(), subject.as_bytes()) {
+                match qn {
+                    None => {
+                        p.insert(*v);
+                    }
+                    Some(qn) => {
+                        q.entry(qn.as_bytes().to_vec()).or_default().insert(*v);
+                    }
+                }
+            }
+        }
+        (p, q.into_iter().collect())
+    }
+
+    #[test]
+    fn randomized_against_naive() {
+        let mut rng = StdRng::seed_from_u64(0x5eed_1234);
+        let mut sl: Sublist<u32> = Sublist::new();
+        let mut live: Vec<(String, Option<String>, u32)> = Vec::new();
+        let mut next_id = 0u32;
+        let (mut nonempty_p, mut nonempty_q) = (0usize, 0usize);
+        for _ in 0..6000 {
+            let op = rng.gen_range(0..100);
+            // Keep the live set moderate so the brute-force oracle stays fast.
+            if op < 35 && live.len() < 150 {
+                let f = random_filter(&mut rng);
+                let q = match rng.gen_range(0..4) {
+                    0 => Some("q1".to_string()),
+                    1 => Some("q2".to_string()),
+                    _ => None,
+                };
+                sl.insert(f.as_bytes(), q.as_deref().map(str::as_bytes), next_id)
+                    .unwrap();
+                live.push((f, q, next_id));
+                next_id += 1;
+            } else if op < 60 {
+                if !live.is_empty() && rng.gen_range(0..10) != 0 {
+                    let i = rng.gen_range(0..live.len());
+                    let (f, q, v) = live.swap_remove(i);
+                    assert!(sl.remove(f.as_bytes(), q.as_deref().map(str::as_bytes), &v));
+                } else {
+                    let f = random_filter(&mut rng);
+                    assert!(!sl.remove(f.as_bytes(), None, &u32::MAX));
+                }
+            } else {
+                let s = random_subject(&mut rng);
+                let r = sl.matches(s.as_bytes());
+                let want = brute(&live, &s);
+                assert_eq!(canon(&r), want, "subject {s}");
+                nonempty_p += usize::from(!want.0.is_empty());
+                nonempty_q += usize::from(!want.1.is_empty());
+                let empty = want.0.is_empty() && want.1.is_empty();
+                assert_eq!(sl.has_interest(s.as_bytes()), !empty);
+                // Check the cache-less interest walk too.
+                let s2 = random_subject(&mut rng);
+                let want2 = brute(&live, &s2);
+                let e2 = want2.0.is_empty() && want2.1.is_empty();
+                assert_eq!(sl.has_interest(s2.as_bytes()), !e2, "interest {s2}");
+            }
+            assert_eq!(sl.count(), live.len());
+        }
+        assert!(
+            nonempty_p > 500 && nonempty_q > 500,
+            "{nonempty_p} {nonempty_q}"
+        );
+        for (f, q, v) in live.drain(..) {
+            assert!(sl.remove(f.as_bytes(), q.as_deref().map(str::as_bytes), &v));
+        }
+        assert_eq!(sl.count(), 0);
+        assert_eq!(sl.node_count(), 0);
+        assert!(sl.matches(b"a.b").is_empty());
+    }
+}

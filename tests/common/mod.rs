@@ -1,0 +1,588 @@
+//! Shared black-box harness: start a server binary (Tern or the real
+//! nats-server), discover its port from the log, talk raw protocol to it.
+//!
+//! Binary selection: `NATS_SERVER_BIN` if set, else the `tern` binary of the
+//! package under test (`CARGO_BIN_EXE_tern`). Every server is started with
+//! `-a 127.0.0.1 -p -1` (random port) plus the test's extra arguments.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+/// Correctness timeout for anything we wait for (never a performance assert).
+pub const TIMEOUT: Duration = Duration::from_secs(5);
+
+pub fn server_bin() -> PathBuf {
+    if let Ok(p) = std::env::var("NATS_SERVER_BIN") {
+        if !p.is_empty() {
+            return PathBuf::from(p);
+        }
+    }
+    match option_env!("CARGO_BIN_EXE_tern") {
+        Some(p) => PathBuf::from(p),
+        None => panic!(
+            "no server binary: set NATS_SERVER_BIN=/path/to/nats-server (or tern), \
+             or run these tests inside the tern package so CARGO_BIN_EXE_tern is set"
+        ),
+    }
+}
+
+/// True when the binary under test is Tern (anything whose file name is not
+/// `nats-server`).
+pub fn is_tern() -> bool {
+    let bin = server_bin();
+    let name = bin
+        .file_name()
+        .map(|n| n.to_string_lossy().to_string())
+        .unwrap_or_default();
+    !name.contains("nats-server")
+}
+
+pub struct Server {
+    child: Option<Child>,
+    pub port: u16,
+    logs: Arc<Mutex<Vec<String>>>,
+}
+
+impl Server {
+    /// Start with `-a 127.0.0.1 -p -1` plus `args` (for both binaries).
+    pub fn start(args: &[&str]) -> Server {
+        Self::start_with_tern_args(args, &[])
+    }
+
+    /// `args` go to both binaries, `tern_only` only when the binary is Tern.
+    pub fn start_with_tern_args(args: &[&str], tern_only: &[&str]) -> Server {
+        let mut all: Vec<String> = vec!["-a".into(), "127.0.0.1".into(), "-p".into(), "-1".into()];
+        all.extend(args.iter().map(|s| s.to_string()));
+        // Extra flags for every server a test starts, e.g. TERN_TEST_ARGS=-DV to debug one.
+        if let Ok(extra) = std::env::var("TERN_TEST_ARGS") {
+            all.extend(extra.split_whitespace().map(String::from));
+        }
+        if is_tern() {
+            all.extend(tern_only.iter().map(|s| s.to_string()));
+        }
+        Self::spawn(&all)
+    }
+
+    /// Tern gets `--shards n`; nats-server gets nothing extra (one process,
+    /// so the same cross-shard invariants must trivially hold).
+    pub fn start_sharded(n_shards: usize, args: &[&str]) -> Server {
+        let n = n_shards.to_string();
+        Self::start_with_tern_args(args, &["--shards", &n])
+    }
+
+    fn spawn(args: &[String]) -> Server {
+        let bin = server_bin();
+        let mut child = Command::new(&bin)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
+        let logs = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = mpsc::channel::<u16>();
+        let stderr = child.stderr.take().unwrap();
+        let stdout = child.stdout.take().unwrap();
+        spawn_log_reader(stderr, logs.clone(), tx.clone());
+        spawn_log_reader(stdout, logs.clone(), tx);
+        let port = match rx.recv_timeout(Duration::from_secs(10)) {
+            Ok(p) => p,
+            Err(_) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!(
+                    "server {} {:?} did not print 'Listening for client connections on'; log:\n{}",
+                    bin.display(),
+                    args,
+                    logs.lock().unwrap().join("\n")
+                );
+            }
+        };
+        Server {
+            child: Some(child),
+            port,
+            logs,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("server already stopped").id()
+    }
+
+    pub fn logs(&self) -> Vec<String> {
+        self.logs.lock().unwrap().clone()
+    }
+
+    /// Polls the captured log (stderr+stdout) for up to `timeout`.
+    pub fn wait_for_log(&self, needle: &str, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if self.logs.lock().unwrap().iter().any(|l| l.contains(needle)) {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Polls the log for up to 5 s.
+    pub fn log_contains(&self, needle: &str) -> bool {
+        self.wait_for_log(needle, TIMEOUT)
+    }
+
+    /// True while the child process has not exited.
+    pub fn is_running(&mut self) -> bool {
+        match self.child.as_mut() {
+            Some(c) => matches!(c.try_wait(), Ok(None)),
+            None => false,
+        }
+    }
+
+    /// SIGTERM, then wait up to `timeout` for the exit status. Returns None
+    /// (and SIGKILLs the child) if it did not exit in time.
+    pub fn stop_gracefully(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let mut child = self.child.take()?;
+        let pid = child.id().to_string();
+        let _ = Command::new("kill").args(["-TERM", &pid]).status();
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(Some(st)) = child.try_wait() {
+                return Some(st);
+            }
+            if Instant::now() >= deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                return None;
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Raw protocol client connected to this server (INFO already read).
+    pub fn raw(&self) -> RawClient {
+        RawClient::connect(self.port)
+    }
+
+    /// Raw client that has sent `CONNECT {"verbose":false}` and completed a
+    /// PING/PONG (so the server has processed the CONNECT).
+    pub fn raw_quiet(&self) -> RawClient {
+        let mut c = RawClient::connect(self.port);
+        c.send(b"CONNECT {\"verbose\":false,\"pedantic\":false}\r\nPING\r\n");
+        c.expect(b"PONG\r\n");
+        c
+    }
+
+    /// Raw client with `{"verbose":false,"headers":true}`.
+    pub fn raw_headers(&self) -> RawClient {
+        let mut c = RawClient::connect(self.port);
+        c.send(b"CONNECT {\"verbose\":false,\"pedantic\":false,\"headers\":true}\r\nPING\r\n");
+        c.expect(b"PONG\r\n");
+        c
+    }
+
+    pub async fn client(&self) -> async_nats::Client {
+        client(self.port).await
+    }
+
+    /// A well-behaved client can still do a pub/sub roundtrip: the server is
+    /// up and serving.
+    pub fn assert_healthy(&self) {
+        let mut s = self.raw_quiet();
+        s.send(b"SUB health.check 1\r\nPING\r\n");
+        s.expect(b"PONG\r\n");
+        let mut p = self.raw_quiet();
+        p.send(b"PUB health.check 2\r\nok\r\nPING\r\n");
+        p.expect(b"PONG\r\n");
+        s.expect(b"MSG health.check 1 2\r\nok\r\n");
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        // A failing test shows the server's log, which is usually the quickest clue.
+        if std::thread::panicking() {
+            if let Ok(lines) = self.logs.lock() {
+                let tail = lines.len().saturating_sub(100000);
+                eprintln!("--- server log (last {} lines) ---", lines.len() - tail);
+                for l in &lines[tail..] {
+                    eprintln!("{l}");
+                }
+            }
+        }
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn spawn_log_reader<R: Read + Send + 'static>(
+    r: R,
+    logs: Arc<Mutex<Vec<String>>>,
+    port_tx: mpsc::Sender<u16>,
+) {
+    thread::spawn(move || {
+        let mut reader = BufReader::new(r);
+        let mut line = Vec::new();
+        let needle = "Listening for client connections on ";
+        loop {
+            line.clear();
+            match reader.read_until(b'\n', &mut line) {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {
+                    let s = String::from_utf8_lossy(&line).trim_end().to_string();
+                    if s.contains(needle) {
+                        if let Some(p) = s
+                            .rsplit(':')
+                            .next()
+                            .and_then(|p| p.trim().parse::<u16>().ok())
+                        {
+                            let _ = port_tx.send(p);
+                        }
+                    }
+                    logs.lock().unwrap().push(s);
+                }
+            }
+        }
+    });
+}
+
+/// Connected async-nats client.
+pub async fn client(port: u16) -> async_nats::Client {
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        async_nats::connect(format!("nats://127.0.0.1:{port}")),
+    )
+    .await
+    .expect("async_nats connect timed out")
+    .expect("async_nats connect failed")
+}
+
+/// A MSG or HMSG received by a RawClient.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Msg {
+    pub subject: String,
+    pub sid: String,
+    pub reply: Option<String>,
+    /// Header block (HMSG only).
+    pub headers: Option<Vec<u8>>,
+    pub payload: Vec<u8>,
+}
+
+/// Raw protocol client over a blocking TcpStream.
+///
+/// Incoming bytes are split into whole server operations. A server `PING`
+/// (nats-server sends one ~2 s after CONNECT, then every ping_interval) is
+/// answered with `PONG` and hidden from the test, unless `auto_pong` is off.
+pub struct RawClient {
+    pub stream: TcpStream,
+    pub info: serde_json::Value,
+    pub auto_pong: bool,
+    raw: Vec<u8>,
+    ops: Vec<u8>,
+    closed: bool,
+}
+
+fn lossy(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).to_string()
+}
+
+impl RawClient {
+    /// Connects and reads the INFO line.
+    pub fn connect(port: u16) -> RawClient {
+        let stream = TcpStream::connect(("127.0.0.1", port)).expect("tcp connect");
+        stream.set_nodelay(true).ok();
+        let mut c = RawClient {
+            stream,
+            info: serde_json::Value::Null,
+            auto_pong: true,
+            raw: Vec::new(),
+            ops: Vec::new(),
+            closed: false,
+        };
+        let line = c.read_line();
+        let json = line
+            .strip_prefix("INFO ")
+            .unwrap_or_else(|| panic!("first line is not INFO: {line:?}"));
+        c.info = serde_json::from_str(json.trim_end())
+            .unwrap_or_else(|e| panic!("INFO json does not parse ({e}): {json:?}"));
+        c
+    }
+
+    pub fn send(&mut self, data: &[u8]) {
+        self.stream.write_all(data).expect("send to server failed");
+    }
+
+    /// Like send, but returns the error instead of panicking (for writes to
+    /// a connection the server may already have closed).
+    pub fn try_send(&mut self, data: &[u8]) -> std::io::Result<()> {
+        self.stream.write_all(data)
+    }
+
+    /// Move complete operations from `raw` into `ops`, answering PINGs.
+    fn split_ops(&mut self) {
+        loop {
+            let Some(nl) = self.raw.iter().position(|&b| b == b'\n') else {
+                return;
+            };
+            let line = &self.raw[..=nl];
+            let upper = line.to_ascii_uppercase();
+            let mut total = nl + 1;
+            if upper.starts_with(b"MSG ") || upper.starts_with(b"HMSG ") {
+                let s = lossy(line);
+                let size: usize = s
+                    .split_whitespace()
+                    .last()
+                    .and_then(|t| t.parse().ok())
+                    .unwrap_or(0);
+                total += size + 2;
+                if self.raw.len() < total {
+                    return;
+                }
+            } else if self.auto_pong && line == b"PING\r\n" {
+                self.raw.drain(..total);
+                let _ = self.stream.write_all(b"PONG\r\n");
+                continue;
+            }
+            let op: Vec<u8> = self.raw.drain(..total).collect();
+            self.ops.extend_from_slice(&op);
+        }
+    }
+
+    /// Read more bytes, waiting at most until `deadline`. Returns false on
+    /// timeout; sets `closed` on EOF / reset.
+    fn fill(&mut self, deadline: Instant) -> bool {
+        if self.closed {
+            return false;
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            return false;
+        }
+        let wait = (deadline - now).max(Duration::from_millis(1));
+        self.stream.set_read_timeout(Some(wait)).ok();
+        let mut buf = [0u8; 65536];
+        match self.stream.read(&mut buf) {
+            Ok(0) => {
+                self.closed = true;
+                // flush whatever partial op is left so it can be reported
+                let rest: Vec<u8> = self.raw.drain(..).collect();
+                self.split_ops();
+                self.ops.extend_from_slice(&rest);
+                false
+            }
+            Ok(n) => {
+                self.raw.extend_from_slice(&buf[..n]);
+                self.split_ops();
+                true
+            }
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => false,
+            Err(e) if e.kind() == ErrorKind::Interrupted => true,
+            Err(_) => {
+                self.closed = true;
+                let rest: Vec<u8> = self.raw.drain(..).collect();
+                self.ops.extend_from_slice(&rest);
+                false
+            }
+        }
+    }
+
+    /// Reads until exactly `expected` has arrived (as the next bytes).
+    pub fn expect(&mut self, expected: &[u8]) {
+        let deadline = Instant::now() + TIMEOUT;
+        while self.ops.len() < expected.len() {
+            if !self.fill(deadline) && (self.closed || Instant::now() >= deadline) {
+                break;
+            }
+        }
+        let n = expected.len().min(self.ops.len());
+        if &self.ops[..n] != expected || n < expected.len() {
+            panic!(
+                "expected {:?}\n     got {:?}{}",
+                lossy(expected),
+                lossy(&self.ops),
+                if self.closed {
+                    " (connection closed)"
+                } else {
+                    " (timeout)"
+                }
+            );
+        }
+        self.ops.drain(..n);
+    }
+
+    /// Next line, with the trailing "\r\n" stripped off.
+    pub fn read_line(&mut self) -> String {
+        let deadline = Instant::now() + TIMEOUT;
+        loop {
+            if let Some(nl) = self.ops.iter().position(|&b| b == b'\n') {
+                let line: Vec<u8> = self.ops.drain(..=nl).collect();
+                return lossy(&line).trim_end_matches(['\r', '\n']).to_string();
+            }
+            if !self.fill(deadline) && (self.closed || Instant::now() >= deadline) {
+                panic!(
+                    "read_line: no complete line; got {:?}{}",
+                    lossy(&self.ops),
+                    if self.closed {
+                        " (closed)"
+                    } else {
+                        " (timeout)"
+                    }
+                );
+            }
+        }
+    }
+
+    /// Reads the next MSG/HMSG (panics on anything else or on timeout).
+    pub fn read_msg(&mut self) -> Msg {
+        self.read_msg_timeout(TIMEOUT)
+    }
+
+    pub fn read_msg_timeout(&mut self, timeout: Duration) -> Msg {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(nl) = self.ops.iter().position(|&b| b == b'\n') {
+                let line = lossy(&self.ops[..nl]).trim_end_matches('\r').to_string();
+                let toks: Vec<&str> = line.split_whitespace().collect();
+                let verb = toks
+                    .first()
+                    .map(|t| t.to_ascii_uppercase())
+                    .unwrap_or_default();
+                let (hdr, total, reply) = match (verb.as_str(), toks.len()) {
+                    ("MSG", 4) => (None, toks[3], None),
+                    ("MSG", 5) => (None, toks[4], Some(toks[3])),
+                    ("HMSG", 5) => (Some(toks[3]), toks[4], None),
+                    ("HMSG", 6) => (Some(toks[4]), toks[5], Some(toks[3])),
+                    _ => panic!("expected MSG/HMSG, got {:?}", lossy(&self.ops)),
+                };
+                let total: usize = total.parse().expect("msg size");
+                let hdr: Option<usize> = hdr.map(|h| h.parse().expect("hdr size"));
+                // split_ops guarantees the whole op is present
+                assert!(
+                    self.ops.len() >= nl + 1 + total + 2,
+                    "incomplete msg in ops"
+                );
+                let body = &self.ops[nl + 1..nl + 1 + total];
+                assert_eq!(
+                    &self.ops[nl + 1 + total..nl + 3 + total],
+                    b"\r\n",
+                    "msg not CRLF terminated"
+                );
+                let hsz = hdr.unwrap_or(0);
+                let msg = Msg {
+                    subject: toks[1].to_string(),
+                    sid: toks[2].to_string(),
+                    reply: reply.map(|r| r.to_string()),
+                    headers: hdr.map(|h| body[..h].to_vec()),
+                    payload: body[hsz..].to_vec(),
+                };
+                self.ops.drain(..nl + 3 + total);
+                return msg;
+            }
+            if !self.fill(deadline) && (self.closed || Instant::now() >= deadline) {
+                panic!(
+                    "read_msg: no message; got {:?}{}",
+                    lossy(&self.ops),
+                    if self.closed {
+                        " (closed)"
+                    } else {
+                        " (timeout)"
+                    }
+                );
+            }
+        }
+    }
+
+    /// Waits until the server closes the connection; returns everything
+    /// received (unconsumed) before the close.
+    pub fn expect_closed(&mut self) -> Vec<u8> {
+        let deadline = Instant::now() + TIMEOUT;
+        while !self.closed {
+            if !self.fill(deadline) && !self.closed && Instant::now() >= deadline {
+                panic!(
+                    "expected the server to close the connection; still open, got {:?}",
+                    lossy(&self.ops)
+                );
+            }
+        }
+        std::mem::take(&mut self.ops)
+    }
+
+    /// Expect exactly `expected` followed by a close.
+    pub fn expect_then_closed(&mut self, expected: &[u8]) {
+        let got = self.expect_closed();
+        assert_eq!(lossy(&got), lossy(expected), "bytes before close");
+    }
+
+    /// Nothing (other than auto-answered server PINGs) arrives for `d`, and
+    /// the connection stays open.
+    pub fn expect_nothing(&mut self, d: Duration) {
+        let deadline = Instant::now() + d;
+        while Instant::now() < deadline && !self.closed {
+            self.fill(deadline);
+            assert!(
+                self.ops.is_empty(),
+                "expected nothing, got {:?}",
+                lossy(&self.ops)
+            );
+        }
+        assert!(!self.closed, "connection was closed by the server");
+        assert!(
+            self.ops.is_empty(),
+            "expected nothing, got {:?}",
+            lossy(&self.ops)
+        );
+    }
+
+    /// PING and wait for PONG (nothing else may arrive in between).
+    pub fn ping_pong(&mut self) {
+        self.send(b"PING\r\n");
+        self.expect(b"PONG\r\n");
+    }
+
+    /// Sends PING and collects every MSG/HMSG that arrives before the PONG.
+    pub fn msgs_until_pong(&mut self) -> Vec<Msg> {
+        self.send(b"PING\r\n");
+        let deadline = Instant::now() + TIMEOUT;
+        let mut out = Vec::new();
+        loop {
+            if self.ops.starts_with(b"PONG\r\n") {
+                self.ops.drain(..6);
+                return out;
+            }
+            if self.ops.contains(&b'\n') {
+                out.push(self.read_msg());
+                continue;
+            }
+            if !self.fill(deadline) && (self.closed || Instant::now() >= deadline) {
+                panic!(
+                    "msgs_until_pong: no PONG; got {} msgs then {:?}{}",
+                    out.len(),
+                    lossy(&self.ops),
+                    if self.closed {
+                        " (closed)"
+                    } else {
+                        " (timeout)"
+                    }
+                );
+            }
+        }
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.closed
+    }
+}

@@ -1,0 +1,84 @@
+//! A subscriber that stops reading must be cut off as a slow consumer
+//! without hurting anyone else.
+//!
+//! nats-server 2.9.10 behaviour (observed): the server stalls the publisher
+//! (flow control) rather than letting 64 MiB pile up, so the cut-off comes from
+//! the 10 s write deadline ("Slow Consumer Detected: WriteDeadline of 10s
+//! exceeded ..."), about 10 s into the test. An implementation that enforces
+//! max_pending (64 MiB) first logs "Slow Consumer Detected: MaxPending ...".
+//! Both satisfy this test. No -ERR is sent to the slow consumer.
+
+mod common;
+
+use common::Server;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread;
+use std::time::Duration;
+
+#[test]
+fn stalled_subscriber_is_disconnected_others_unaffected() {
+    let s = Server::start(&[]);
+
+    // Subscriber that never reads after setup.
+    let mut stalled = s.raw_quiet();
+    stalled.send(b"SUB big 1\r\nPING\r\n");
+    stalled.expect(b"PONG\r\n");
+
+    // Normal subscriber, reading everything in a thread until "END".
+    let mut normal = s.raw_quiet();
+    normal.send(b"SUB big 1\r\nSUB end 2\r\nPING\r\n");
+    normal.expect(b"PONG\r\n");
+    let reader = thread::spawn(move || {
+        let mut n = 0usize;
+        loop {
+            let m = normal.read_msg_timeout(Duration::from_secs(60));
+            if m.subject == "end" {
+                return (n, normal);
+            }
+            assert_eq!(m.payload.len(), 512 * 1024);
+            n += 1;
+        }
+    });
+
+    // Publisher: 512 KiB messages until told to stop, at most 400 (200 MiB).
+    let stop = Arc::new(AtomicBool::new(false));
+    let stop2 = stop.clone();
+    let mut publisher = s.raw_quiet();
+    let pub_thread = thread::spawn(move || {
+        let payload = vec![b'x'; 512 * 1024];
+        let mut msg = b"PUB big 524288\r\n".to_vec();
+        msg.extend_from_slice(&payload);
+        msg.extend_from_slice(b"\r\n");
+        let mut n = 0usize;
+        while n < 400 && !stop2.load(Ordering::Relaxed) {
+            publisher.send(&msg);
+            n += 1;
+        }
+        publisher.send(b"PUB end 3\r\nEND\r\nPING\r\n");
+        publisher.expect(b"PONG\r\n");
+        n
+    });
+
+    let detected = s.wait_for_log("Slow Consumer Detected", Duration::from_secs(40));
+    stop.store(true, Ordering::Relaxed);
+    let published = pub_thread.join().expect("publisher thread");
+    assert!(
+        detected,
+        "no 'Slow Consumer Detected' in the log after publishing {published} x 512 KiB"
+    );
+
+    // The stalled connection is closed by the server (we drain what the
+    // kernel buffered, then must see EOF/reset). No -ERR is required.
+    let leftover = stalled.expect_closed();
+    assert!(
+        !leftover.windows(4).any(|w| w == b"-ERR"),
+        "slow consumer must not get an -ERR"
+    );
+
+    // The reading subscriber got every message.
+    let (received, _normal) = reader.join().expect("reader thread");
+    assert_eq!(received, published, "normal subscriber lost messages");
+
+    s.assert_healthy();
+}
