@@ -102,11 +102,6 @@ fn run(opts: Options) -> Result<(), String> {
     let listener = tern_shards::bind_listener(addr, opts.reuseport)
         .map_err(|e| format!("Error listening on port: {addr}, \"{e}\""))?;
     let local = listener.local_addr().map_err(|e| e.to_string())?;
-    tracing::info!(
-        "Listening for client connections on {}",
-        SocketAddr::new(addr.ip(), local.port())
-    );
-
     if let Some(pid_file) = &opts.pid_file {
         std::fs::write(pid_file, std::process::id().to_string())
             .map_err(|e| format!("Could not write pidfile: {e}"))?;
@@ -115,6 +110,11 @@ fn run(opts: Options) -> Result<(), String> {
         Some(dir) => Some(write_ports_file(dir, &opts.host, local.port())?),
         None => None,
     };
+
+    tracing::info!(
+        "Listening for client connections on {}",
+        SocketAddr::new(addr.ip(), local.port())
+    );
 
     let cfg = PoolConfig {
         shards,

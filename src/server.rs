@@ -773,6 +773,10 @@ async fn read_loop(shard: &Rc<Shard>, c: &Rc<Client>, mut reader: ConnReader) {
                 }
             }
         }
+        // Replies to this client (+OK, -ERR, PONG, its own messages) go out with the batch.
+        if !c.out.borrow().is_empty() {
+            shard.mark_dirty(c);
+        }
         shard.flush();
     }
 }
@@ -835,7 +839,6 @@ async fn handle_op(shard: &Rc<Shard>, c: &Rc<Client>, op: Op) -> Next {
                     no_responders(shard, c, reply);
                 }
             }
-            shard.mark_dirty(c);
         }
         Op::Sub {
             subject,
@@ -863,7 +866,6 @@ async fn handle_op(shard: &Rc<Shard>, c: &Rc<Client>, op: Op) -> Next {
                     c.write(client::OK);
                 }
             }
-            shard.mark_dirty(c);
         }
         Op::Unsub { sid, max } => {
             let sub = c.subs.borrow().get(&sid).cloned();
@@ -876,7 +878,6 @@ async fn handle_op(shard: &Rc<Shard>, c: &Rc<Client>, op: Op) -> Next {
             if verbose {
                 c.write(client::OK);
             }
-            shard.mark_dirty(c);
         }
         Op::Ping => {
             shard.interest_barrier().await;
