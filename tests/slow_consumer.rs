@@ -81,4 +81,18 @@ fn stalled_subscriber_is_disconnected_others_unaffected() {
     assert_eq!(received, published, "normal subscriber lost messages");
 
     s.assert_healthy();
+
+    // Bounded memory: the stalled client's queue was capped by max_pending (64 MiB), so the
+    // server's peak resident memory stays far below the ~200 MiB that was published.
+    let status = std::fs::read_to_string(format!("/proc/{}/status", s.pid())).unwrap();
+    let peak_kib: u64 = status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .expect("VmHWM in /proc/<pid>/status");
+    assert!(
+        peak_kib < 160 * 1024,
+        "server peak RSS {peak_kib} KiB: the slow consumer's queue was not bounded"
+    );
 }
