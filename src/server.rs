@@ -155,12 +155,14 @@ impl Client {
             w.wake();
         }
     }
-    /// Resolves once the client is closed.
-    async fn wait_closed(&self) {
+    /// Resolves when the ping timer is woken (close, or CONNECT re-arming it).
+    async fn wait_event(&self) {
+        let mut armed = false;
         std::future::poll_fn(|cx| {
-            if self.closed.get() {
+            if self.closed.get() || armed {
                 Poll::Ready(())
             } else {
+                armed = true;
                 self.ping_waker.set(Some(cx.waker().clone()));
                 Poll::Pending
             }
@@ -435,6 +437,11 @@ impl Shard {
     }
 
     fn add_sub(&self, c: &Rc<Client>, subject: Bytes, queue: Option<Bytes>, sid: Bytes) {
+        // The parser hands out slices of the read buffer; a subscription lives long, so it
+        // keeps its own copies rather than pinning a whole (possibly 64 KiB) buffer.
+        let subject = Bytes::copy_from_slice(&subject);
+        let queue = queue.map(|q| Bytes::copy_from_slice(&q));
+        let sid = Bytes::copy_from_slice(&sid);
         let sub = SubRef(Rc::new(Subscription {
             client: c.clone(),
             sid: sid.clone(),
@@ -801,12 +808,19 @@ async fn handle_op(shard: &Rc<Shard>, c: &Rc<Client>, op: Op) -> Next {
             Ok(o) => {
                 c.echo.set(o.echo);
                 c.headers.set(o.headers && !shard.g.opts.no_header_support);
+                if o.no_responders && !c.headers.get() {
+                    c.write_err("no responders requires headers support");
+                    return Next::Close;
+                }
                 let verbose = o.verbose;
                 *c.opts.borrow_mut() = o;
                 // nats-server measures the RTT soon after CONNECT: the first PING comes early.
                 let first = shard.g.opts.ping_interval.min(Duration::from_secs(2));
                 c.next_ping.set(Instant::now() + first);
                 c.rtt_due.set(true);
+                if let Some(w) = c.ping_waker.take() {
+                    w.wake();
+                }
                 if verbose {
                     c.write(client::OK);
                 }
@@ -846,10 +860,8 @@ async fn handle_op(shard: &Rc<Shard>, c: &Rc<Client>, op: Op) -> Next {
             sid,
         } => {
             let max_subs = shard.g.opts.max_subscriptions as usize;
-            let queue_ok = queue
-                .as_ref()
-                .is_none_or(|q| sublist::is_valid_literal_subject(q));
-            if !sublist::is_valid_subject(&subject) || !queue_ok {
+            // nats-server checks the subject only; any queue token is accepted.
+            if !sublist::is_valid_subject(&subject) {
                 c.write_err("Invalid Subject");
             } else if max_subs > 0 && c.subs.borrow().len() >= max_subs {
                 tracing::error!(
@@ -982,6 +994,8 @@ async fn writer_task(shard: Rc<Shard>, c: Rc<Client>, mut w: ConnWriter) {
         };
     }
     w.shutdown();
+    // Stale match-cache entries may still reference this client: let go of its buffers now.
+    *c.out.borrow_mut() = BytesMut::new();
     c.writer_done.set(true);
 }
 
@@ -991,7 +1005,8 @@ async fn ping_task(shard: Rc<Shard>, c: Rc<Client>) {
         let now = Instant::now();
         let due = c.next_ping.get();
         if due > now {
-            rt::race(rt::sleep(due - now), c.wait_closed()).await;
+            // Woken early on close, or when CONNECT moves the deadline.
+            rt::race(rt::sleep(due - now), c.wait_event()).await;
             if c.closed.get() {
                 return;
             }

@@ -186,3 +186,25 @@ fn memlock_too_low_is_one_clear_sentence() {
     assert!(text.contains("ulimit -l"), "{text}");
     assert!(!text.contains("panicked"), "{text}");
 }
+
+#[test]
+fn server_pings_and_drops_a_stale_client() {
+    if !is_tern() {
+        return; // needs ping settings from a config file, which is TOML for Tern
+    }
+    let dir = temp_dir("ping");
+    let conf = dir.join("tern.toml");
+    std::fs::write(&conf, "ping_interval = \"1s\"\nping_max = 1\n").unwrap();
+    let s = Server::start(&["-c", conf.to_str().unwrap()]);
+    let mut c = s.raw();
+    c.auto_pong = false;
+    c.send(b"CONNECT {\"verbose\":false}\r\n");
+    // The first PING comes early after CONNECT (RTT), the next one finds it outstanding.
+    c.expect(b"PING\r\n");
+    c.expect_then_closed(b"-ERR 'Stale Connection'\r\n");
+    // A client that answers stays connected.
+    let mut ok = s.raw_quiet();
+    ok.expect_nothing(Duration::from_millis(2500)); // reads, answering the server's PINGs
+    ok.ping_pong();
+    let _ = std::fs::remove_dir_all(&dir);
+}
