@@ -5,8 +5,9 @@
 //! other shards' interest. A publish is delivered to local subscribers and forwarded once per
 //! interested shard in per-peer batches; a forwarded message is only ever delivered locally
 //! (one hop). Queue groups are chosen across the whole server by weight. A client's `PING` is
-//! answered only after every peer shard has applied this shard's interest changes (the
-//! interest barrier), so a flushed `SUB` sees every later publish, as on a single nats-server.
+//! answered only after every peer shard has applied what this shard sent it (the interest
+//! barrier: a `Sync`/`Ack` round on the FIFO mesh queues), so a flushed `SUB` sees every later
+//! publish and a flushed `PUB` is already queued for its subscribers, as on one nats-server.
 //!
 //! This module does I/O only through `tern_shards`; the protocol itself lives in `parser` and
 //! `client`.
@@ -99,12 +100,13 @@ impl Global {
 pub enum ShardOp {
     /// The sender's local interest in (subject, queue) is now `weight` (0 = gone).
     Interest {
-        seq: u64,
         subject: Bytes,
         queue: Option<Bytes>,
         weight: u32,
     },
-    /// The receiver has applied the sender's interest changes up to `seq`.
+    /// "Answer with `Ack(seq)` once everything I sent before this is applied."
+    Sync(u64),
+    /// The receiver of `Sync(seq)` has applied and delivered everything sent before it.
     Ack(u64),
     /// A message to deliver locally, to plain subscribers and to one member of each named queue.
     Msg {
@@ -213,8 +215,13 @@ struct Shard {
     remote_weights: RefCell<HashMap<RemoteKey, u32>>,
     interest: RefCell<HashMap<InterestKey, u32>>,
     outbox: RefCell<Vec<MeshMsg>>,
-    gossip_seq: Cell<u64>,
+    /// The last `Sync` sequence issued (to any peer).
+    sync_seq: Cell<u64>,
+    /// Per peer: the last `Sync` sent to it, the last one it acknowledged, and whether
+    /// anything has been sent to it since that last `Sync`.
+    issued: RefCell<Vec<u64>>,
     acked: RefCell<Vec<u64>>,
+    unsynced: RefCell<Vec<bool>>,
     barrier_waiters: RefCell<Vec<Waker>>,
     dirty: RefCell<Vec<Rc<Client>>>,
     clients: RefCell<HashMap<u64, Rc<Client>>>,
@@ -236,8 +243,10 @@ pub async fn shard_main(ctx: Rc<ShardCtx<MeshMsg>>, g: Arc<Global>) {
         remote_weights: RefCell::new(HashMap::new()),
         interest: RefCell::new(HashMap::new()),
         outbox: RefCell::new((0..n).map(|_| Vec::new()).collect()),
-        gossip_seq: Cell::new(0),
+        sync_seq: Cell::new(0),
+        issued: RefCell::new(vec![0; n]),
         acked: RefCell::new(vec![0; n]),
+        unsynced: RefCell::new(vec![false; n]),
         barrier_waiters: RefCell::new(Vec::new()),
         dirty: RefCell::new(Vec::new()),
         clients: RefCell::new(HashMap::new()),
@@ -278,16 +287,14 @@ async fn mesh_loop(shard: Rc<Shard>, rx: MeshReceiver<MeshMsg>) {
         for op in batch {
             match op {
                 ShardOp::Interest {
-                    seq,
                     subject,
                     queue,
                     weight,
-                } => {
-                    shard.apply_remote_interest(from, subject, queue, weight);
-                    ack = Some(seq);
-                }
+                } => shard.apply_remote_interest(from, subject, queue, weight),
+                ShardOp::Sync(seq) => ack = Some(seq),
                 ShardOp::Ack(seq) => {
-                    shard.acked.borrow_mut()[from] = seq;
+                    let mut acked = shard.acked.borrow_mut();
+                    acked[from] = acked[from].max(seq);
                     for w in shard.barrier_waiters.borrow_mut().drain(..) {
                         w.wake();
                     }
@@ -342,19 +349,39 @@ impl Shard {
         }
     }
 
-    /// Waits until every peer shard has applied this shard's interest changes so far.
+    /// Queues `op` for `peer`, to go out with the next flush.
+    fn send_to(&self, peer: usize, op: ShardOp) {
+        self.outbox.borrow_mut()[peer].push(op);
+        self.unsynced.borrow_mut()[peer] = true;
+    }
+
+    /// Waits until every peer shard has applied everything this shard sent it so far:
+    /// interest changes and forwarded messages alike. A client's PONG waits for this, so a
+    /// flushed SUB sees every later publish, and a flushed PUB is already in the subscribers'
+    /// output, exactly as on a single nats-server.
     async fn interest_barrier(&self) {
-        let target = self.gossip_seq.get();
         if self.peers == 1 {
             return;
         }
+        {
+            let mut unsynced = self.unsynced.borrow_mut();
+            let mut issued = self.issued.borrow_mut();
+            let mut outbox = self.outbox.borrow_mut();
+            for peer in 0..self.peers {
+                if unsynced[peer] {
+                    let seq = self.sync_seq.get() + 1;
+                    self.sync_seq.set(seq);
+                    outbox[peer].push(ShardOp::Sync(seq));
+                    issued[peer] = seq;
+                    unsynced[peer] = false;
+                }
+            }
+        }
+        let target = self.issued.borrow().clone();
         self.flush();
         std::future::poll_fn(|cx| {
             let acked = self.acked.borrow();
-            let behind = acked
-                .iter()
-                .enumerate()
-                .any(|(p, &a)| p != self.id && a < target);
+            let behind = acked.iter().zip(&target).any(|(a, t)| a < t);
             if behind && !self.g.shutdown.load(Ordering::Relaxed) {
                 self.barrier_waiters.borrow_mut().push(cx.waker().clone());
                 Poll::Pending
@@ -366,18 +393,15 @@ impl Shard {
     }
 
     fn gossip(&self, subject: &Bytes, queue: &Option<Bytes>, weight: u32) {
-        let seq = self.gossip_seq.get() + 1;
-        self.gossip_seq.set(seq);
-        let mut outbox = self.outbox.borrow_mut();
-        for (peer, ops) in outbox.iter_mut().enumerate() {
-            if peer != self.id {
-                ops.push(ShardOp::Interest {
-                    seq,
+        for peer in (0..self.peers).filter(|&p| p != self.id) {
+            self.send_to(
+                peer,
+                ShardOp::Interest {
                     subject: subject.clone(),
                     queue: queue.clone(),
                     weight,
-                });
-            }
+                },
+            );
         }
     }
 
@@ -632,17 +656,19 @@ impl Shard {
                 scratch[shard].1.push(Bytes::copy_from_slice(name));
             }
         }
-        let mut outbox = self.outbox.borrow_mut();
         for (peer, (plain, queues)) in scratch.iter_mut().enumerate() {
             if *plain || !queues.is_empty() {
                 any = true;
-                outbox[peer].push(ShardOp::Msg {
-                    subject: subject.clone(),
-                    reply: reply.cloned(),
-                    hdr_len,
-                    msg: msg.clone(),
-                    queues: std::mem::take(queues),
-                });
+                self.send_to(
+                    peer,
+                    ShardOp::Msg {
+                        subject: subject.clone(),
+                        reply: reply.cloned(),
+                        hdr_len,
+                        msg: msg.clone(),
+                        queues: std::mem::take(queues),
+                    },
+                );
                 *plain = false;
             }
         }

@@ -208,3 +208,33 @@ fn server_pings_and_drops_a_stale_client() {
     ok.ping_pong();
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn connection_and_subscription_limits_from_config() {
+    if !is_tern() {
+        return; // limits come from a config file, which is TOML for Tern
+    }
+    let dir = temp_dir("limits");
+    let conf = dir.join("tern.toml");
+    std::fs::write(
+        &conf,
+        "max_connections = 1\nmax_subscriptions = 1\nmax_control_line = 64\n",
+    )
+    .unwrap();
+    let s = Server::start(&["-c", conf.to_str().unwrap()]);
+    let mut first = s.raw_quiet();
+    // Over the connection limit: INFO first, then the -ERR, then the close.
+    let mut second = s.raw();
+    second.expect_then_closed(b"-ERR 'maximum connections exceeded'\r\n");
+    // Over the subscription limit: -ERR, the SUB is dropped, the connection stays.
+    first.send(b"SUB a 1\r\nSUB b 2\r\nPING\r\n");
+    first.expect(b"-ERR 'maximum subscriptions exceeded'\r\nPONG\r\n");
+    first.send(b"PUB b 1\r\nx\r\nPUB a 1\r\ny\r\nPING\r\n");
+    first.expect(b"MSG a 1 1\r\ny\r\nPONG\r\n");
+    // The configured control line limit.
+    let long = format!("SUB {} 3\r\n", "x".repeat(100));
+    first.send(long.as_bytes());
+    first.expect_then_closed(b"-ERR 'maximum control line exceeded'\r\n");
+    drop(first);
+    let _ = std::fs::remove_dir_all(&dir);
+}

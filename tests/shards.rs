@@ -184,3 +184,31 @@ fn fanout_exactly_once_2_shards() {
 fn fanout_exactly_once_4_shards() {
     fanout_exactly_once(4);
 }
+
+/// A publisher's flush is a barrier too: once the publisher has its PONG, the message is
+/// already queued for subscribers on every shard, so the subscriber's own next PING/PONG
+/// brings it (one nats-server delivers synchronously, so this always holds there).
+fn flushed_publish_is_delivered(shards: usize) {
+    let s = Server::start_sharded(shards, &[]);
+    let mut cs = conns(&s, 2);
+    let (mut sub, mut publ) = (cs.remove(0), cs.remove(0));
+    sub.send(b"SUB flushed 1\r\n");
+    sub.ping_pong();
+    for i in 0..2000 {
+        publ.send(format!("PUB flushed {}\r\n{i}\r\nPING\r\n", i.to_string().len()).as_bytes());
+        publ.expect(b"PONG\r\n");
+        let msgs = sub.msgs_until_pong();
+        assert_eq!(msgs.len(), 1, "round {i}: {msgs:?}");
+        assert_eq!(msgs[0].payload, i.to_string().as_bytes(), "round {i}");
+    }
+}
+
+#[test]
+fn flushed_publish_is_delivered_2_shards() {
+    flushed_publish_is_delivered(2);
+}
+
+#[test]
+fn flushed_publish_is_delivered_4_shards() {
+    flushed_publish_is_delivered(4);
+}
