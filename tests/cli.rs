@@ -8,6 +8,30 @@ use common::{is_tern, server_bin, Server};
 use std::process::Command;
 use std::time::Duration;
 
+/// A TOML config file in its own temporary directory, removed on drop.
+struct TomlConf {
+    dir: std::path::PathBuf,
+    path: std::path::PathBuf,
+}
+
+impl TomlConf {
+    fn new(tag: &str, contents: &str) -> TomlConf {
+        let dir = temp_dir(tag);
+        let path = dir.join("tern.toml");
+        std::fs::write(&path, contents).unwrap();
+        TomlConf { dir, path }
+    }
+    fn arg(&self) -> &str {
+        self.path.to_str().unwrap()
+    }
+}
+
+impl Drop for TomlConf {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
 fn temp_dir(tag: &str) -> std::path::PathBuf {
     let d = std::env::temp_dir().join(format!("tern-cli-{tag}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&d);
@@ -112,23 +136,19 @@ fn toml_config_and_flag_override() {
     if !is_tern() {
         return;
     }
-    let dir = temp_dir("toml");
-    let conf = dir.join("tern.toml");
-    std::fs::write(
-        &conf,
+    let conf = TomlConf::new(
+        "toml",
         "server_name = \"fromfile\"\nmax_payload = 2048\nshards = 2\n",
-    )
-    .unwrap();
-    let s = Server::start(&["-c", conf.to_str().unwrap()]);
+    );
+    let s = Server::start(&["-c", conf.arg()]);
     let c = s.raw_quiet();
     assert_eq!(c.info["server_name"], "fromfile");
     assert_eq!(c.info["max_payload"], 2048);
     drop(c);
     drop(s);
-    let s = Server::start(&["-c", conf.to_str().unwrap(), "-n", "fromflag"]);
+    let s = Server::start(&["-c", conf.arg(), "-n", "fromflag"]);
     assert_eq!(s.raw_quiet().info["server_name"], "fromflag");
     drop(s);
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
@@ -136,17 +156,14 @@ fn toml_unknown_key_names_key_and_line() {
     if !is_tern() {
         return;
     }
-    let dir = temp_dir("badtoml");
-    let conf = dir.join("tern.toml");
-    std::fs::write(&conf, "port = 4222\nmax_paylod = 10\n").unwrap();
+    let conf = TomlConf::new("badtoml", "port = 4222\nmax_paylod = 10\n");
     let out = Command::new(server_bin())
-        .args(["-c", conf.to_str().unwrap()])
+        .args(["-c", conf.arg()])
         .output()
         .unwrap();
     assert!(!out.status.success());
     let text = String::from_utf8_lossy(&out.stderr);
     assert!(text.contains("max_paylod") && text.contains(":2"), "{text}");
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
@@ -192,10 +209,8 @@ fn server_pings_and_drops_a_stale_client() {
     if !is_tern() {
         return; // needs ping settings from a config file, which is TOML for Tern
     }
-    let dir = temp_dir("ping");
-    let conf = dir.join("tern.toml");
-    std::fs::write(&conf, "ping_interval = \"1s\"\nping_max = 1\n").unwrap();
-    let s = Server::start(&["-c", conf.to_str().unwrap()]);
+    let conf = TomlConf::new("ping", "ping_interval = \"1s\"\nping_max = 1\n");
+    let s = Server::start(&["-c", conf.arg()]);
     let mut c = s.raw();
     c.auto_pong = false;
     c.send(b"CONNECT {\"verbose\":false}\r\n");
@@ -206,7 +221,6 @@ fn server_pings_and_drops_a_stale_client() {
     let mut ok = s.raw_quiet();
     ok.expect_nothing(Duration::from_millis(2500)); // reads, answering the server's PINGs
     ok.ping_pong();
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
@@ -214,14 +228,11 @@ fn connection_and_subscription_limits_from_config() {
     if !is_tern() {
         return; // limits come from a config file, which is TOML for Tern
     }
-    let dir = temp_dir("limits");
-    let conf = dir.join("tern.toml");
-    std::fs::write(
-        &conf,
+    let conf = TomlConf::new(
+        "limits",
         "max_connections = 1\nmax_subscriptions = 1\nmax_control_line = 64\n",
-    )
-    .unwrap();
-    let s = Server::start(&["-c", conf.to_str().unwrap()]);
+    );
+    let s = Server::start(&["-c", conf.arg()]);
     let mut first = s.raw_quiet();
     // Over the connection limit: INFO first, then the -ERR, then the close.
     let mut second = s.raw();
@@ -236,5 +247,4 @@ fn connection_and_subscription_limits_from_config() {
     first.send(long.as_bytes());
     first.expect_then_closed(b"-ERR 'maximum control line exceeded'\r\n");
     drop(first);
-    let _ = std::fs::remove_dir_all(&dir);
 }
