@@ -139,7 +139,8 @@ struct Client {
     pings_out: Cell<u32>,
     next_ping: Cell<Instant>,
     rtt_due: Cell<bool>,
-    /// Woken on close, so a sleeping ping timer lets go of the client at once.
+    /// Wakes the ping timer: on close (so it lets go of the client at once) and when
+    /// CONNECT moves the next PING earlier.
     ping_waker: Cell<Option<Waker>>,
     writer_done: Cell<bool>,
     addr: String,
@@ -192,11 +193,13 @@ impl PartialEq for SubRef {
     }
 }
 
-/// Another shard's interest, with its queue weight (1 for plain interest).
+/// Another shard's interest, with its queue weight (1 for plain interest). The queue name is
+/// the gossiped `Bytes`, so naming the group in a forward costs a refcount, not a copy.
 #[derive(Clone, PartialEq)]
 struct RemoteRef {
     shard: usize,
     weight: u32,
+    queue: Option<Bytes>,
 }
 
 /// A local (subject, queue) interest.
@@ -208,7 +211,8 @@ type RemoteKey = (usize, Bytes, Option<Bytes>);
 struct Shard {
     g: Arc<Global>,
     id: usize,
-    peers: usize,
+    /// The number of shards, this one included.
+    shards: usize,
     mesh: Rc<Mesh<MeshMsg>>,
     subs: RefCell<Sublist<SubRef>>,
     remote: RefCell<Sublist<RemoteRef>>,
@@ -236,7 +240,7 @@ pub async fn shard_main(ctx: Rc<ShardCtx<MeshMsg>>, g: Arc<Global>) {
     let shard = Rc::new(Shard {
         g: g.clone(),
         id: ctx.id(),
-        peers: n,
+        shards: n,
         mesh: ctx.mesh().clone(),
         subs: RefCell::new(Sublist::new()),
         remote: RefCell::new(Sublist::new()),
@@ -308,6 +312,7 @@ async fn mesh_loop(shard: Rc<Shard>, rx: MeshReceiver<MeshMsg>) {
                 } => shard.deliver_forwarded(&subject, reply.as_deref(), hdr_len, &msg, &queues),
             }
         }
+        // Not `send_to`: an Ack needs no Sync of its own, or two shards would sync forever.
         if let Some(seq) = ack {
             shard.outbox.borrow_mut()[from].push(ShardOp::Ack(seq));
         }
@@ -360,14 +365,14 @@ impl Shard {
     /// flushed SUB sees every later publish, and a flushed PUB is already in the subscribers'
     /// output, exactly as on a single nats-server.
     async fn interest_barrier(&self) {
-        if self.peers == 1 {
+        if self.shards == 1 {
             return;
         }
         {
             let mut unsynced = self.unsynced.borrow_mut();
             let mut issued = self.issued.borrow_mut();
             let mut outbox = self.outbox.borrow_mut();
-            for peer in 0..self.peers {
+            for peer in 0..self.shards {
                 if unsynced[peer] {
                     let seq = self.sync_seq.get() + 1;
                     self.sync_seq.set(seq);
@@ -393,7 +398,7 @@ impl Shard {
     }
 
     fn gossip(&self, subject: &Bytes, queue: &Option<Bytes>, weight: u32) {
-        for peer in (0..self.peers).filter(|&p| p != self.id) {
+        for peer in (0..self.shards).filter(|&p| p != self.id) {
             self.send_to(
                 peer,
                 ShardOp::Interest {
@@ -406,7 +411,7 @@ impl Shard {
     }
 
     fn interest_changed(&self, subject: &Bytes, queue: &Option<Bytes>, added: bool) {
-        if self.peers == 1 {
+        if self.shards == 1 {
             return;
         }
         let key = (subject.clone(), queue.clone());
@@ -434,28 +439,15 @@ impl Shard {
         let key = (from, subject, queue);
         let mut weights = self.remote_weights.borrow_mut();
         let mut sl = self.remote.borrow_mut();
+        let entry = |weight| RemoteRef {
+            shard: from,
+            weight,
+            queue: key.2.clone(),
+        };
         if let Some(old) = weights.remove(&key) {
-            sl.remove(
-                &key.1,
-                key.2.as_deref(),
-                &RemoteRef {
-                    shard: from,
-                    weight: old,
-                },
-            );
+            sl.remove(&key.1, key.2.as_deref(), &entry(old));
         }
-        if w > 0
-            && sl
-                .insert(
-                    &key.1,
-                    key.2.as_deref(),
-                    RemoteRef {
-                        shard: from,
-                        weight: w,
-                    },
-                )
-                .is_ok()
-        {
+        if w > 0 && sl.insert(&key.1, key.2.as_deref(), entry(w)).is_ok() {
             weights.insert(key, w);
         }
     }
@@ -616,12 +608,7 @@ impl Shard {
         for s in &local.psubs {
             any |= self.deliver(s, subject, rep, hdr_len, msg, cid);
         }
-        if self.peers == 1 {
-            for (_, members) in &local.qsubs {
-                any |= self.deliver_queue(members, subject, rep, hdr_len, msg, cid);
-            }
-            return any;
-        }
+        // With one shard the remote table is empty and this reduces to local choices.
         let remote = self.remote.borrow_mut().matches(subject);
         let mut scratch = self.scratch.borrow_mut();
         for r in &remote.psubs {
@@ -643,8 +630,8 @@ impl Shard {
             let pick = self.next_rand(eligible + rweight);
             if pick < eligible {
                 any |= self.deliver_queue(members, subject, rep, hdr_len, msg, cid);
-            } else if let Some(shard) = pick_weighted(rmembers, pick - eligible) {
-                scratch[shard].1.push(Bytes::copy_from_slice(name));
+            } else if let Some(r) = pick_weighted(rmembers, pick - eligible) {
+                scratch[r.shard].1.extend(r.queue.clone());
             }
         }
         for (name, rmembers) in &remote.qsubs {
@@ -652,8 +639,8 @@ impl Shard {
                 continue;
             }
             let rweight: usize = rmembers.iter().map(|r| r.weight as usize).sum();
-            if let Some(shard) = pick_weighted(rmembers, self.next_rand(rweight)) {
-                scratch[shard].1.push(Bytes::copy_from_slice(name));
+            if let Some(r) = pick_weighted(rmembers, self.next_rand(rweight)) {
+                scratch[r.shard].1.extend(r.queue.clone());
             }
         }
         for (peer, (plain, queues)) in scratch.iter_mut().enumerate() {
@@ -696,10 +683,11 @@ impl Shard {
     }
 }
 
-fn pick_weighted(members: &[RemoteRef], mut pick: usize) -> Option<usize> {
+/// The member whose weight range contains `pick` (in `0..sum of weights`).
+fn pick_weighted(members: &[RemoteRef], mut pick: usize) -> Option<&RemoteRef> {
     for m in members {
         if pick < m.weight as usize {
-            return Some(m.shard);
+            return Some(m);
         }
         pick -= m.weight as usize;
     }

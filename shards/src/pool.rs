@@ -269,24 +269,12 @@ async fn shard_setup<M: Send + 'static>(
         .conn_receiver
         .map(|r| glommio::spawn_local(r.connect()));
 
-    let mut connected: Vec<Option<ConnectedSender<M>>> = Vec::with_capacity(n);
-    for s in senders {
-        connected.push(match s {
-            Some(t) => Some(t.await),
-            None => None,
-        });
-    }
+    let connected = await_each(senders).await;
     let mut mesh_rx = Vec::with_capacity(n);
     for (from, t) in receivers {
         mesh_rx.push(MeshReceiver::new(from, t.await));
     }
-    let mut conn_tx: Vec<Option<ConnectedSender<AcceptedTcpStream>>> = Vec::with_capacity(n);
-    for s in conn_senders {
-        conn_tx.push(match s {
-            Some(t) => Some(t.await),
-            None => None,
-        });
-    }
+    let conn_tx = await_each(conn_senders).await;
     let conn_rx = match conn_receiver {
         Some(t) => Some(t.await),
         None => None,
@@ -326,6 +314,18 @@ async fn shard_setup<M: Send + 'static>(
         conns,
         acceptors: RefCell::new(acceptors),
     }
+}
+
+/// Awaits every spawned task in order, keeping the gaps (the shard's own slot).
+async fn await_each<T>(tasks: Vec<Option<glommio::Task<T>>>) -> Vec<Option<T>> {
+    let mut out = Vec::with_capacity(tasks.len());
+    for t in tasks {
+        out.push(match t {
+            Some(t) => Some(t.await),
+            None => None,
+        });
+    }
+    out
 }
 
 /// Accepts connections; with peers, deals them out round-robin (shard 0 keeps every n-th).

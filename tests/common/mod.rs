@@ -215,7 +215,7 @@ impl Drop for Server {
         // A failing test shows the server's log, which is usually the quickest clue.
         if std::thread::panicking() {
             if let Ok(lines) = self.logs.lock() {
-                let tail = lines.len().saturating_sub(100000);
+                let tail = lines.len().saturating_sub(500);
                 eprintln!("--- server log (last {} lines) ---", lines.len() - tail);
                 for l in &lines[tail..] {
                     eprintln!("{l}");
