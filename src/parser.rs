@@ -2,9 +2,9 @@
 //!
 //! It owns framing: verbs (case-insensitive), argument splitting on spaces and tabs, `\r\n` or
 //! bare `\n` line ends, payload lengths and their trailing CRLF, and the limits that apply while
-//! parsing (`max_control_line`, `max_payload`). It hands out [`Op`]s whose subjects, sids and
-//! payloads are `Bytes` slices of the read buffer: nothing is copied and nothing is allocated
-//! per message. It must not know about subscriptions, connections or sockets.
+//! parsing (`max_control_line`, `max_payload`). A publish comes out as a [`PubMsg`]: one shared slice
+//! of the read buffer plus the spans of its parts, so nothing is copied and nothing is
+//! allocated per message. It must not know about subscriptions, connections or sockets.
 
 use bytes::{Buf, Bytes, BytesMut};
 use std::fmt;
@@ -14,15 +14,10 @@ use std::fmt;
 pub enum Op {
     /// `CONNECT <json>`: the raw JSON.
     Connect(Bytes),
-    /// `PUB`/`HPUB`: `hdr_len` is the header block size (0 for `PUB`), `msg` holds headers and payload.
-    Pub {
-        subject: Bytes,
-        reply: Option<Bytes>,
-        headers: bool,
-        hdr_len: usize,
-        msg: Bytes,
-    },
-    /// `SUB <subject> [queue] <sid>`.
+    /// `PUB`/`HPUB`.
+    Pub(PubMsg),
+    /// `SUB <subject> [queue] <sid>`. The fields are copies: a subscription lives long and
+    /// must not pin the read buffer it arrived in.
     Sub {
         subject: Bytes,
         queue: Option<Bytes>,
@@ -39,6 +34,78 @@ pub enum Op {
     /// `-ERR` sent by a client: nats-server logs it and closes the connection.
     ClientErr(Bytes),
 }
+
+/// A published message: its whole frame, and where the parts are inside it. Reading the parts
+/// costs nothing; a part becomes a `Bytes` (one refcount) only when it must outlive the read,
+/// as a forward to another shard does.
+#[derive(Debug, Clone)]
+pub struct PubMsg {
+    frame: Bytes,
+    subject: Span,
+    reply: Option<Span>,
+    /// `HPUB` (the message starts with a header block).
+    pub headers: bool,
+    /// Size of the header block at the start of the message (0 for `PUB`).
+    pub hdr_len: usize,
+    msg: Span,
+}
+
+impl PubMsg {
+    /// A message built from its parts (for tests and benchmarks).
+    pub fn from_parts(subject: &[u8], reply: Option<&[u8]>, hdr_len: usize, msg: &[u8]) -> Self {
+        let mut frame = subject.to_vec();
+        let reply_span = reply.map(|r| {
+            frame.extend_from_slice(r);
+            subject.len()..frame.len()
+        });
+        let start = frame.len();
+        frame.extend_from_slice(msg);
+        PubMsg {
+            subject: 0..subject.len(),
+            reply: reply_span,
+            headers: hdr_len > 0,
+            hdr_len,
+            msg: start..frame.len(),
+            frame: frame.into(),
+        }
+    }
+    /// The subject.
+    pub fn subject(&self) -> &[u8] {
+        &self.frame[self.subject.clone()]
+    }
+    /// The reply subject, if any.
+    pub fn reply(&self) -> Option<&[u8]> {
+        self.reply.clone().map(|r| &self.frame[r])
+    }
+    /// The header block followed by the payload.
+    pub fn msg(&self) -> &[u8] {
+        &self.frame[self.msg.clone()]
+    }
+    /// The subject as shared bytes.
+    pub fn subject_bytes(&self) -> Bytes {
+        self.frame.slice(self.subject.clone())
+    }
+    /// The reply as shared bytes.
+    pub fn reply_bytes(&self) -> Option<Bytes> {
+        self.reply.clone().map(|r| self.frame.slice(r))
+    }
+    /// The message as shared bytes.
+    pub fn msg_bytes(&self) -> Bytes {
+        self.frame.slice(self.msg.clone())
+    }
+}
+
+impl PartialEq for PubMsg {
+    fn eq(&self, o: &Self) -> bool {
+        self.subject() == o.subject()
+            && self.reply() == o.reply()
+            && self.headers == o.headers
+            && self.hdr_len == o.hdr_len
+            && self.msg() == o.msg()
+    }
+}
+
+impl Eq for PubMsg {}
 
 /// Why parsing stopped. Each variant says how nats-server answers it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -108,11 +175,17 @@ const VERBS: &[(&[u8], Verb)] = &[
     (b"-ERR", Verb::Err),
 ];
 
-/// A `PUB`/`HPUB` whose control line has been read, waiting for its payload.
+/// A byte range inside the read buffer.
+type Span = std::ops::Range<usize>;
+
+/// A `PUB`/`HPUB` whose control line has been parsed but whose payload has not fully arrived.
+/// Nothing is consumed until the whole frame is there; the spans index the read buffer.
 #[derive(Debug)]
 struct PendingPub {
-    subject: Bytes,
-    reply: Option<Bytes>,
+    /// Where the payload starts (just after the control line's `\n`).
+    line_end: usize,
+    subject: Span,
+    reply: Option<Span>,
     headers: bool,
     hdr_len: usize,
     size: usize,
@@ -169,26 +242,26 @@ fn could_be_verb(word: &[u8]) -> bool {
         })
 }
 
-/// Splits `line` into at most `N` fields on runs of spaces and tabs; returns the field count.
-fn split_args<const N: usize>(line: &Bytes, out: &mut [Bytes; N]) -> usize {
+/// Splits `line` into at most `N` fields on runs of spaces and tabs, as spans offset by
+/// `base`; returns the field count (`N + 1` when there are more).
+fn split_args<const N: usize>(line: &[u8], base: usize, out: &mut [Span; N]) -> usize {
     let mut n = 0;
     let mut i = 0;
-    let b = &line[..];
-    while i < b.len() {
-        while i < b.len() && is_space(b[i]) {
+    while i < line.len() {
+        while i < line.len() && is_space(line[i]) {
             i += 1;
         }
-        if i == b.len() {
+        if i == line.len() {
             break;
         }
         let start = i;
-        while i < b.len() && !is_space(b[i]) {
+        while i < line.len() && !is_space(line[i]) {
             i += 1;
         }
         if n == N {
             return N + 1;
         }
-        out[n] = line.slice(start..i);
+        out[n] = base + start..base + i;
         n += 1;
     }
     n
@@ -214,26 +287,27 @@ impl Parser {
     /// (what was consumed so far is remembered). After an error the connection must close.
     pub fn next(&mut self, buf: &mut BytesMut) -> Result<Option<Op>, ParseError> {
         if let Some(p) = &self.pending {
-            if buf.len() < p.size + 2 {
+            let end = p.line_end + p.size;
+            if buf.len() < end + 2 {
                 // A wrong byte where the CR belongs is an error as soon as it arrives.
-                if buf.len() > p.size && buf[p.size] != b'\r' {
+                if buf.len() > end && buf[end] != b'\r' {
                     return Err(ParseError::UnknownOp);
                 }
                 return Ok(None);
             }
-            if &buf[p.size..p.size + 2] != b"\r\n" {
+            if &buf[end..end + 2] != b"\r\n" {
                 return Err(ParseError::UnknownOp);
             }
             let p = self.pending.take().expect("checked above");
-            let msg = buf.split_to(p.size).freeze();
-            buf.advance(2);
-            return Ok(Some(Op::Pub {
+            // One split per frame; the parts stay spans into it.
+            return Ok(Some(Op::Pub(PubMsg {
+                frame: buf.split_to(end + 2).freeze(),
                 subject: p.subject,
                 reply: p.reply,
                 headers: p.headers,
                 hdr_len: p.hdr_len,
-                msg,
-            }));
+                msg: p.line_end..end,
+            })));
         }
         if buf.is_empty() {
             return Ok(None);
@@ -259,23 +333,38 @@ impl Parser {
         {
             return Err(ParseError::MaxControlLine);
         }
-        let mut line = buf.split_to(nl + 1).freeze();
-        line.truncate(line_len);
-        let args = line.slice(args_start..);
-        match verb {
+        let args = args_start..line_len;
+        if args.is_empty() && matches!(verb, Verb::Pub | Verb::HPub | Verb::Sub | Verb::Unsub) {
             // A verb that takes arguments but has none is a framing error in nats-server.
-            Verb::Pub | Verb::HPub | Verb::Sub | Verb::Unsub if args.is_empty() => {
-                Err(ParseError::UnknownOp)
+            return Err(ParseError::UnknownOp);
+        }
+        match verb {
+            Verb::Ping | Verb::Pong | Verb::Info | Verb::Ok => {
+                buf.advance(nl + 1);
+                Ok(Some(match verb {
+                    Verb::Ping => Op::Ping,
+                    Verb::Pong => Op::Pong,
+                    _ => Op::Ignored,
+                }))
             }
-            Verb::Ping => Ok(Some(Op::Ping)),
-            Verb::Pong => Ok(Some(Op::Pong)),
-            Verb::Connect => Ok(Some(Op::Connect(args))),
-            Verb::Info | Verb::Ok => Ok(Some(Op::Ignored)),
-            Verb::Err => Ok(Some(Op::ClientErr(args))),
-            Verb::Sub => parse_sub(&args).map(Some),
-            Verb::Unsub => parse_unsub(&args).map(Some),
+            Verb::Connect | Verb::Err => {
+                let line = buf.split_to(nl + 1).freeze().slice(args);
+                Ok(Some(match verb {
+                    Verb::Connect => Op::Connect(line),
+                    _ => Op::ClientErr(line),
+                }))
+            }
+            Verb::Sub | Verb::Unsub => {
+                let op = if verb == Verb::Sub {
+                    parse_sub(buf, args)?
+                } else {
+                    parse_unsub(buf, args)?
+                };
+                buf.advance(nl + 1);
+                Ok(Some(op))
+            }
             Verb::Pub | Verb::HPub => {
-                self.pending = Some(self.parse_pub(&args, verb == Verb::HPub)?);
+                self.pending = Some(self.parse_pub(buf, args, nl + 1, verb == Verb::HPub)?);
                 self.next(buf)
             }
         }
@@ -294,7 +383,13 @@ impl Parser {
         Ok(())
     }
 
-    fn parse_pub(&self, args: &Bytes, headers: bool) -> Result<PendingPub, ParseError> {
+    fn parse_pub(
+        &self,
+        buf: &[u8],
+        args: Span,
+        line_end: usize,
+        headers: bool,
+    ) -> Result<PendingPub, ParseError> {
         if headers && !self.headers {
             return Err(ParseError::HeadersNotEnabled);
         }
@@ -303,19 +398,20 @@ impl Parser {
         } else {
             "processPub"
         };
-        let bad = || ParseError::BadArgs(verb, String::from_utf8_lossy(args).into_owned());
-        let mut f: [Bytes; 4] = Default::default();
-        let n = split_args(args, &mut f);
+        let bad = || bad_args(verb, &buf[args.clone()]);
+        let mut f: [Span; 4] = Default::default();
+        let n = split_args(&buf[args.clone()], args.start, &mut f);
+        let [a, b, c, d] = f;
         let (subject, reply, hdr, total) = match (headers, n) {
-            (false, 2) => (f[0].clone(), None, None, &f[1]),
-            (false, 3) => (f[0].clone(), Some(f[1].clone()), None, &f[2]),
-            (true, 3) => (f[0].clone(), None, Some(&f[1]), &f[2]),
-            (true, 4) => (f[0].clone(), Some(f[1].clone()), Some(&f[2]), &f[3]),
+            (false, 2) => (a, None, None, b),
+            (false, 3) => (a, Some(b), None, c),
+            (true, 3) => (a, None, Some(b), c),
+            (true, 4) => (a, Some(b), Some(c), d),
             _ => return Err(bad()),
         };
-        let size = parse_size(total).ok_or_else(bad)?;
+        let size = parse_size(&buf[total]).ok_or_else(bad)?;
         let hdr_len = match hdr {
-            Some(h) => parse_size(h).ok_or_else(bad)?,
+            Some(h) => parse_size(&buf[h]).ok_or_else(bad)?,
             None => 0,
         };
         if hdr_len > size {
@@ -325,6 +421,7 @@ impl Parser {
             return Err(ParseError::MaxPayload);
         }
         Ok(PendingPub {
+            line_end,
             subject,
             reply,
             headers,
@@ -334,37 +431,43 @@ impl Parser {
     }
 }
 
-fn parse_sub(args: &Bytes) -> Result<Op, ParseError> {
-    let mut f: [Bytes; 3] = Default::default();
-    match split_args(args, &mut f) {
+fn bad_args(verb: &'static str, args: &[u8]) -> ParseError {
+    ParseError::BadArgs(verb, String::from_utf8_lossy(args).into_owned())
+}
+
+/// Copies one field out of the read buffer (subscriptions outlive the buffer).
+fn field(buf: &[u8], span: Span) -> Bytes {
+    Bytes::copy_from_slice(&buf[span])
+}
+
+fn parse_sub(buf: &[u8], args: Span) -> Result<Op, ParseError> {
+    let mut f: [Span; 3] = Default::default();
+    match split_args(&buf[args.clone()], args.start, &mut f) {
         2 => Ok(Op::Sub {
-            subject: f[0].clone(),
+            subject: field(buf, f[0].clone()),
             queue: None,
-            sid: f[1].clone(),
+            sid: field(buf, f[1].clone()),
         }),
         3 => Ok(Op::Sub {
-            subject: f[0].clone(),
-            queue: Some(f[1].clone()),
-            sid: f[2].clone(),
+            subject: field(buf, f[0].clone()),
+            queue: Some(field(buf, f[1].clone())),
+            sid: field(buf, f[2].clone()),
         }),
-        _ => Err(ParseError::BadArgs(
-            "processSub",
-            String::from_utf8_lossy(args).into_owned(),
-        )),
+        _ => Err(bad_args("processSub", &buf[args])),
     }
 }
 
-fn parse_unsub(args: &Bytes) -> Result<Op, ParseError> {
-    let mut f: [Bytes; 2] = Default::default();
-    let bad = || ParseError::BadArgs("processUnsub", String::from_utf8_lossy(args).into_owned());
-    match split_args(args, &mut f) {
+fn parse_unsub(buf: &[u8], args: Span) -> Result<Op, ParseError> {
+    let mut f: [Span; 2] = Default::default();
+    let bad = || bad_args("processUnsub", &buf[args.clone()]);
+    match split_args(&buf[args.clone()], args.start, &mut f) {
         1 => Ok(Op::Unsub {
-            sid: f[0].clone(),
+            sid: field(buf, f[0].clone()),
             max: None,
         }),
         2 => Ok(Op::Unsub {
-            sid: f[0].clone(),
-            max: Some(parse_size(&f[1]).ok_or_else(bad)?),
+            sid: field(buf, f[0].clone()),
+            max: Some(parse_size(&buf[f[1].clone()]).ok_or_else(bad)?),
         }),
         _ => Err(bad()),
     }
@@ -404,13 +507,7 @@ mod tests {
                     queue: None,
                     sid: b("1")
                 },
-                Op::Pub {
-                    subject: b("foo"),
-                    reply: Some(b("bar")),
-                    headers: false,
-                    hdr_len: 0,
-                    msg: b("hello")
-                },
+                Op::Pub(PubMsg::from_parts(b"foo", Some(b"bar"), 0, b"hello")),
                 Op::Ping,
                 Op::Unsub {
                     sid: b("1"),
@@ -434,13 +531,7 @@ mod tests {
         );
         assert_eq!(
             ops[1],
-            Op::Pub {
-                subject: b("foo"),
-                reply: None,
-                headers: true,
-                hdr_len: 12,
-                msg: b("NATS/1.0\r\n\r\nhi")
-            }
+            Op::Pub(PubMsg::from_parts(b"foo", None, 12, b"NATS/1.0\r\n\r\nhi"))
         );
     }
 

@@ -14,7 +14,7 @@
 
 use crate::client::{self, ConnectOpts};
 use crate::opts::Options;
-use crate::parser::{Op, ParseError, Parser};
+use crate::parser::{Op, ParseError, Parser, PubMsg};
 use crate::sublist::{self, Sublist};
 use bytes::{Bytes, BytesMut};
 use std::cell::{Cell, RefCell};
@@ -453,11 +453,6 @@ impl Shard {
     }
 
     fn add_sub(&self, c: &Rc<Client>, subject: Bytes, queue: Option<Bytes>, sid: Bytes) {
-        // The parser hands out slices of the read buffer; a subscription lives long, so it
-        // keeps its own copies rather than pinning a whole (possibly 64 KiB) buffer.
-        let subject = Bytes::copy_from_slice(&subject);
-        let queue = queue.map(|q| Bytes::copy_from_slice(&q));
-        let sid = Bytes::copy_from_slice(&sid);
         let sub = SubRef(Rc::new(Subscription {
             client: c.clone(),
             sid: sid.clone(),
@@ -593,16 +588,9 @@ impl Shard {
 
     /// Routes a message published by a client of this shard. Returns whether anyone
     /// (here or on another shard) will receive it.
-    fn publish(
-        &self,
-        publisher: &Client,
-        subject: &Bytes,
-        reply: Option<&Bytes>,
-        hdr_len: usize,
-        msg: &Bytes,
-    ) -> bool {
+    fn publish(&self, publisher: &Client, m: &PubMsg) -> bool {
         let cid = publisher.cid;
-        let rep = reply.map(|r| &r[..]);
+        let (subject, rep, hdr_len, msg) = (m.subject(), m.reply(), m.hdr_len, m.msg());
         let local = self.subs.borrow_mut().matches(subject);
         let mut any = false;
         for s in &local.psubs {
@@ -649,10 +637,10 @@ impl Shard {
                 self.send_to(
                     peer,
                     ShardOp::Msg {
-                        subject: subject.clone(),
-                        reply: reply.cloned(),
+                        subject: m.subject_bytes(),
+                        reply: m.reply_bytes(),
                         hdr_len,
-                        msg: msg.clone(),
+                        msg: m.msg_bytes(),
                         queues: std::mem::take(queues),
                     },
                 );
@@ -847,22 +835,16 @@ async fn handle_op(shard: &Rc<Shard>, c: &Rc<Client>, op: Op) -> Next {
                 return Next::Close;
             }
         },
-        Op::Pub {
-            subject,
-            reply,
-            hdr_len,
-            msg,
-            ..
-        } => {
+        Op::Pub(m) => {
             let pedantic = c.opts.borrow().pedantic;
-            if pedantic && !sublist::is_valid_literal_subject(&subject) {
+            if pedantic && !sublist::is_valid_literal_subject(m.subject()) {
                 c.write_err("Invalid Publish Subject");
             }
             if verbose {
                 c.write(client::OK);
             }
-            let delivered = shard.publish(c, &subject, reply.as_ref(), hdr_len, &msg);
-            if let Some(reply) = reply.as_ref() {
+            let delivered = shard.publish(c, &m);
+            if let Some(reply) = m.reply() {
                 if !delivered && c.opts.borrow().no_responders {
                     no_responders(shard, c, reply);
                 }
@@ -935,7 +917,7 @@ async fn handle_op(shard: &Rc<Shard>, c: &Rc<Client>, op: Op) -> Next {
 
 /// Answers a request nobody can receive with a 503 status on the requester's own
 /// subscription that matches the reply subject.
-fn no_responders(shard: &Shard, c: &Rc<Client>, reply: &Bytes) {
+fn no_responders(shard: &Shard, c: &Rc<Client>, reply: &[u8]) {
     let sid = c
         .subs
         .borrow()
