@@ -393,6 +393,21 @@ impl Parser {
         if headers && !self.headers {
             return Err(ParseError::HeadersNotEnabled);
         }
+        if !headers {
+            if let Some((subject, reply, size)) = fast_pub(buf, &args) {
+                if size > self.max_payload as u64 {
+                    return Err(ParseError::MaxPayload);
+                }
+                return Ok(PendingPub {
+                    line_end,
+                    subject,
+                    reply,
+                    headers,
+                    hdr_len: 0,
+                    size: size as usize,
+                });
+            }
+        }
         let verb = if headers {
             "processHeaderPub"
         } else {
@@ -429,6 +444,38 @@ impl Parser {
             size: size as usize,
         })
     }
+}
+
+/// The common `PUB <subject> [reply] <size>` with single spaces, without the general splitter.
+/// Anything unusual (tabs, repeated spaces, a bad size) returns `None` and takes the general
+/// path, which gives the exact nats-server answer.
+fn fast_pub(buf: &[u8], args: &Span) -> Option<(Span, Option<Span>, u64)> {
+    let a = &buf[args.clone()];
+    // One pass over a short line: the (at most two) single spaces that separate the fields.
+    let mut spaces = [0usize; 2];
+    let mut n = 0;
+    for (i, &b) in a.iter().enumerate() {
+        if b == b' ' {
+            if n == 2 {
+                return None;
+            }
+            spaces[n] = i;
+            n += 1;
+        } else if b == b'\t' {
+            return None;
+        }
+    }
+    let base = args.start;
+    let (subject_end, reply, size) = match n {
+        1 => (spaces[0], None, &a[spaces[0] + 1..]),
+        2 if spaces[1] > spaces[0] + 1 => (
+            spaces[0],
+            Some(base + spaces[0] + 1..base + spaces[1]),
+            &a[spaces[1] + 1..],
+        ),
+        _ => return None,
+    };
+    Some((base..base + subject_end, reply, parse_size(size)?))
 }
 
 fn bad_args(verb: &'static str, args: &[u8]) -> ParseError {

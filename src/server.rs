@@ -686,6 +686,8 @@ fn pick_weighted(members: &[RemoteRef], mut pick: usize) -> Option<&RemoteRef> {
 enum Next {
     Continue,
     Close,
+    /// Answer a PING: after the interest barrier, which is the only operation that waits.
+    Pong,
 }
 
 async fn client_main(shard: Rc<Shard>, conn: tern_shards::Conn) {
@@ -768,13 +770,19 @@ async fn read_loop(shard: &Rc<Shard>, c: &Rc<Client>, mut reader: ConnReader) {
         }
         loop {
             match parser.next(&mut buf) {
-                Ok(Some(op)) => {
-                    if let Next::Close = handle_op(shard, c, op).await {
+                Ok(Some(op)) => match handle_op(shard, c, op) {
+                    Next::Continue => parser.set_headers(c.headers.get()),
+                    Next::Pong => {
+                        shard.interest_barrier().await;
+                        c.write(client::PONG);
+                        shard.mark_dirty(c);
+                        shard.flush();
+                    }
+                    Next::Close => {
                         shard.close_client(c);
                         return;
                     }
-                    parser.set_headers(c.headers.get());
-                }
+                },
                 Ok(None) => break,
                 Err(e) => {
                     protocol_error(c, &e);
@@ -800,7 +808,7 @@ fn protocol_error(c: &Client, e: &ParseError) {
     }
 }
 
-async fn handle_op(shard: &Rc<Shard>, c: &Rc<Client>, op: Op) -> Next {
+fn handle_op(shard: &Rc<Shard>, c: &Rc<Client>, op: Op) -> Next {
     if tracing::enabled!(tracing::Level::TRACE) {
         tracing::trace!("{} - cid:{} - <<- [{:?}]", c.addr, c.cid, op);
     }
@@ -887,12 +895,7 @@ async fn handle_op(shard: &Rc<Shard>, c: &Rc<Client>, op: Op) -> Next {
                 c.write(client::OK);
             }
         }
-        Op::Ping => {
-            shard.interest_barrier().await;
-            c.write(client::PONG);
-            shard.mark_dirty(c);
-            shard.flush();
-        }
+        Op::Ping => return Next::Pong,
         Op::Pong => {
             c.pings_out.set(0);
             c.rtt_due.set(false);

@@ -495,6 +495,12 @@ pub struct Sublist<T> {
     generation: u64,
     cache: FxMap<Box<[u8]>, CacheEntry<T>>,
     empty: Rc<SublistResult<T>>,
+    /// The last subject matched and its result: publishers tend to repeat a subject, and a
+    /// byte compare is cheaper than hashing into the cache. Valid while `last_generation`
+    /// equals `generation`.
+    last_subject: Vec<u8>,
+    last_generation: u64,
+    last_result: Rc<SublistResult<T>>,
 }
 
 impl<T: Clone + PartialEq> Default for Sublist<T> {
@@ -512,6 +518,9 @@ impl<T: Clone + PartialEq> Sublist<T> {
             generation: 0,
             cache: FxMap::default(),
             empty: Rc::new(SublistResult::default()),
+            last_subject: Vec::new(),
+            last_generation: u64::MAX,
+            last_result: Rc::new(SublistResult::default()),
         }
     }
 
@@ -585,6 +594,23 @@ impl<T: Clone + PartialEq> Sublist<T> {
     /// subject that is empty or has an empty token matches nothing. Results
     /// are cached (see the module docs); a cache hit does not allocate.
     pub fn matches(&mut self, subject: &[u8]) -> Rc<SublistResult<T>> {
+        if self.count == 0 {
+            return Rc::clone(&self.empty);
+        }
+        let generation = self.generation;
+        if self.last_generation == generation && self.last_subject == subject {
+            return Rc::clone(&self.last_result);
+        }
+        let r = self.lookup(subject);
+        self.last_subject.clear();
+        self.last_subject.extend_from_slice(subject);
+        self.last_generation = generation;
+        self.last_result = Rc::clone(&r);
+        r
+    }
+
+    /// `matches` without the last-subject shortcut: the cache, then the trie.
+    fn lookup(&mut self, subject: &[u8]) -> Rc<SublistResult<T>> {
         let generation = self.generation;
         if let Some(e) = self.cache.get_mut(subject) {
             if e.generation != generation {
