@@ -1,0 +1,842 @@
+//! `tern-bench compare`: runs a scenario catalog against nats-server and Tern in alternating
+//! rounds (a fresh server process per run), takes medians, and writes the Markdown report
+//! (machine header, summary table with Tern ÷ nats-server ratios, raw per-round numbers).
+//! Owns the catalog, the round schedule and the report format; measuring is `scenario`'s job
+//! and process handling is `server`'s.
+
+use crate::conn::Target;
+use crate::error::{Error, IoContext, Result};
+use crate::scenario::{self, Kind, Opts, Placement, Report};
+use crate::server::{strace_available, Launch, Server, Strace, Which};
+use crate::stats::{median, si};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use serde::Serialize;
+use std::fmt::Write as _;
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+/// One entry of the scenario catalog.
+#[derive(Debug, Clone, Copy)]
+pub struct Spec {
+    /// Name used with `--scenarios`.
+    pub name: &'static str,
+    /// What runs.
+    pub kind: Kind,
+    /// Payload size.
+    pub size: usize,
+    /// Publishers / requesters.
+    pub pubs: usize,
+    /// Subscribers / responders.
+    pub subs: usize,
+    /// Preloaded subscriptions or connections, where the kind uses one.
+    pub count: usize,
+    /// In the default set.
+    pub default: bool,
+}
+
+const fn spec(name: &'static str, kind: Kind, size: usize, pubs: usize, subs: usize) -> Spec {
+    Spec {
+        name,
+        kind,
+        size,
+        pubs,
+        subs,
+        count: 0,
+        default: true,
+    }
+}
+
+const fn extra(mut s: Spec, count: usize) -> Spec {
+    s.count = count;
+    s.default = false;
+    s
+}
+
+/// Every scenario `compare` knows.
+pub const CATALOG: &[Spec] = &[
+    spec("pub16", Kind::Pub, 16, 1, 0),
+    spec("pubsub16", Kind::Pubsub, 16, 1, 1),
+    spec("pubsub128", Kind::Pubsub, 128, 1, 1),
+    spec("pubsub16k", Kind::Pubsub, 16384, 1, 1),
+    spec("fanout16x128", Kind::Fanout, 128, 1, 16),
+    spec("reqreply", Kind::Reqreply, 128, 1, 1),
+    spec("openloop", Kind::Openloop, 128, 1, 1),
+    extra(spec("fanin4x128", Kind::Fanin, 128, 4, 1), 0),
+    extra(spec("queue4x128", Kind::Queue, 128, 1, 4), 0),
+    extra(spec("requesters8x4", Kind::Requesters, 128, 8, 4), 0),
+    extra(spec("subscale10k", Kind::Subscale, 128, 1, 1), 10_000),
+    extra(spec("subscale100k", Kind::Subscale, 128, 1, 1), 100_000),
+    extra(spec("subscale1m", Kind::Subscale, 128, 1, 1), 1_000_000),
+    extra(spec("churn", Kind::Churn, 128, 1, 1), 0),
+    extra(spec("conns1k", Kind::Conns, 0, 0, 0), 1000),
+    extra(spec("conns10k", Kind::Conns, 0, 0, 0), 10_000),
+];
+
+/// Settings of a comparison.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Tern binary.
+    pub tern: String,
+    /// nats-server binary.
+    pub nats: String,
+    /// Repository the Tern commit is read from.
+    pub tern_repo: PathBuf,
+    /// Rounds per server per scenario.
+    pub rounds: usize,
+    /// Scenarios to run (catalog names).
+    pub scenarios: Vec<Spec>,
+    /// Placements: 'a' and/or 'b'.
+    pub placements: Vec<char>,
+    /// Base run options (duration, rate, timeout...).
+    pub opts: Opts,
+    /// Count syscalls in one extra run per scenario and server.
+    pub strace: bool,
+    /// Output directory.
+    pub out: PathBuf,
+    /// Write percentile plots beside the report.
+    pub svg: bool,
+    /// Progress bar on stderr.
+    pub progress: bool,
+}
+
+/// Resolves `--scenarios` (comma-separated names, `default`, or `all`).
+pub fn pick(names: &str) -> Result<Vec<Spec>> {
+    let mut v = Vec::new();
+    for n in names.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+        match n {
+            "default" => v.extend(CATALOG.iter().filter(|s| s.default)),
+            "all" => v.extend(CATALOG.iter()),
+            _ => v.push(*CATALOG.iter().find(|s| s.name == n).ok_or_else(|| {
+                Error::Config(format!(
+                    "unknown scenario {n:?}; known: {}",
+                    CATALOG
+                        .iter()
+                        .map(|s| s.name)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ))
+            })?),
+        }
+    }
+    Ok(v)
+}
+
+/// One measured run.
+#[derive(Debug, Clone, Serialize)]
+pub struct Run {
+    /// "a" or "b".
+    pub placement: String,
+    /// Catalog name plus placement variant (e.g. `pubsub16/cross`).
+    pub scenario: String,
+    /// Server name.
+    pub server: &'static str,
+    /// Round number (1-based).
+    pub round: usize,
+    /// The report, or why the run failed.
+    pub result: std::result::Result<Report, String>,
+    /// Server log lines that looked like warnings or errors.
+    pub warnings: Vec<String>,
+}
+
+/// Syscall counts from the strace runs.
+#[derive(Debug, Clone, Serialize)]
+pub struct Syscalls {
+    /// Placement.
+    pub placement: String,
+    /// Scenario (with variant).
+    pub scenario: String,
+    /// Server name.
+    pub server: &'static str,
+    /// Syscalls per delivered message, or why there is no figure.
+    pub per_msg: std::result::Result<f64, String>,
+}
+
+/// Everything a comparison produced.
+#[derive(Debug, Clone, Serialize)]
+pub struct Outcome {
+    /// Raw runs.
+    pub runs: Vec<Run>,
+    /// strace figures.
+    pub syscalls: Vec<Syscalls>,
+    /// Path of the Markdown report.
+    pub report_path: String,
+    /// The Markdown summary table.
+    pub summary: String,
+}
+
+fn launch(which: Which, bin: &str, placement: char) -> Launch {
+    let (cores, threads) = match placement {
+        'a' => (Some("1".to_string()), 1),
+        _ => (None, 2),
+    };
+    Launch {
+        which,
+        bin: bin.to_string(),
+        cores,
+        threads,
+    }
+}
+
+fn variants(kind: Kind, placement: char) -> Vec<Placement> {
+    if placement == 'a' || matches!(kind, Kind::Pub | Kind::Conns) {
+        vec![Placement::Any]
+    } else {
+        vec![Placement::Same, Placement::Cross]
+    }
+}
+
+fn variant_name(p: Placement) -> &'static str {
+    match p {
+        Placement::Any => "",
+        Placement::Same => "/same-shard",
+        Placement::Cross => "/cross-shard",
+    }
+}
+
+fn opts_for(s: &Settings, spec: &Spec, placement: char, v: Placement) -> Opts {
+    let mut o = s.opts.clone();
+    o.size = spec.size;
+    o.pubs = spec.pubs;
+    o.subs = spec.subs;
+    o.placement = v;
+    o.progress = false;
+    o.pin = if placement == 'a' {
+        vec![0]
+    } else {
+        Vec::new()
+    };
+    match spec.kind {
+        Kind::Subscale => o.preload = spec.count,
+        Kind::Conns => o.conns = spec.count,
+        _ => {}
+    }
+    o
+}
+
+fn one_run(
+    l: &Launch,
+    o: &Opts,
+    kind: Kind,
+    strace: bool,
+) -> Result<(Report, Vec<String>, Option<u64>)> {
+    let server = Server::start(l)?;
+    let shards = if l.which == Which::Tern {
+        l.threads as u64
+    } else {
+        1
+    };
+    let t = Target::from_url(&server.addr, shards, 0, Some(server.pid))?;
+    let tracer = if strace {
+        Some(Strace::attach(server.pid)?)
+    } else {
+        None
+    };
+    let r = scenario::run(kind, o, &t);
+    let calls = match tracer {
+        Some(tr) => Some(tr.finish()?),
+        None => None,
+    };
+    let warnings: Vec<String> = server
+        .drain_log()
+        .into_iter()
+        .filter(|l| l.contains("[WRN]") || l.contains("[ERR]") || l.contains("panic"))
+        .collect();
+    server.stop();
+    Ok((r?, warnings, calls))
+}
+
+/// Runs the comparison and writes the report.
+pub fn compare(s: &Settings) -> Result<Outcome> {
+    crate::conn::raise_nofile();
+    let mut runs = Vec::new();
+    let mut syscalls = Vec::new();
+    let strace_ok = s.strace && strace_available();
+    let total: usize = s
+        .placements
+        .iter()
+        .map(|&p| {
+            s.scenarios
+                .iter()
+                .map(|sp| variants(sp.kind, p).len() * s.rounds * 2)
+                .sum::<usize>()
+        })
+        .sum();
+    let pb = if s.progress && std::io::stderr().is_terminal() {
+        let pb = ProgressBar::with_draw_target(Some(total as u64), ProgressDrawTarget::stderr());
+        pb.set_style(
+            ProgressStyle::with_template("[{elapsed_precise}] {bar:40} {pos}/{len} runs {msg}")
+                .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        );
+        Some(pb)
+    } else {
+        None
+    };
+    for &placement in &s.placements {
+        for spec in &s.scenarios {
+            for v in variants(spec.kind, placement) {
+                let name = format!("{}{}", spec.name, variant_name(v));
+                let o = opts_for(s, spec, placement, v);
+                for round in 1..=s.rounds {
+                    for which in [Which::Nats, Which::Tern] {
+                        let bin = if which == Which::Tern {
+                            &s.tern
+                        } else {
+                            &s.nats
+                        };
+                        let l = launch(which, bin, placement);
+                        if let Some(pb) = &pb {
+                            pb.set_message(format!("{placement} {name} {}", which.name()));
+                        }
+                        let (result, warnings) = match one_run(&l, &o, spec.kind, false) {
+                            Ok((r, w, _)) => (Ok(r), w),
+                            Err(e) => (Err(e.to_string()), Vec::new()),
+                        };
+                        if let Err(e) = &result {
+                            eprintln!("{placement} {name} {} round {round}: {e}", which.name());
+                        }
+                        runs.push(Run {
+                            placement: placement.to_string(),
+                            scenario: name.clone(),
+                            server: which.name(),
+                            round,
+                            result,
+                            warnings,
+                        });
+                        if let Some(pb) = &pb {
+                            pb.inc(1);
+                        }
+                    }
+                }
+                if s.strace {
+                    for which in [Which::Nats, Which::Tern] {
+                        let per_msg = if !strace_ok {
+                            Err("strace not installed".to_string())
+                        } else {
+                            let bin = if which == Which::Tern {
+                                &s.tern
+                            } else {
+                                &s.nats
+                            };
+                            let l = launch(which, bin, placement);
+                            match one_run(&l, &o, spec.kind, true) {
+                                Ok((r, _, Some(calls))) => {
+                                    let per = if r.received > 0 { r.received } else { r.sent };
+                                    Ok(calls as f64 / per.max(1) as f64)
+                                }
+                                Ok(_) => Err("no count".to_string()),
+                                Err(e) => Err(e.to_string()),
+                            }
+                        };
+                        syscalls.push(Syscalls {
+                            placement: placement.to_string(),
+                            scenario: name.clone(),
+                            server: which.name(),
+                            per_msg,
+                        });
+                    }
+                }
+            }
+        }
+    }
+    if let Some(pb) = pb {
+        pb.finish_and_clear();
+    }
+    let summary = summary_table(s, &runs, &syscalls);
+    let path = write_report(s, &runs, &syscalls, &summary, strace_ok)?;
+    Ok(Outcome {
+        runs,
+        syscalls,
+        report_path: path.display().to_string(),
+        summary,
+    })
+}
+
+/// A metric of the summary table.
+struct Metric {
+    label: &'static str,
+    get: fn(&Report) -> Option<f64>,
+    fmt: fn(f64) -> String,
+}
+
+fn metrics(kind: Kind) -> Vec<Metric> {
+    let mut m = vec![];
+    match kind {
+        Kind::Pub => m.push(Metric {
+            label: "msgs/s in ↑",
+            get: |r| Some(r.msgs_in_per_s),
+            fmt: si,
+        }),
+        Kind::Conns => {
+            m.push(Metric {
+                label: "RSS KiB/conn ↓",
+                get: |r| r.extra.get("rss_bytes_per_conn").map(|b| b / 1024.0),
+                fmt: |v| format!("{v:.1}"),
+            });
+            m.push(Metric {
+                label: "connects/s ↑",
+                get: |r| r.extra.get("connects_per_s").copied(),
+                fmt: si,
+            });
+        }
+        _ => {
+            m.push(Metric {
+                label: "msgs/s in ↑",
+                get: |r| Some(r.msgs_in_per_s),
+                fmt: si,
+            });
+            m.push(Metric {
+                label: "msgs/s out ↑",
+                get: |r| Some(r.msgs_out_per_s),
+                fmt: si,
+            });
+            m.push(Metric {
+                label: "MB/s out ↑",
+                get: |r| Some(r.mb_out_per_s),
+                fmt: |v| format!("{v:.1}"),
+            });
+        }
+    }
+    if matches!(kind, Kind::Reqreply | Kind::Requesters | Kind::Openloop) {
+        m.push(Metric {
+            label: "p50 µs ↓",
+            get: |r| r.latency.as_ref().map(|l| l.p50),
+            fmt: |v| format!("{v:.1}"),
+        });
+        m.push(Metric {
+            label: "p99 µs ↓",
+            get: |r| r.latency.as_ref().map(|l| l.p99),
+            fmt: |v| format!("{v:.1}"),
+        });
+        m.push(Metric {
+            label: "p99.9 µs ↓",
+            get: |r| r.latency.as_ref().map(|l| l.p999),
+            fmt: |v| format!("{v:.1}"),
+        });
+        m.push(Metric {
+            label: "max µs ↓",
+            get: |r| r.latency.as_ref().map(|l| l.max),
+            fmt: |v| format!("{v:.0}"),
+        });
+    }
+    if kind == Kind::Subscale {
+        m.push(Metric {
+            label: "SUBs/s preload ↑",
+            get: |r| r.extra.get("preload_subs_per_s").copied(),
+            fmt: si,
+        });
+    }
+    if kind == Kind::Churn {
+        m.push(Metric {
+            label: "churn pairs/s",
+            get: |r| r.extra.get("churn_pairs_per_s").copied(),
+            fmt: si,
+        });
+    }
+    m.push(Metric {
+        label: "server CPU ns/msg ↓",
+        get: |r| r.server_cpu_ns_per_msg,
+        fmt: |v| format!("{v:.0}"),
+    });
+    m.push(Metric {
+        label: "peak RSS MiB ↓",
+        get: |r| r.server_peak_rss.map(|b| b as f64 / (1 << 20) as f64),
+        fmt: |v| format!("{v:.1}"),
+    });
+    m.push(Metric {
+        label: "generator CPU %",
+        get: |r| Some(r.gen_cpu_pct),
+        fmt: |v| format!("{v:.0}"),
+    });
+    m
+}
+
+fn kind_of(scenario: &str) -> Kind {
+    let base = scenario.split('/').next().unwrap_or(scenario);
+    CATALOG
+        .iter()
+        .find(|s| s.name == base)
+        .map_or(Kind::Pubsub, |s| s.kind)
+}
+
+fn med(runs: &[&Run], server: &str, get: fn(&Report) -> Option<f64>) -> Option<f64> {
+    median(
+        runs.iter()
+            .filter(|r| r.server == server)
+            .filter_map(|r| r.result.as_ref().ok().and_then(get))
+            .collect(),
+    )
+}
+
+fn summary_table(s: &Settings, runs: &[Run], sys: &[Syscalls]) -> String {
+    let mut t = String::from(
+        "| placement | scenario | metric | nats-server | tern | tern ÷ nats |\n\
+         |---|---|---|---:|---:|---:|\n",
+    );
+    let mut keys: Vec<(String, String)> = Vec::new();
+    for r in runs {
+        let k = (r.placement.clone(), r.scenario.clone());
+        if !keys.contains(&k) {
+            keys.push(k);
+        }
+    }
+    for (p, sc) in &keys {
+        let group: Vec<&Run> = runs
+            .iter()
+            .filter(|r| &r.placement == p && &r.scenario == sc)
+            .collect();
+        for m in metrics(kind_of(sc)) {
+            let a = med(&group, Which::Nats.name(), m.get);
+            let b = med(&group, Which::Tern.name(), m.get);
+            let f = |v: Option<f64>| v.map_or("–".to_string(), m.fmt);
+            let ratio = match (a, b) {
+                (Some(a), Some(b)) if a > 0.0 => format!("{:.2}", b / a),
+                _ => "–".into(),
+            };
+            let _ = writeln!(
+                t,
+                "| {p} | {sc} | {} | {} | {} | {ratio} |",
+                m.label,
+                f(a),
+                f(b)
+            );
+        }
+        let lost: Vec<String> = [Which::Nats, Which::Tern]
+            .iter()
+            .map(|w| {
+                let (l, fails) = group.iter().filter(|r| r.server == w.name()).fold(
+                    (0u64, 0usize),
+                    |(l, f), r| match &r.result {
+                        Ok(rep) => (l + rep.lost, f),
+                        Err(_) => (l, f + 1),
+                    },
+                );
+                if fails > 0 {
+                    format!("{l} lost, {fails} failed")
+                } else {
+                    format!("{l}")
+                }
+            })
+            .collect();
+        if lost.iter().any(|l| l != "0") {
+            let _ = writeln!(
+                t,
+                "| {p} | {sc} | lost msgs (all rounds) | {} | {} | |",
+                lost[0], lost[1]
+            );
+        }
+        if s.strace {
+            let get = |w: Which| {
+                sys.iter()
+                    .find(|x| &x.placement == p && &x.scenario == sc && x.server == w.name())
+                    .map(|x| x.per_msg.clone())
+            };
+            let (a, b) = (get(Which::Nats), get(Which::Tern));
+            let f = |v: &Option<std::result::Result<f64, String>>| match v {
+                Some(Ok(x)) => format!("{x:.3}"),
+                Some(Err(e)) => e.clone(),
+                None => "–".into(),
+            };
+            let ratio = match (&a, &b) {
+                (Some(Ok(a)), Some(Ok(b))) if *a > 0.0 => format!("{:.2}", b / a),
+                _ => "–".into(),
+            };
+            let _ = writeln!(
+                t,
+                "| {p} | {sc} | syscalls/msg (strace run) ↓ | {} | {} | {ratio} |",
+                f(&a),
+                f(&b)
+            );
+        }
+    }
+    t
+}
+
+fn cmd_out(cmd: &str, args: &[&str]) -> Option<String> {
+    let o = Command::new(cmd).args(args).output().ok()?;
+    let mut s = String::from_utf8_lossy(&o.stdout).trim().to_string();
+    if s.is_empty() {
+        s = String::from_utf8_lossy(&o.stderr).trim().to_string();
+    }
+    (!s.is_empty()).then_some(s)
+}
+
+/// `YYYY-MM-DD` (UTC) for the report name.
+pub fn today() -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs() as i64;
+    let (y, m, d) = civil_from_days(secs.div_euclid(86_400));
+    format!("{y:04}-{m:02}-{d:02}")
+}
+
+/// Days since 1970-01-01 to a proleptic Gregorian date (Howard Hinnant's algorithm).
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (yoe + era * 400 + i64::from(m <= 2), m, d)
+}
+
+/// A file's modification time as `YYYY-MM-DD HH:MM UTC`, so a stale binary is visible.
+fn mtime(path: &str) -> String {
+    let Some(t) = std::fs::metadata(path).and_then(|m| m.modified()).ok() else {
+        return "unknown".into();
+    };
+    let secs = t
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs() as i64;
+    let (y, m, d) = civil_from_days(secs.div_euclid(86_400));
+    let sod = secs.rem_euclid(86_400);
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02} UTC",
+        sod / 3600,
+        sod % 3600 / 60
+    )
+}
+
+fn machine() -> String {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpuinfo
+        .lines()
+        .find(|l| l.starts_with("model name"))
+        .and_then(|l| l.split(':').nth(1))
+        .map_or("unknown".to_string(), |s| s.trim().to_string());
+    // Not available_parallelism: that follows this process's CPU mask.
+    // SAFETY: sysconf has no memory effects.
+    let cores = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) };
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map_or("unknown".to_string(), |s| s.trim().to_string());
+    format!("{model}, {cores} cores, Linux {kernel}")
+}
+
+fn write_report(
+    s: &Settings,
+    runs: &[Run],
+    sys: &[Syscalls],
+    summary: &str,
+    strace_ok: bool,
+) -> Result<PathBuf> {
+    let commit = cmd_out(
+        "git",
+        &[
+            "-C",
+            &s.tern_repo.to_string_lossy(),
+            "rev-parse",
+            "--short",
+            "HEAD",
+        ],
+    )
+    .filter(|c| !c.contains(' '))
+    .unwrap_or_else(|| "unknown".into());
+    let dirty = cmd_out(
+        "git",
+        &[
+            "-C",
+            &s.tern_repo.to_string_lossy(),
+            "status",
+            "--porcelain",
+            "--untracked-files=no",
+        ],
+    )
+    .is_some();
+    let date = today();
+    std::fs::create_dir_all(&s.out).ctx(|| format!("create {}", s.out.display()))?;
+    let path = s.out.join(format!("{date}-{commit}.md"));
+    let mut m = String::new();
+    let _ = writeln!(m, "# Tern vs nats-server, {date}, tern {commit}\n");
+    let _ = writeln!(m, "- Machine: {}", machine());
+    let _ = writeln!(
+        m,
+        "- Tern: `{}` (binary modified {}) at commit {commit}{} ({})",
+        s.tern,
+        mtime(&s.tern),
+        if dirty {
+            " (work tree had uncommitted changes)"
+        } else {
+            ""
+        },
+        cmd_out(&s.tern, &["--version"]).unwrap_or_default()
+    );
+    let _ = writeln!(
+        m,
+        "- nats-server: `{}` ({})",
+        s.nats,
+        cmd_out(&s.nats, &["--version"]).unwrap_or_default()
+    );
+    let _ = writeln!(
+        m,
+        "- Generator: tern-bench {} over the NATS wire protocol; {} s per measurement, \
+         {} rounds per server, alternating nats-server/tern, a fresh server process per run; \
+         medians below",
+        env!("CARGO_PKG_VERSION"),
+        s.opts.duration.as_secs_f64(),
+        s.rounds
+    );
+    for p in &s.placements {
+        let text = match p {
+            'a' => {
+                "placement a: server on core 1 (`taskset -c 1`; tern `--shards 1`, \
+                    nats-server `GOMAXPROCS=1`), generator threads pinned to core 0"
+            }
+            _ => {
+                "placement b: tern `--shards 2`, nats-server `GOMAXPROCS=2`, nothing \
+                  pinned; `/same-shard` puts publisher and subscriber on tern's shard 0, \
+                  `/cross-shard` the publisher on shard 0 and subscribers on shard 1 \
+                  (by connection order; no effect on nats-server)"
+            }
+        };
+        let _ = writeln!(m, "- {text}");
+    }
+    let _ = writeln!(
+        m,
+        "- Open loop: {} msgs/s, latency from each message's intended send time. \
+         Request/reply: one synchronous requester, latency per round trip, CPU per round trip.",
+        s.opts.rate
+    );
+    if s.strace && !strace_ok {
+        let _ = writeln!(
+            m,
+            "- strace was requested but is not installed: no syscall counts."
+        );
+    }
+    let _ = writeln!(
+        m,
+        "\n↑ higher is better, ↓ lower is better. \"generator CPU %\" is the load generator's \
+         own CPU as a share of one core; near 100 × (its cores) it is the bottleneck.\n"
+    );
+    m.push_str("## Summary\n\n");
+    m.push_str(summary);
+    m.push_str("\n## Raw runs\n\n");
+    m.push_str(
+        "| placement | scenario | server | round | msgs/s in | msgs/s out | MB/s out | lost | \
+         server CPU ns/msg | peak RSS MiB | p50 µs | p99 µs | p99.9 µs | max µs | gen CPU % |\n\
+         |---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+    );
+    for r in runs {
+        match &r.result {
+            Ok(x) => {
+                let l = |f: fn(&crate::stats::Latency) -> f64| {
+                    x.latency
+                        .as_ref()
+                        .map_or("–".into(), |l| format!("{:.1}", f(l)))
+                };
+                let _ = writeln!(
+                    m,
+                    "| {} | {} | {} | {} | {} | {} | {:.1} | {} | {} | {} | {} | {} | {} | {} | {:.0} |",
+                    r.placement,
+                    r.scenario,
+                    r.server,
+                    r.round,
+                    si(x.msgs_in_per_s),
+                    si(x.msgs_out_per_s),
+                    x.mb_out_per_s,
+                    x.lost,
+                    x.server_cpu_ns_per_msg.map_or("–".into(), |v| format!("{v:.0}")),
+                    x.server_peak_rss
+                        .map_or("–".into(), |b| format!("{:.1}", b as f64 / 1048576.0)),
+                    l(|l| l.p50),
+                    l(|l| l.p99),
+                    l(|l| l.p999),
+                    l(|l| l.max),
+                    x.gen_cpu_pct
+                );
+            }
+            Err(e) => {
+                let _ = writeln!(
+                    m,
+                    "| {} | {} | {} | {} | failed: {} |||||||||||",
+                    r.placement,
+                    r.scenario,
+                    r.server,
+                    r.round,
+                    e.replace('|', "/").replace('\n', " ")
+                );
+            }
+        }
+    }
+    let warned: Vec<&Run> = runs.iter().filter(|r| !r.warnings.is_empty()).collect();
+    if !warned.is_empty() {
+        m.push_str("\n## Server warnings\n\n");
+        for r in warned {
+            for w in r.warnings.iter().take(5) {
+                let _ = writeln!(
+                    m,
+                    "- {} {} {} round {}: `{}`",
+                    r.placement, r.scenario, r.server, r.round, w
+                );
+            }
+        }
+    }
+    if s.svg {
+        m.push_str("\n## Latency plots\n\n");
+        for (p, sc, file) in write_plots(s, runs, &path)? {
+            let _ = writeln!(m, "- {p} {sc}: ![{sc}]({file})");
+        }
+    }
+    let _ = sys;
+    std::fs::write(&path, m).ctx(|| format!("write {}", path.display()))?;
+    Ok(path)
+}
+
+/// One SVG per latency scenario, overlaying each server's last successful round.
+fn write_plots(s: &Settings, runs: &[Run], md: &Path) -> Result<Vec<(String, String, String)>> {
+    let mut out = Vec::new();
+    let stem = md
+        .file_stem()
+        .map_or("plot".into(), |x| x.to_string_lossy().into_owned());
+    let mut seen: Vec<(String, String)> = Vec::new();
+    for r in runs {
+        let k = (r.placement.clone(), r.scenario.clone());
+        if seen.contains(&k) {
+            continue;
+        }
+        seen.push(k.clone());
+        let mut series = Vec::new();
+        for w in [Which::Nats, Which::Tern] {
+            let last = runs
+                .iter()
+                .rev()
+                .filter(|x| x.placement == k.0 && x.scenario == k.1 && x.server == w.name())
+                .find_map(|x| x.result.as_ref().ok().and_then(|r| r.latency.clone()));
+            if let Some(l) = last {
+                series.push((w.name().to_string(), l.curve));
+            }
+        }
+        if series.is_empty() {
+            continue;
+        }
+        let file = format!("{stem}-{}-{}.svg", k.0, k.1.replace('/', "-"));
+        let svg = crate::svg::percentile_plot(&format!("{} ({})", k.1, k.0), &series);
+        std::fs::write(s.out.join(&file), svg).ctx(|| format!("write {file}"))?;
+        out.push((k.0, k.1, file));
+    }
+    Ok(out)
+}
+
+/// Default report directory and run length, for the CLI.
+pub const DEFAULT_DURATION: Duration = Duration::from_secs(2);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dates_and_picking() {
+        assert_eq!(civil_from_days(0), (1970, 1, 1));
+        assert_eq!(civil_from_days(20_454), (2026, 1, 1));
+        assert_eq!(civil_from_days(11_016), (2000, 2, 29));
+        let d = pick("default").unwrap();
+        assert_eq!(d.len(), 7);
+        assert!(pick("pub16,nope").is_err());
+        assert_eq!(pick("churn,conns1k").unwrap()[1].count, 1000);
+    }
+}

@@ -1,0 +1,503 @@
+//! The NATS wire protocol, client side, sans-IO: an incremental parser for what a server sends
+//! (`MSG`, `HMSG`, `PING`, `PONG`, `+OK`, `-ERR`, `INFO`) and builders for what a client sends
+//! (`CONNECT`, `PUB`, `SUB`, `UNSUB`). It owns no socket; callers feed it bytes. It must stay
+//! minimal and allocation-free per message: it sits on the generator's hot path.
+
+use crate::error::{Error, Result};
+use std::io::{self, Read};
+
+/// One frame from the server, borrowing from the parser's buffer.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Frame<'a> {
+    /// `MSG` or `HMSG` (for `HMSG` the payload includes the header block).
+    Msg {
+        /// Subject the message was published on.
+        subject: &'a [u8],
+        /// Subscription id it was delivered for.
+        sid: &'a [u8],
+        /// Reply subject, if any.
+        reply: Option<&'a [u8]>,
+        /// Payload bytes (without the trailing CRLF).
+        payload: &'a [u8],
+    },
+    /// `PING`: the caller must answer `PONG`.
+    Ping,
+    /// `PONG`.
+    Pong,
+    /// `+OK`.
+    Ok,
+    /// `-ERR` with its text.
+    Err(&'a [u8]),
+    /// `INFO` with its JSON.
+    Info(&'a [u8]),
+}
+
+/// Incremental parser with its own growable read buffer.
+///
+/// Bytes go in either by [`Parser::read_from`] (one `read` syscall into the free tail of the
+/// buffer) or [`Parser::feed`]; frames come out of [`Parser::next_frame`]. A frame split across
+/// reads stays in the buffer until it is complete.
+pub struct Parser {
+    buf: Vec<u8>,
+    start: usize,
+    end: usize,
+}
+
+const MIN_FREE: usize = 16 * 1024;
+
+impl Parser {
+    /// A parser whose buffer starts at `cap` bytes (it grows for frames larger than that).
+    pub fn new(cap: usize) -> Self {
+        Parser {
+            buf: vec![0; cap.max(MIN_FREE * 2)],
+            start: 0,
+            end: 0,
+        }
+    }
+
+    /// Bytes buffered but not yet consumed as frames.
+    #[cfg(test)]
+    pub fn pending(&self) -> usize {
+        self.end - self.start
+    }
+
+    fn make_room(&mut self) {
+        if self.start == self.end {
+            self.start = 0;
+            self.end = 0;
+        }
+        if self.buf.len() - self.end < MIN_FREE {
+            if self.start > 0 {
+                self.buf.copy_within(self.start..self.end, 0);
+                self.end -= self.start;
+                self.start = 0;
+            }
+            if self.buf.len() - self.end < MIN_FREE {
+                let n = self.buf.len() * 2;
+                self.buf.resize(n, 0);
+            }
+        }
+    }
+
+    /// Reads once from `r` into the buffer. Returns the byte count (0 at end of stream).
+    pub fn read_from(&mut self, r: &mut impl Read) -> io::Result<usize> {
+        self.make_room();
+        let n = r.read(&mut self.buf[self.end..])?;
+        self.end += n;
+        Ok(n)
+    }
+
+    /// Appends bytes (tests feed split input this way).
+    #[cfg(test)]
+    pub fn feed(&mut self, data: &[u8]) {
+        let mut rest = data;
+        while !rest.is_empty() {
+            self.make_room();
+            let n = rest.len().min(self.buf.len() - self.end);
+            self.buf[self.end..self.end + n].copy_from_slice(&rest[..n]);
+            self.end += n;
+            rest = &rest[n..];
+        }
+    }
+
+    /// Makes room for a MSG frame of `total` bytes that is under way.
+    fn grow_for(&mut self, total: Option<usize>) {
+        if let Some(total) = total {
+            if self.buf.len() - self.start < total + MIN_FREE {
+                self.buf.copy_within(self.start..self.end, 0);
+                self.end -= self.start;
+                self.start = 0;
+                let want = (total + MIN_FREE).next_power_of_two().max(self.buf.len());
+                self.buf.resize(want, 0);
+            }
+        }
+    }
+
+    /// Whether a complete frame is buffered (skips blank lines).
+    pub fn ready(&mut self) -> Result<bool> {
+        loop {
+            match self.scan()? {
+                Scan::Need(t) => {
+                    self.grow_for(t);
+                    return Ok(false);
+                }
+                Scan::Blank(n) => self.start += n,
+                _ => return Ok(true),
+            }
+        }
+    }
+
+    /// The next complete frame, or `None` when more bytes are needed.
+    pub fn next_frame(&mut self) -> Result<Option<Frame<'_>>> {
+        loop {
+            match self.scan()? {
+                Scan::Need(t) => {
+                    self.grow_for(t);
+                    return Ok(None);
+                }
+                Scan::Blank(n) => self.start += n,
+                Scan::Line { kind, rest, len } => {
+                    let s = self.start;
+                    self.start += len;
+                    let b = &self.buf[s..s + len];
+                    let rest = trim(&b[rest.0..rest.1]);
+                    return Ok(Some(match kind {
+                        LineKind::Ping => Frame::Ping,
+                        LineKind::Pong => Frame::Pong,
+                        LineKind::Ok => Frame::Ok,
+                        LineKind::Err => Frame::Err(rest),
+                        LineKind::Info => Frame::Info(rest),
+                    }));
+                }
+                Scan::Msg {
+                    subject,
+                    sid,
+                    reply,
+                    payload,
+                    total,
+                } => {
+                    let s = self.start;
+                    self.start += total;
+                    let b = &self.buf[s..s + total];
+                    return Ok(Some(Frame::Msg {
+                        subject: &b[subject.0..subject.1],
+                        sid: &b[sid.0..sid.1],
+                        reply: reply.map(|r| &b[r.0..r.1]),
+                        payload: &b[payload.0..payload.1],
+                    }));
+                }
+            }
+        }
+    }
+
+    /// Looks at the buffered bytes and says what the next frame is, as offsets.
+    fn scan(&self) -> Result<Scan> {
+        let avail = &self.buf[self.start..self.end];
+        let Some(nl) = avail.iter().position(|&b| b == b'\n') else {
+            if avail.len() > 64 * 1024 {
+                return Err(Error::Protocol("control line longer than 64 KiB".into()));
+            }
+            return Ok(Scan::Need(None));
+        };
+        let line_end = if nl > 0 && avail[nl - 1] == b'\r' {
+            nl - 1
+        } else {
+            nl
+        };
+        let line = &avail[..line_end];
+        let after = nl + 1;
+        let op_end = line
+            .iter()
+            .position(|&b| b == b' ' || b == b'\t')
+            .unwrap_or(line.len());
+        let op = &line[..op_end];
+        if op == b"MSG" || op == b"HMSG" {
+            let mut args = [(0usize, 0usize); 5];
+            let mut n = 0;
+            let mut i = op_end;
+            while i < line.len() {
+                while i < line.len() && (line[i] == b' ' || line[i] == b'\t') {
+                    i += 1;
+                }
+                if i == line.len() {
+                    break;
+                }
+                let a = i;
+                while i < line.len() && line[i] != b' ' && line[i] != b'\t' {
+                    i += 1;
+                }
+                if n == 5 {
+                    return Err(proto_err("too many MSG arguments", line));
+                }
+                args[n] = (a, i);
+                n += 1;
+            }
+            let (subject, sid, reply, size) = match (op == b"HMSG", n) {
+                (false, 3) => (args[0], args[1], None, args[2]),
+                (false, 4) => (args[0], args[1], Some(args[2]), args[3]),
+                (true, 4) => (args[0], args[1], None, args[3]),
+                (true, 5) => (args[0], args[1], Some(args[2]), args[4]),
+                _ => return Err(proto_err("bad MSG arguments", line)),
+            };
+            let size = parse_usize(&line[size.0..size.1])
+                .ok_or_else(|| proto_err("bad MSG size", line))?;
+            let total = after + size + 2;
+            if avail.len() < total {
+                return Ok(Scan::Need(Some(total)));
+            }
+            return Ok(Scan::Msg {
+                subject,
+                sid,
+                reply,
+                payload: (after, after + size),
+                total,
+            });
+        }
+        let kind = if op.eq_ignore_ascii_case(b"PING") {
+            LineKind::Ping
+        } else if op.eq_ignore_ascii_case(b"PONG") {
+            LineKind::Pong
+        } else if op.eq_ignore_ascii_case(b"+OK") {
+            LineKind::Ok
+        } else if op.eq_ignore_ascii_case(b"-ERR") {
+            LineKind::Err
+        } else if op.eq_ignore_ascii_case(b"INFO") {
+            LineKind::Info
+        } else if line.iter().all(|b| b.is_ascii_whitespace()) {
+            return Ok(Scan::Blank(after));
+        } else {
+            return Err(proto_err("unknown operation", line));
+        };
+        Ok(Scan::Line {
+            kind,
+            rest: (op_end, line_end),
+            len: after,
+        })
+    }
+}
+
+enum LineKind {
+    Ping,
+    Pong,
+    Ok,
+    Err,
+    Info,
+}
+
+/// What [`Parser::scan`] found, as offsets from the start of the unconsumed bytes.
+enum Scan {
+    /// Incomplete; `Some(total)` when a MSG frame of `total` bytes is under way.
+    Need(Option<usize>),
+    /// An empty line of this length.
+    Blank(usize),
+    Line {
+        kind: LineKind,
+        rest: (usize, usize),
+        len: usize,
+    },
+    Msg {
+        subject: (usize, usize),
+        sid: (usize, usize),
+        reply: Option<(usize, usize)>,
+        payload: (usize, usize),
+        total: usize,
+    },
+}
+
+fn proto_err(what: &str, line: &[u8]) -> Error {
+    let shown: String = String::from_utf8_lossy(&line[..line.len().min(120)]).into();
+    Error::Protocol(format!("{what}: {shown:?}"))
+}
+
+fn trim(s: &[u8]) -> &[u8] {
+    let a = s
+        .iter()
+        .position(|b| !b.is_ascii_whitespace())
+        .unwrap_or(s.len());
+    let b = s
+        .iter()
+        .rposition(|b| !b.is_ascii_whitespace())
+        .map_or(a, |i| i + 1);
+    &s[a..b]
+}
+
+/// Parses an ASCII decimal, rejecting empty input and overflow.
+pub fn parse_usize(s: &[u8]) -> Option<usize> {
+    if s.is_empty() || s.len() > 12 {
+        return None;
+    }
+    s.iter().try_fold(0usize, |acc, &b| {
+        b.is_ascii_digit().then(|| acc * 10 + (b - b'0') as usize)
+    })
+}
+
+/// Reads the 8-byte little-endian timestamp at the start of a payload, if it has one.
+#[inline]
+pub fn payload_stamp(payload: &[u8]) -> Option<u64> {
+    payload
+        .get(..8)
+        .map(|b| u64::from_le_bytes(b.try_into().unwrap_or([0; 8])))
+}
+
+/// The `CONNECT` line tern-bench sends: no verbose acks, no echo suppression, no headers.
+pub fn connect_line(name: &str) -> Vec<u8> {
+    format!(
+        "CONNECT {{\"verbose\":false,\"pedantic\":false,\"tls_required\":false,\"name\":{},\
+         \"lang\":\"rust\",\"version\":\"{}\",\"protocol\":1,\"echo\":true}}\r\nPING\r\n",
+        serde_json::Value::String(name.to_string()),
+        env!("CARGO_PKG_VERSION")
+    )
+    .into_bytes()
+}
+
+/// A buffer of `count` identical `PUB` frames, plus where each payload starts so a timestamp
+/// can be stamped into it before each write.
+pub struct PubBatch {
+    /// The frames back to back.
+    pub bytes: Vec<u8>,
+    /// Length of one frame.
+    pub frame_len: usize,
+    /// Offset of each frame's payload inside `bytes`.
+    pub payload_offsets: Vec<usize>,
+    /// Payload size of every frame.
+    pub size: usize,
+}
+
+impl PubBatch {
+    /// Builds `count` frames `PUB subject [reply] size\r\n<payload>\r\n`.
+    pub fn new(subject: &str, reply: Option<&str>, size: usize, count: usize) -> Self {
+        let head = match reply {
+            Some(r) => format!("PUB {subject} {r} {size}\r\n"),
+            None => format!("PUB {subject} {size}\r\n"),
+        };
+        let frame_len = head.len() + size + 2;
+        let mut bytes = Vec::with_capacity(frame_len * count);
+        let mut payload_offsets = Vec::with_capacity(count);
+        for _ in 0..count {
+            bytes.extend_from_slice(head.as_bytes());
+            payload_offsets.push(bytes.len());
+            bytes.extend((0..size).map(|i| b'a' + (i % 26) as u8));
+            bytes.extend_from_slice(b"\r\n");
+        }
+        PubBatch {
+            bytes,
+            frame_len,
+            payload_offsets,
+            size,
+        }
+    }
+
+    /// Frames in the batch.
+    pub fn count(&self) -> usize {
+        self.payload_offsets.len()
+    }
+
+    /// Writes `stamp` into the first `n` payloads (no-op for payloads under 8 bytes).
+    #[inline]
+    pub fn stamp(&mut self, n: usize, stamp: u64) {
+        if self.size < 8 {
+            return;
+        }
+        let s = stamp.to_le_bytes();
+        for &o in &self.payload_offsets[..n] {
+            self.bytes[o..o + 8].copy_from_slice(&s);
+        }
+    }
+
+    /// Writes `stamp` into frame `i` only.
+    #[inline]
+    pub fn stamp_one(&mut self, i: usize, stamp: u64) {
+        if self.size >= 8 {
+            let o = self.payload_offsets[i];
+            self.bytes[o..o + 8].copy_from_slice(&stamp.to_le_bytes());
+        }
+    }
+
+    /// The first `n` frames.
+    pub fn frames(&self, n: usize) -> &[u8] {
+        &self.bytes[..n * self.frame_len]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn collect(p: &mut Parser, out: &mut Vec<String>) {
+        while let Some(f) = p.next_frame().unwrap() {
+            out.push(match f {
+                Frame::Msg {
+                    subject,
+                    sid,
+                    reply,
+                    payload,
+                } => format!(
+                    "MSG {} {} {:?} {}",
+                    String::from_utf8_lossy(subject),
+                    String::from_utf8_lossy(sid),
+                    reply.map(|r| String::from_utf8_lossy(r).into_owned()),
+                    String::from_utf8_lossy(payload)
+                ),
+                other => format!("{other:?}"),
+            });
+        }
+    }
+
+    #[test]
+    fn parses_frames_split_at_every_byte() {
+        let wire = b"INFO {\"a\":1}\r\nMSG foo.bar 1 5\r\nhello\r\nPING\r\n\
+                     MSG x 22 _INBOX.1 0\r\n\r\nHMSG h 3 12 14\r\nNATS/1.0\r\n\r\nhi\r\n\
+                     +OK\r\n-ERR 'Slow Consumer'\r\nPONG\r\n";
+        let mut whole = Vec::new();
+        let mut p = Parser::new(0);
+        p.feed(wire);
+        collect(&mut p, &mut whole);
+        assert_eq!(whole.len(), 8, "{whole:?}");
+        assert_eq!(whole[1], "MSG foo.bar 1 None hello");
+        assert_eq!(whole[3], "MSG x 22 Some(\"_INBOX.1\") ");
+        assert_eq!(whole[4], "MSG h 3 None NATS/1.0\r\n\r\nhi");
+        assert_eq!(
+            whole[6],
+            "Err([39, 83, 108, 111, 119, 32, 67, 111, 110, 115, 117, 109, 101, 114, 39])"
+        );
+        for chunk in 1..wire.len() {
+            let mut p = Parser::new(0);
+            let mut got = Vec::new();
+            for c in wire.chunks(chunk) {
+                p.feed(c);
+                collect(&mut p, &mut got);
+            }
+            assert_eq!(got, whole, "chunk size {chunk}");
+            assert_eq!(p.pending(), 0);
+        }
+    }
+
+    #[test]
+    fn large_payload_grows_buffer() {
+        let payload = vec![b'z'; 200_000];
+        let mut wire = b"MSG big 1 200000\r\n".to_vec();
+        wire.extend_from_slice(&payload);
+        wire.extend_from_slice(b"\r\n");
+        let mut p = Parser::new(0);
+        let mut n = 0;
+        for c in wire.chunks(7000) {
+            p.feed(c);
+            while let Some(Frame::Msg { payload: got, .. }) = p.next_frame().unwrap() {
+                assert_eq!(got, &payload[..]);
+                n += 1;
+            }
+        }
+        assert_eq!(n, 1);
+    }
+
+    #[test]
+    fn rejects_garbage() {
+        let mut p = Parser::new(0);
+        p.feed(b"MSG a b\r\n");
+        assert!(p.next_frame().is_err());
+        let mut p = Parser::new(0);
+        p.feed(b"BOGUS\r\n");
+        assert!(p.next_frame().is_err());
+        let mut p = Parser::new(0);
+        p.feed(b"MSG a 1 12x\r\n");
+        assert!(p.next_frame().is_err());
+    }
+
+    #[test]
+    fn pub_batch_stamps_payloads() {
+        let mut b = PubBatch::new("s", None, 16, 3);
+        assert_eq!(b.frame_len, "PUB s 16\r\n".len() + 18);
+        b.stamp(2, 0x0102030405060708);
+        let mut p = Parser::new(0);
+        // Turn the PUB frames into MSG frames to read them back through the parser.
+        let text = String::from_utf8_lossy(b.frames(3)).replace("PUB s 16", "MSG s 1 16");
+        p.feed(text.as_bytes());
+        let mut stamps = Vec::new();
+        while let Some(Frame::Msg { payload, .. }) = p.next_frame().unwrap() {
+            stamps.push(payload_stamp(payload));
+        }
+        assert_eq!(stamps[0], Some(0x0102030405060708));
+        assert_eq!(stamps[1], Some(0x0102030405060708));
+        assert_ne!(stamps[2], Some(0x0102030405060708));
+    }
+}

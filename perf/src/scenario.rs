@@ -1,0 +1,1045 @@
+//! The scenarios: what connections a run opens, what each thread sends and counts, flow
+//! control, and the [`Report`] a run produces. One thread per connection, blocking sockets,
+//! pipelined batches of PUB frames written with one syscall each. Owns no server process: it
+//! is handed a [`Target`] and measures whatever answers there.
+
+use crate::conn::{pin, Conn, Shard, Target};
+use crate::error::{Error, IoContext, Result};
+use crate::proto::{payload_stamp, Frame, PubBatch};
+use crate::stats::{self, latency, new_histogram, now_ns, record, Latency};
+use hdrhistogram::Histogram;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::io::{ErrorKind, IsTerminal, Write};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Barrier};
+use std::thread;
+use std::time::{Duration, Instant};
+
+/// What a run does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum Kind {
+    /// Publishers only, nobody subscribed.
+    Pub,
+    /// One publisher, one subscriber (with --pubs/--subs: N publishers, M subscribers).
+    Pubsub,
+    /// One publisher, --subs subscribers each receiving everything.
+    Fanout,
+    /// --pubs publishers, one subscriber.
+    Fanin,
+    /// One publisher, a queue group of --subs members.
+    Queue,
+    /// One synchronous requester against one responder; latency per request.
+    Reqreply,
+    /// --pubs synchronous requesters against a queue group of --subs responders.
+    Requesters,
+    /// Open loop at --rate msgs/s; latency from each message's intended send time.
+    Openloop,
+    /// Preload --preload subscriptions on idle connections, then pubsub throughput.
+    Subscale,
+    /// SUB/UNSUB at --churn-rate ops/s on another connection while pubsub runs.
+    Churn,
+    /// Open --conns mostly idle connections and report the server's RSS.
+    Conns,
+}
+
+/// Where publishers and subscribers sit among the server's shards.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum Placement {
+    /// Accept order decides.
+    Any,
+    /// Everything on shard 0.
+    Same,
+    /// Publishers/requesters on shard 0, subscribers/responders on shard 1.
+    Cross,
+}
+
+impl Placement {
+    fn publisher(self) -> Shard {
+        match self {
+            Placement::Any => Shard::Any,
+            _ => Shard::On(0),
+        }
+    }
+    fn subscriber(self) -> Shard {
+        match self {
+            Placement::Any => Shard::Any,
+            Placement::Same => Shard::On(0),
+            Placement::Cross => Shard::On(1),
+        }
+    }
+}
+
+/// Parameters of one run.
+#[derive(Debug, Clone)]
+pub struct Opts {
+    /// Messages to publish in total (overrides `duration`).
+    pub msgs: Option<u64>,
+    /// How long to publish.
+    pub duration: Duration,
+    /// Payload size in bytes.
+    pub size: usize,
+    /// Publishers (or requesters).
+    pub pubs: usize,
+    /// Subscribers (or responders, queue members).
+    pub subs: usize,
+    /// Open-loop rate in msgs/s (all publishers together).
+    pub rate: u64,
+    /// Cores to pin the generator's threads to (round robin); empty = unpinned.
+    pub pin: Vec<usize>,
+    /// Bound on undelivered bytes per receiver (flow control).
+    pub window: usize,
+    /// How long to wait for stragglers after publishing stops before reporting loss.
+    pub timeout: Duration,
+    /// Shard placement.
+    pub placement: Placement,
+    /// Show a progress bar (still hidden when stderr is not a terminal or the run is short).
+    pub progress: bool,
+    /// Subscriptions to preload (subscale).
+    pub preload: usize,
+    /// Idle connections holding the preloaded subscriptions.
+    pub idle_conns: usize,
+    /// SUB+UNSUB pairs per second (churn).
+    pub churn_rate: u64,
+    /// Connections to open (conns).
+    pub conns: usize,
+}
+
+impl Default for Opts {
+    fn default() -> Self {
+        Opts {
+            msgs: None,
+            duration: Duration::from_secs(2),
+            size: 16,
+            pubs: 1,
+            subs: 1,
+            rate: 20_000,
+            pin: Vec::new(),
+            window: 4 << 20,
+            timeout: Duration::from_secs(10),
+            placement: Placement::Any,
+            progress: true,
+            preload: 100_000,
+            idle_conns: 10,
+            churn_rate: 10_000,
+            conns: 1000,
+        }
+    }
+}
+
+/// What a run measured.
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct Report {
+    /// Scenario name.
+    pub scenario: String,
+    /// Payload size.
+    pub size: usize,
+    /// Publishers / requesters.
+    pub pubs: usize,
+    /// Subscribers / responders.
+    pub subs: usize,
+    /// Messages published (requests sent).
+    pub sent: u64,
+    /// Messages delivered to subscribers (replies received).
+    pub received: u64,
+    /// Deliveries expected.
+    pub expected: u64,
+    /// Expected deliveries that never arrived.
+    pub lost: u64,
+    /// Seconds from first send to last delivery.
+    pub elapsed_s: f64,
+    /// Published msgs/s (until the publishers' final PONG).
+    pub msgs_in_per_s: f64,
+    /// Delivered msgs/s.
+    pub msgs_out_per_s: f64,
+    /// Payload MB/s published.
+    pub mb_in_per_s: f64,
+    /// Payload MB/s delivered.
+    pub mb_out_per_s: f64,
+    /// Latency, for latency scenarios.
+    pub latency: Option<Latency>,
+    /// CPU seconds the generator used during the measured interval.
+    pub gen_cpu_s: f64,
+    /// Generator CPU as a percentage of one core over the interval.
+    pub gen_cpu_pct: f64,
+    /// Server CPU ns per delivered message (per published message when nothing is delivered).
+    pub server_cpu_ns_per_msg: Option<f64>,
+    /// Server VmHWM after the run, bytes.
+    pub server_peak_rss: Option<u64>,
+    /// Scenario-specific figures (preload time, churn ops/s, RSS per connection, ...).
+    pub extra: BTreeMap<String, f64>,
+}
+
+/// Runs one scenario against `target`.
+///
+/// The calling thread only coordinates and is never pinned: servers that `compare` starts
+/// later inherit its CPU mask.
+pub fn run(kind: Kind, o: &Opts, t: &Target) -> Result<Report> {
+    let name = format!("{kind:?}").to_lowercase();
+    let mut r = match kind {
+        Kind::Pub => flow(t, o, &Flow::new(o.pubs, 0, 0, None))?,
+        Kind::Pubsub => flow(t, o, &Flow::new(o.pubs, o.subs, o.subs as u64, None))?,
+        Kind::Fanout => flow(t, o, &Flow::new(1, o.subs, o.subs as u64, None))?,
+        Kind::Fanin => flow(t, o, &Flow::new(o.pubs, 1, 1, None))?,
+        Kind::Queue => flow(t, o, &Flow::new(1, o.subs, 1, Some("q")))?,
+        Kind::Openloop => {
+            let mut f = Flow::new(1, 1, 1, None);
+            f.open_loop = true;
+            flow(t, o, &f)?
+        }
+        Kind::Reqreply => reqreply(t, o, 1, 1)?,
+        Kind::Requesters => reqreply(t, o, o.pubs, o.subs)?,
+        Kind::Subscale => subscale(t, o)?,
+        Kind::Churn => churn(t, o)?,
+        Kind::Conns => conns(t, o)?,
+    };
+    r.scenario = name;
+    r.server_peak_rss = t.pid.and_then(|p| stats::proc_status_kb(p, "VmHWM"));
+    Ok(r)
+}
+
+/// The shape of a publish/subscribe run.
+struct Flow {
+    pubs: usize,
+    subs: usize,
+    /// Deliveries per published message.
+    factor: u64,
+    queue: Option<&'static str>,
+    open_loop: bool,
+}
+
+impl Flow {
+    fn new(pubs: usize, subs: usize, factor: u64, queue: Option<&'static str>) -> Self {
+        Flow {
+            pubs: pubs.max(1),
+            subs,
+            factor: if queue.is_some() { 1 } else { factor },
+            queue,
+            open_loop: false,
+        }
+    }
+}
+
+struct Shared {
+    stop: AtomicBool,
+    abort: AtomicBool,
+    sent: AtomicU64,
+    received: AtomicU64,
+    /// probe_seen[sub * pubs + pub]
+    probe_seen: Vec<AtomicBool>,
+}
+
+/// Brackets the measured interval: generator CPU and server CPU before and after.
+struct Meter {
+    t0: Instant,
+    gen0: Duration,
+    srv0: Option<u64>,
+    pid: Option<u32>,
+}
+
+impl Meter {
+    fn start(pid: Option<u32>) -> Self {
+        Meter {
+            t0: Instant::now(),
+            gen0: stats::self_cpu(),
+            srv0: pid.and_then(stats::proc_cpu_ns),
+            pid,
+        }
+    }
+    /// Fills the CPU fields of `r`; `per` is the message count CPU is divided by.
+    fn finish(&self, r: &mut Report, per: u64) {
+        let wall = self.t0.elapsed().as_secs_f64();
+        let gen = (stats::self_cpu() - self.gen0).as_secs_f64();
+        r.gen_cpu_s = gen;
+        r.gen_cpu_pct = if wall > 0.0 { 100.0 * gen / wall } else { 0.0 };
+        if let (Some(a), Some(b)) = (self.srv0, self.pid.and_then(stats::proc_cpu_ns)) {
+            if per > 0 {
+                r.server_cpu_ns_per_msg = Some(b.saturating_sub(a) as f64 / per as f64);
+            }
+        }
+    }
+}
+
+fn progress_bar(o: &Opts, secs: f64) -> Option<ProgressBar> {
+    if !o.progress || secs < 3.0 || !std::io::stderr().is_terminal() {
+        return None;
+    }
+    let pb = ProgressBar::with_draw_target(Some(secs as u64), ProgressDrawTarget::stderr());
+    pb.set_style(
+        ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:40} {pos}/{len}s {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    Some(pb)
+}
+
+fn join<T>(h: thread::JoinHandle<Result<T>>) -> Result<T> {
+    h.join()
+        .map_err(|_| Error::Protocol("a generator thread panicked".into()))?
+}
+
+fn probe_payload(size: usize, p: usize) -> Vec<u8> {
+    let s = if size == 5 {
+        format!("P{p:05}")
+    } else {
+        format!("P{p:04}")
+    };
+    s.into_bytes()
+}
+
+fn parse_probe(payload: &[u8]) -> Option<usize> {
+    std::str::from_utf8(payload.get(1..)?).ok()?.parse().ok()
+}
+
+const SUBJECT: &str = "bench.0";
+
+/// Publish/subscribe run: throughput (closed loop, flow-controlled) or open-loop latency.
+fn flow(t: &Target, o: &Opts, f: &Flow) -> Result<Report> {
+    let sh = Arc::new(Shared {
+        stop: AtomicBool::new(false),
+        abort: AtomicBool::new(false),
+        sent: AtomicU64::new(0),
+        received: AtomicU64::new(0),
+        probe_seen: (0..f.subs * f.pubs)
+            .map(|_| AtomicBool::new(false))
+            .collect(),
+    });
+    // Subscribers first, each registered (PONG) before the next is opened.
+    let mut sub_conns = Vec::new();
+    for i in 0..f.subs {
+        let mut c = t.connect(&format!("bench-sub-{i}"), o.placement.subscriber())?;
+        let line = match f.queue {
+            Some(q) => format!("SUB {SUBJECT} {q} 1\r\n"),
+            None => format!("SUB {SUBJECT} 1\r\n"),
+        };
+        c.write(line.as_bytes())?;
+        c.flush()?;
+        sub_conns.push(c);
+    }
+    let mut pub_conns = Vec::new();
+    for i in 0..f.pubs {
+        pub_conns.push(t.connect(&format!("bench-pub-{i}"), o.placement.publisher())?);
+    }
+    let threads = 1 + f.subs + f.pubs;
+    let go = Arc::new(Barrier::new(threads));
+    let probed = Arc::new(Barrier::new(1 + f.pubs));
+    let record_latency = f.open_loop;
+
+    let mut sub_handles = Vec::new();
+    for (i, c) in sub_conns.into_iter().enumerate() {
+        let (sh, go, o) = (sh.clone(), go.clone(), o.clone());
+        let pubs = f.pubs;
+        let core = core_for(&o, 1 + i);
+        sub_handles.push(thread::spawn(move || {
+            pin(core);
+            go.wait();
+            subscriber(c, &sh, &o, i, pubs, record_latency)
+        }));
+    }
+    let quota = |i: usize| {
+        o.msgs.map(|m| {
+            let per = m / f.pubs as u64;
+            per + u64::from((i as u64) < m % f.pubs as u64)
+        })
+    };
+    let mut pub_handles = Vec::new();
+    for (i, c) in pub_conns.into_iter().enumerate() {
+        let (sh, go, probed, o) = (sh.clone(), go.clone(), probed.clone(), o.clone());
+        let core = core_for(&o, 1 + f.subs + i);
+        let (q, subs, pubs, factor, open, queue) = (
+            quota(i),
+            f.subs,
+            f.pubs,
+            f.factor,
+            f.open_loop,
+            f.queue.is_some(),
+        );
+        pub_handles.push(thread::spawn(move || {
+            pin(core);
+            go.wait();
+            let mut c = c;
+            let r = probe(&mut c, &sh, i, subs, pubs, queue, o.size);
+            probed.wait();
+            r?;
+            if open {
+                open_loop_publisher(c, &sh, &o, q, pubs)
+            } else {
+                publisher(c, &sh, &o, q, factor)
+            }
+        }));
+    }
+    go.wait();
+    probed.wait();
+    let meter = Meter::start(t.pid);
+    let start_ns = now_ns();
+    let pb = progress_bar(o, o.duration.as_secs_f64());
+    // Wait for publishers, with a progress bar while they run.
+    let mut pub_results = Vec::new();
+    for h in pub_handles {
+        while !h.is_finished() {
+            thread::sleep(Duration::from_millis(20));
+            if let Some(pb) = &pb {
+                pb.set_position(meter.t0.elapsed().as_secs());
+                pb.set_message(format!(
+                    "{} msgs delivered",
+                    stats::si(sh.received.load(Ordering::Relaxed) as f64)
+                ));
+            }
+        }
+        pub_results.push(join(h));
+    }
+    if let Some(pb) = pb {
+        pb.finish_and_clear();
+    }
+    let sent = sh.sent.load(Ordering::SeqCst);
+    let expected = sent * f.factor;
+    let deadline = Instant::now() + o.timeout;
+    while sh.received.load(Ordering::SeqCst) < expected
+        && Instant::now() < deadline
+        && !sh.abort.load(Ordering::SeqCst)
+    {
+        thread::sleep(Duration::from_micros(200));
+    }
+    sh.stop.store(true, Ordering::SeqCst);
+    let mut pub_end = start_ns;
+    for r in pub_results {
+        pub_end = pub_end.max(r?);
+    }
+    let mut hist = new_histogram();
+    let mut last_rx = start_ns;
+    let mut received = 0;
+    for h in sub_handles {
+        let s = join(h)?;
+        received += s.count;
+        last_rx = last_rx.max(s.last_rx);
+        if let Some(h) = s.hist {
+            let _ = hist.add(&h);
+        }
+    }
+    let mut r = Report {
+        size: o.size,
+        pubs: f.pubs,
+        subs: f.subs,
+        sent,
+        received,
+        expected,
+        lost: expected.saturating_sub(received),
+        ..Report::default()
+    };
+    meter.finish(&mut r, if received > 0 { received } else { sent });
+    let in_s = (pub_end - start_ns) as f64 / 1e9;
+    let out_s = (last_rx.max(pub_end) - start_ns) as f64 / 1e9;
+    r.elapsed_s = out_s;
+    r.msgs_in_per_s = sent as f64 / in_s;
+    r.mb_in_per_s = r.msgs_in_per_s * o.size as f64 / 1e6;
+    if f.subs > 0 {
+        r.msgs_out_per_s = received as f64 / out_s;
+        r.mb_out_per_s = r.msgs_out_per_s * o.size as f64 / 1e6;
+    }
+    if record_latency {
+        r.latency = Some(latency(&hist));
+        r.extra.insert("rate_target".into(), o.rate as f64);
+    }
+    Ok(r)
+}
+
+fn core_for(o: &Opts, thread_index: usize) -> Option<usize> {
+    (!o.pin.is_empty()).then(|| o.pin[thread_index % o.pin.len()])
+}
+
+/// Publishes probe messages until every subscriber (any member, for a queue group) has seen
+/// one from this publisher: on a sharded server interest reaches other shards asynchronously.
+fn probe(
+    c: &mut Conn,
+    sh: &Shared,
+    p: usize,
+    subs: usize,
+    pubs: usize,
+    queue: bool,
+    size: usize,
+) -> Result<()> {
+    if subs == 0 {
+        return Ok(());
+    }
+    let payload = probe_payload(size, p);
+    let mut frame = format!("PUB {SUBJECT} {}\r\n", payload.len()).into_bytes();
+    frame.extend_from_slice(&payload);
+    frame.extend_from_slice(b"\r\n");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let seen = (0..subs)
+            .filter(|s| sh.probe_seen[s * pubs + p].load(Ordering::SeqCst))
+            .count();
+        if (queue && seen > 0) || seen == subs {
+            return Ok(());
+        }
+        if Instant::now() > deadline || sh.abort.load(Ordering::SeqCst) {
+            sh.abort.store(true, Ordering::SeqCst);
+            return Err(Error::Timeout(format!(
+                "interest did not reach publisher {p} ({seen}/{subs} subscribers saw a probe)"
+            )));
+        }
+        c.write(&frame)?;
+        c.flush()?;
+        thread::sleep(Duration::from_millis(1));
+    }
+}
+
+/// Closed-loop publisher. Returns the time (ns) its final PONG arrived.
+fn publisher(mut c: Conn, sh: &Shared, o: &Opts, quota: Option<u64>, factor: u64) -> Result<u64> {
+    let frame_len = PubBatch::new(SUBJECT, None, o.size, 1).frame_len;
+    let per_batch = (64 * 1024 / frame_len).clamp(1, 4096);
+    let mut batch = PubBatch::new(SUBJECT, None, o.size, per_batch);
+    let ping_bytes = 256 * 1024;
+    let window_msgs = ((o.window / frame_len).max(64) as u64) * factor.max(1);
+    let end = Instant::now() + o.duration;
+    let mut sent = 0u64;
+    let mut since_ping = 0usize;
+    loop {
+        let n = match quota {
+            Some(q) => (q - sent).min(per_batch as u64) as usize,
+            None if Instant::now() >= end => 0,
+            None => per_batch,
+        };
+        if n == 0 || sh.abort.load(Ordering::Relaxed) {
+            break;
+        }
+        batch.stamp(n, now_ns());
+        c.write(batch.frames(n))?;
+        sent += n as u64;
+        let total = sh.sent.fetch_add(n as u64, Ordering::Relaxed) + n as u64;
+        since_ping += n * frame_len;
+        if since_ping >= ping_bytes {
+            since_ping = 0;
+            c.ping()?;
+            if c.pings_out > 4 {
+                c.wait_pongs(2, Duration::from_secs(30))?;
+            }
+        }
+        if factor > 0 {
+            // Never let the server queue more than the window for any receiver.
+            let mut seen = sh.received.load(Ordering::Relaxed);
+            let mut since = Instant::now();
+            while total * factor > seen + window_msgs && !sh.abort.load(Ordering::Relaxed) {
+                thread::sleep(Duration::from_micros(50));
+                let now = sh.received.load(Ordering::Relaxed);
+                if now != seen {
+                    seen = now;
+                    since = Instant::now();
+                } else if since.elapsed() > o.timeout {
+                    sh.abort.store(true, Ordering::SeqCst);
+                    return Err(Error::Timeout(
+                        "subscribers stopped receiving (messages lost?)".into(),
+                    ));
+                }
+            }
+        }
+    }
+    c.flush()?;
+    Ok(now_ns())
+}
+
+/// Open-loop publisher: message i is due at start + i/rate and carries that intended time, so
+/// a stalled server shows up as latency instead of as fewer samples.
+fn open_loop_publisher(
+    mut c: Conn,
+    sh: &Shared,
+    o: &Opts,
+    quota: Option<u64>,
+    pubs: usize,
+) -> Result<u64> {
+    let rate = (o.rate / pubs as u64).max(1);
+    let interval = 1e9 / rate as f64;
+    let total = quota.unwrap_or((o.duration.as_secs_f64() * rate as f64) as u64);
+    let mut batch = PubBatch::new(SUBJECT, None, o.size, 1024);
+    // SAFETY: prctl on the calling thread with integer arguments only.
+    unsafe {
+        libc::prctl(libc::PR_SET_TIMERSLACK, 1 as libc::c_ulong);
+    }
+    let start = now_ns();
+    let mut i = 0u64;
+    while i < total && !sh.abort.load(Ordering::Relaxed) {
+        let now = now_ns();
+        let due = (((now - start) as f64 / interval) as u64 + 1).min(total);
+        if due > i {
+            let n = ((due - i) as usize).min(batch.count());
+            for j in 0..n {
+                batch.stamp_one(j, start + ((i + j as u64) as f64 * interval) as u64);
+            }
+            c.write(batch.frames(n))?;
+            i += n as u64;
+            sh.sent.fetch_add(n as u64, Ordering::Relaxed);
+        } else {
+            let next = start + (i as f64 * interval) as u64;
+            let gap = next.saturating_sub(now);
+            if gap > 20_000 {
+                // Timer slack is 1 ns on this thread, so this wakes within a few µs.
+                thread::sleep(Duration::from_nanos(gap - 5_000));
+            } else {
+                std::hint::spin_loop();
+            }
+        }
+    }
+    c.flush()?;
+    Ok(now_ns())
+}
+
+struct SubResult {
+    count: u64,
+    last_rx: u64,
+    hist: Option<Histogram<u64>>,
+}
+
+/// Reader thread of one subscriber: counts deliveries, records latency, answers PING.
+fn subscriber(
+    mut c: Conn,
+    sh: &Shared,
+    o: &Opts,
+    idx: usize,
+    pubs: usize,
+    lat: bool,
+) -> Result<SubResult> {
+    c.set_read_timeout(Some(Duration::from_millis(20)))?;
+    let mut hist = lat.then(new_histogram);
+    let mut count = 0u64;
+    let mut last_rx = 0u64;
+    loop {
+        match c.parser.read_from(&mut c.stream) {
+            Ok(0) => {
+                sh.abort.store(true, Ordering::SeqCst);
+                return Err(Error::Protocol(
+                    "server closed a subscriber connection".into(),
+                ));
+            }
+            Ok(_) => {}
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                if sh.stop.load(Ordering::Relaxed) || sh.abort.load(Ordering::Relaxed) {
+                    break;
+                }
+                continue;
+            }
+            Err(e) => {
+                sh.abort.store(true, Ordering::SeqCst);
+                return Err(Error::Io("read on a subscriber".into(), e));
+            }
+        }
+        let now = now_ns();
+        let mut n = 0u64;
+        let mut pong = false;
+        while let Some(f) = c.parser.next_frame()? {
+            match f {
+                Frame::Msg { payload, .. } if payload.len() == o.size => {
+                    n += 1;
+                    if let (Some(h), Some(ts)) = (hist.as_mut(), payload_stamp(payload)) {
+                        record(h, now.saturating_sub(ts));
+                    }
+                }
+                Frame::Msg { payload, .. } => {
+                    if let Some(p) = parse_probe(payload).filter(|&p| p < pubs) {
+                        sh.probe_seen[idx * pubs + p].store(true, Ordering::SeqCst);
+                    }
+                }
+                Frame::Ping => pong = true,
+                Frame::Err(e) => {
+                    sh.abort.store(true, Ordering::SeqCst);
+                    return Err(Error::Server(String::from_utf8_lossy(e).into_owned()));
+                }
+                _ => {}
+            }
+        }
+        if pong {
+            c.write(b"PONG\r\n")?;
+        }
+        if n > 0 {
+            count += n;
+            last_rx = now;
+            sh.received.fetch_add(n, Ordering::Relaxed);
+        }
+    }
+    Ok(SubResult {
+        count,
+        last_rx,
+        hist,
+    })
+}
+
+/// Request/reply: `requesters` synchronous requesters, `responders` responders in a queue
+/// group (a plain subscription when there is one responder).
+fn reqreply(t: &Target, o: &Opts, requesters: usize, responders: usize) -> Result<Report> {
+    let requesters = requesters.max(1);
+    let responders = responders.max(1);
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut resp_handles = Vec::new();
+    for i in 0..responders {
+        let mut c = t.connect(&format!("bench-resp-{i}"), o.placement.subscriber())?;
+        let line = if responders > 1 {
+            "SUB bench.req resp 1\r\n"
+        } else {
+            "SUB bench.req 1\r\n"
+        };
+        c.write(line.as_bytes())?;
+        c.flush()?;
+        let stop = stop.clone();
+        let core = core_for(o, 1 + i);
+        resp_handles.push(thread::spawn(move || {
+            pin(core);
+            responder(c, &stop)
+        }));
+    }
+    let mut req_conns = Vec::new();
+    for i in 0..requesters {
+        let mut c = t.connect(&format!("bench-req-{i}"), o.placement.publisher())?;
+        c.write(format!("SUB _INBOX.bench.{i} 1\r\n").as_bytes())?;
+        c.flush()?;
+        req_conns.push(c);
+    }
+    let go = Arc::new(Barrier::new(requesters + 1));
+    let mut handles = Vec::new();
+    for (i, c) in req_conns.into_iter().enumerate() {
+        let (go, o) = (go.clone(), o.clone());
+        let core = core_for(&o, 1 + responders + i);
+        let quota = o.msgs.map(|m| (m / requesters as u64).max(1));
+        handles.push(thread::spawn(move || {
+            pin(core);
+            requester(c, &o, i, &go, quota)
+        }));
+    }
+    go.wait(); // every requester has had one reply: interest is everywhere
+    go.wait();
+    let meter = Meter::start(t.pid);
+    let pb = progress_bar(o, o.duration.as_secs_f64());
+    let mut hist = new_histogram();
+    let (mut sent, mut got) = (0, 0);
+    let mut results = Vec::new();
+    for h in handles {
+        while !h.is_finished() {
+            thread::sleep(Duration::from_millis(20));
+            if let Some(pb) = &pb {
+                pb.set_position(meter.t0.elapsed().as_secs());
+            }
+        }
+        results.push(join(h));
+    }
+    let wall = meter.t0.elapsed().as_secs_f64();
+    if let Some(pb) = pb {
+        pb.finish_and_clear();
+    }
+    stop.store(true, Ordering::SeqCst);
+    for r in results {
+        let (s, g, h) = r?;
+        sent += s;
+        got += g;
+        let _ = hist.add(&h);
+    }
+    let mut r = Report {
+        size: o.size,
+        pubs: requesters,
+        subs: responders,
+        sent,
+        received: got,
+        expected: sent,
+        lost: sent.saturating_sub(got),
+        elapsed_s: wall,
+        msgs_in_per_s: sent as f64 / wall,
+        msgs_out_per_s: got as f64 / wall,
+        latency: Some(latency(&hist)),
+        ..Report::default()
+    };
+    r.mb_in_per_s = r.msgs_in_per_s * o.size as f64 / 1e6;
+    r.mb_out_per_s = r.msgs_out_per_s * o.size as f64 / 1e6;
+    // A request/reply is two deliveries through the server; CPU is per round trip.
+    meter.finish(&mut r, got);
+    for h in resp_handles {
+        join(h)?;
+    }
+    Ok(r)
+}
+
+fn requester(
+    mut c: Conn,
+    o: &Opts,
+    i: usize,
+    go: &Barrier,
+    quota: Option<u64>,
+) -> Result<(u64, u64, Histogram<u64>)> {
+    let size = o.size.max(8);
+    let inbox = format!("_INBOX.bench.{i}");
+    let mut batch = PubBatch::new("bench.req", Some(&inbox), size, 1);
+    // Warm up until one reply comes back (interest may still be travelling between shards).
+    c.set_read_timeout(Some(Duration::from_millis(100)))?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let warm = loop {
+        batch.stamp(1, now_ns());
+        c.write(batch.frames(1))?;
+        match wait_reply(&mut c) {
+            Ok(Some(_)) => break Ok(()),
+            Ok(None) if Instant::now() < deadline => continue,
+            Ok(None) => break Err(Error::Timeout("no reply to warm-up requests".into())),
+            Err(e) => break Err(e),
+        }
+    };
+    go.wait();
+    go.wait();
+    warm?;
+    c.set_read_timeout(Some(Duration::from_millis(1000)))?;
+    let mut hist = new_histogram();
+    let end = Instant::now() + o.duration;
+    let (mut sent, mut got) = (0u64, 0u64);
+    loop {
+        let more = match quota {
+            Some(q) => sent < q,
+            None => sent & 15 != 0 || Instant::now() < end,
+        };
+        if !more {
+            break;
+        }
+        let t0 = now_ns();
+        batch.stamp(1, t0);
+        c.write(batch.frames(1))?;
+        sent += 1;
+        // Drop late replies to earlier (timed-out) requests by checking the stamp.
+        loop {
+            match wait_reply(&mut c)? {
+                Some(ts) if ts == t0 => {
+                    record(&mut hist, now_ns() - t0);
+                    got += 1;
+                    break;
+                }
+                Some(_) => continue,
+                None => break,
+            }
+        }
+    }
+    Ok((sent, got, hist))
+}
+
+/// Reads until one reply arrives (its stamp) or the read timeout passes (`None`).
+fn wait_reply(c: &mut Conn) -> Result<Option<u64>> {
+    loop {
+        let mut stamp = None;
+        let mut pong = false;
+        while let Some(f) = c.parser.next_frame()? {
+            match f {
+                Frame::Msg { payload, .. } => {
+                    stamp = payload_stamp(payload);
+                    break;
+                }
+                Frame::Ping => pong = true,
+                Frame::Err(e) => return Err(Error::Server(String::from_utf8_lossy(e).into())),
+                _ => {}
+            }
+        }
+        if pong {
+            c.write(b"PONG\r\n")?;
+        }
+        if stamp.is_some() {
+            return Ok(stamp);
+        }
+        match c.parser.read_from(&mut c.stream) {
+            Ok(0) => return Err(Error::Protocol("server closed a requester".into())),
+            Ok(_) => {}
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                return Ok(None)
+            }
+            Err(e) => return Err(Error::Io("read on a requester".into(), e)),
+        }
+    }
+}
+
+/// Echoes every request's payload to its reply subject, one write per read.
+fn responder(mut c: Conn, stop: &AtomicBool) -> Result<()> {
+    c.set_read_timeout(Some(Duration::from_millis(20)))?;
+    let mut out = Vec::with_capacity(64 * 1024);
+    loop {
+        match c.parser.read_from(&mut c.stream) {
+            Ok(0) => return Ok(()),
+            Ok(_) => {}
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                if stop.load(Ordering::Relaxed) {
+                    return Ok(());
+                }
+                continue;
+            }
+            Err(e) => return Err(Error::Io("read on a responder".into(), e)),
+        }
+        while let Some(f) = c.parser.next_frame()? {
+            match f {
+                Frame::Msg {
+                    reply: Some(reply),
+                    payload,
+                    ..
+                } => {
+                    out.extend_from_slice(b"PUB ");
+                    out.extend_from_slice(reply);
+                    let _ = write!(out, " {}\r\n", payload.len());
+                    out.extend_from_slice(payload);
+                    out.extend_from_slice(b"\r\n");
+                }
+                Frame::Ping => out.extend_from_slice(b"PONG\r\n"),
+                Frame::Err(e) => return Err(Error::Server(String::from_utf8_lossy(e).into())),
+                _ => {}
+            }
+        }
+        if !out.is_empty() {
+            c.write(&out)?;
+            out.clear();
+        }
+    }
+}
+
+/// Subjects for preloaded subscriptions: literals, `*` and `>` at several depths, none of
+/// which matches the benchmark subject.
+pub fn preload_subject(i: usize) -> String {
+    match i % 5 {
+        0 => format!("idle.{i}.lit.x"),
+        1 => format!("idle.{i}.*"),
+        2 => format!("idle.{i}.>"),
+        3 => format!("*.idle{i}.x"),
+        _ => format!("bench.{i}.*.y"),
+    }
+}
+
+fn subscale(t: &Target, o: &Opts) -> Result<Report> {
+    let n_conns = o.idle_conns.max(1);
+    let rss0 = t.rss();
+    let t0 = Instant::now();
+    let mut idle = Vec::new();
+    for k in 0..n_conns {
+        idle.push(t.connect(&format!("bench-idle-{k}"), Shard::Any)?);
+    }
+    let mut bufs = vec![Vec::with_capacity(1 << 20); n_conns];
+    for i in 0..o.preload {
+        let b = &mut bufs[i % n_conns];
+        let _ = write!(b, "SUB {} {}\r\n", preload_subject(i), i + 1);
+        if b.len() >= 1 << 20 {
+            idle[i % n_conns].write(b)?;
+            b.clear();
+        }
+    }
+    for (c, b) in idle.iter_mut().zip(&bufs) {
+        c.write(b)?;
+    }
+    for c in &mut idle {
+        c.ping()?;
+    }
+    for c in &mut idle {
+        c.wait_pongs(0, Duration::from_secs(300))?;
+    }
+    let load_s = t0.elapsed().as_secs_f64();
+    let rss1 = t.rss();
+    let mut r = flow(t, o, &Flow::new(1, 1, 1, None))?;
+    r.extra.insert("preloaded_subs".into(), o.preload as f64);
+    r.extra.insert("preload_s".into(), load_s);
+    r.extra
+        .insert("preload_subs_per_s".into(), o.preload as f64 / load_s);
+    if let (Some(a), Some(b)) = (rss0, rss1) {
+        r.extra.insert(
+            "rss_bytes_per_sub".into(),
+            b.saturating_sub(a) as f64 / o.preload.max(1) as f64,
+        );
+    }
+    drop(idle);
+    Ok(r)
+}
+
+fn churn(t: &Target, o: &Opts) -> Result<Report> {
+    let mut c = t.connect("bench-churn", Shard::Any)?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let ops = Arc::new(AtomicU64::new(0));
+    let (stop2, ops2, rate) = (stop.clone(), ops.clone(), o.churn_rate.max(1));
+    let core = core_for(o, 7);
+    let h = thread::spawn(move || -> Result<f64> {
+        pin(core);
+        let start = Instant::now();
+        let mut done = 0u64;
+        let mut buf = Vec::with_capacity(64 * 1024);
+        while !stop2.load(Ordering::Relaxed) {
+            let due = (start.elapsed().as_secs_f64() * rate as f64) as u64;
+            while done < due && buf.len() < 60 * 1024 {
+                let sid = done + 1;
+                let subj = match done % 3 {
+                    0 => format!("bench.c{done}"),
+                    1 => format!("bench.c{done}.*"),
+                    _ => format!("churn.*.{done}"),
+                };
+                let _ = write!(buf, "SUB {subj} {sid}\r\nUNSUB {sid}\r\n");
+                done += 1;
+            }
+            if !buf.is_empty() {
+                c.write(&buf)?;
+                buf.clear();
+                c.flush()?;
+                ops2.store(done, Ordering::Relaxed);
+            } else {
+                thread::sleep(Duration::from_millis(1));
+            }
+        }
+        Ok(done as f64 / start.elapsed().as_secs_f64())
+    });
+    thread::sleep(Duration::from_millis(100));
+    let r = flow(t, o, &Flow::new(1, 1, 1, None));
+    stop.store(true, Ordering::SeqCst);
+    let achieved = join(h)?;
+    let mut r = r?;
+    r.extra
+        .insert("churn_target_per_s".into(), o.churn_rate as f64);
+    r.extra.insert("churn_pairs_per_s".into(), achieved);
+    r.extra
+        .insert("churn_pairs".into(), ops.load(Ordering::Relaxed) as f64);
+    Ok(r)
+}
+
+fn conns(t: &Target, o: &Opts) -> Result<Report> {
+    crate::conn::raise_nofile();
+    let rss0 = t.rss();
+    let meter = Meter::start(t.pid);
+    let mut held = Vec::with_capacity(o.conns);
+    for i in 0..o.conns {
+        let c = t
+            .connect(&format!("bench-idle-{i}"), Shard::Any)
+            .map_err(|e| Error::Config(format!("connection {i} of {}: {e}", o.conns)))?;
+        c.stream
+            .set_nonblocking(true)
+            .ctx(|| "set nonblocking".into())?;
+        held.push(c);
+    }
+    let secs = meter.t0.elapsed().as_secs_f64();
+    thread::sleep(Duration::from_millis(200));
+    let rss1 = t.rss();
+    let mut r = Report {
+        elapsed_s: secs,
+        ..Report::default()
+    };
+    meter.finish(&mut r, o.conns as u64);
+    r.extra.insert("connections".into(), o.conns as f64);
+    r.extra
+        .insert("connects_per_s".into(), o.conns as f64 / secs);
+    if let Some(b) = rss1 {
+        r.extra.insert("server_rss_bytes".into(), b as f64);
+        if let Some(a) = rss0 {
+            r.extra.insert(
+                "rss_bytes_per_conn".into(),
+                b.saturating_sub(a) as f64 / o.conns.max(1) as f64,
+            );
+        }
+    }
+    drop(held);
+    Ok(r)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn probes_round_trip_and_differ_from_payload_size() {
+        for size in [0, 4, 5, 6, 16] {
+            let p = probe_payload(size, 7);
+            assert_ne!(p.len(), size);
+            assert_eq!(parse_probe(&p), Some(7));
+        }
+        assert_eq!(parse_probe(b"abcdefghijklmnop"), None);
+    }
+}
