@@ -129,12 +129,28 @@ fn run(opts: Options) -> Result<(), String> {
         },
     };
     let global = Arc::new(Global::new(opts, id, local.port()));
-    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        signal_hook::flag::register(sig, global.shutdown.clone()).map_err(|e| e.to_string())?;
+    // A plain thread waits for SIGINT/SIGTERM and wakes every shard through the stop signal,
+    // so an idle shard never wakes on a timer to look for it.
+    let stop = Arc::new(tern_shards::StopSignal::new(shards).map_err(|e| e.to_string())?);
+    let mut signals = signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGTERM,
+    ])
+    .map_err(|e| e.to_string())?;
+    {
+        let (stop, global) = (stop.clone(), global.clone());
+        std::thread::spawn(move || {
+            if signals.forever().next().is_some() {
+                global.shutdown.store(true, Ordering::Relaxed);
+                stop.trigger();
+            }
+        });
     }
     tracing::info!("Server is ready");
     let g = global.clone();
-    let result = tern_shards::run(cfg, listener, move |ctx| server::shard_main(ctx, g.clone()));
+    let result = tern_shards::run(cfg, listener, stop, move |ctx| {
+        server::shard_main(ctx, g.clone())
+    });
     if global.shutdown.load(Ordering::Relaxed) {
         tracing::info!("Server Exiting..");
     }

@@ -262,11 +262,8 @@ pub async fn shard_main(ctx: Rc<ShardCtx<MeshMsg>>, g: Arc<Global>) {
     }
     {
         let ctx = ctx.clone();
-        let g = g.clone();
         rt::spawn(async move {
-            while !g.shutdown.load(Ordering::Relaxed) {
-                rt::sleep(Duration::from_millis(50)).await;
-            }
+            ctx.stop_requested().await;
             ctx.stop_accepting();
         });
     }

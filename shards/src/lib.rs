@@ -16,8 +16,10 @@ pub mod net;
 pub mod pool;
 pub mod preflight;
 pub mod rt;
+pub mod stop;
 
 pub use mesh::{Mesh, MeshReceiver};
 pub use net::{Conn, ConnReader, ConnWriter};
 pub use pool::{bind_listener, run, AcceptMode, PoolConfig, PoolError, ShardCtx};
 pub use preflight::{preflight, PreflightError};
+pub use stop::StopSignal;

@@ -10,6 +10,7 @@
 use crate::mesh::{Mesh, MeshReceiver};
 use crate::net::Conn;
 use crate::rt::{self, TaskHandle};
+use crate::stop::StopSignal;
 use glommio::channels::shared_channel::{self, ConnectedReceiver, ConnectedSender};
 use glommio::net::{AcceptedTcpStream, TcpListener};
 use glommio::{GlommioError, LocalExecutorBuilder, Placement, ResourceType};
@@ -21,6 +22,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::os::unix::io::{FromRawFd, IntoRawFd, RawFd};
 use std::rc::Rc;
+use std::sync::Arc;
 use std::task::{Poll, Waker};
 use std::time::Duration;
 
@@ -115,6 +117,7 @@ pub struct ShardCtx<M: Send + 'static> {
     receivers: RefCell<Vec<MeshReceiver<M>>>,
     conns: Rc<ConnQueue>,
     acceptors: RefCell<Vec<TaskHandle>>,
+    stop: RefCell<Option<glommio::net::UnixStream>>,
 }
 
 impl<M: Send + 'static> ShardCtx<M> {
@@ -148,6 +151,15 @@ impl<M: Send + 'static> ShardCtx<M> {
         })
         .await
     }
+    /// Resolves once [`StopSignal::trigger`] has been called (can be awaited once).
+    pub async fn stop_requested(&self) {
+        let Some(mut s) = self.stop.borrow_mut().take() else {
+            return;
+        };
+        let mut b = [0u8; 1];
+        let _ = futures_lite::AsyncReadExt::read(&mut s, &mut b).await;
+    }
+
     /// Stops accepting on this shard (closing its listener, if it has one).
     pub fn stop_accepting(&self) {
         self.acceptors.borrow_mut().clear();
@@ -164,12 +176,14 @@ struct ShardSeed<M: Send + 'static> {
     conn_receiver: Option<shared_channel::SharedReceiver<AcceptedTcpStream>>,
     listener_fd: Option<RawFd>,
     listen_addr: SocketAddr,
+    stop: Option<std::os::unix::net::UnixStream>,
 }
 
 /// Runs `app` on every shard until all of them return.
 pub fn run<M, F, Fut>(
     cfg: PoolConfig,
     listener: std::net::TcpListener,
+    stop: Arc<StopSignal>,
     app: F,
 ) -> Result<(), PoolError>
 where
@@ -190,6 +204,7 @@ where
             conn_receiver: None,
             listener_fd: None,
             listen_addr,
+            stop: stop.take_reader(id),
         })
         .collect();
     for from in 0..n {
@@ -313,6 +328,11 @@ async fn shard_setup<M: Send + 'static>(
         receivers: RefCell::new(mesh_rx),
         conns,
         acceptors: RefCell::new(acceptors),
+        // SAFETY: the pool owns this socket-pair end and gives it to this shard only.
+        stop: RefCell::new(
+            seed.stop
+                .map(|s| unsafe { glommio::net::UnixStream::from_raw_fd(s.into_raw_fd()) }),
+        ),
     }
 }
 
