@@ -121,7 +121,9 @@ fn run(opts: Options) -> Result<(), String> {
         pin: shards <= cores,
         spin_before_park: opts.spin_before_park,
         io_memory: limits.io_memory_per_shard(shards),
-        mesh_capacity: 1024,
+        // Each queued batch can pin a 64 KiB read buffer: 128 of them bound that to 8 MiB per
+        // pair of shards while keeping plenty in flight.
+        mesh_capacity: 128,
         accept: if opts.reuseport {
             AcceptMode::ReusePort
         } else {
