@@ -29,6 +29,8 @@ use tern_shards::{rt, ConnReader, ConnWriter, Mesh, MeshReceiver, ShardCtx};
 /// Smallest and largest read buffer (nats-server's dynamic read buffer bounds).
 const READ_MIN: usize = 512;
 const READ_MAX: usize = 64 * 1024;
+/// The longest a producer waits for stalled subscribers per batch (nats-server: 10 ms).
+const STALL_MAX: Duration = Duration::from_millis(10);
 /// How long a shutdown waits for clients' queued output to drain.
 const SHUTDOWN_FLUSH: Duration = Duration::from_secs(2);
 
@@ -131,6 +133,8 @@ struct Client {
     closed: Cell<bool>,
     /// Drop queued output instead of flushing it (slow consumer).
     discard: Cell<bool>,
+    /// Listed in the shard's `stalled` (its queue passed the stall threshold).
+    stalling: Cell<bool>,
     opts: RefCell<ConnectOpts>,
     echo: Cell<bool>,
     headers: Cell<bool>,
@@ -228,6 +232,9 @@ struct Shard {
     unsynced: RefCell<Vec<bool>>,
     barrier_waiters: RefCell<Vec<Waker>>,
     dirty: RefCell<Vec<Rc<Client>>>,
+    /// Clients whose queued output passed 3/4 of `max_pending` in this batch: the producer
+    /// (a reader, or the mesh loop) waits a little for them before taking more input.
+    stalled: RefCell<Vec<Rc<Client>>>,
     clients: RefCell<HashMap<u64, Rc<Client>>>,
     /// Per-peer scratch for one publish: plain interest, and the queue groups it must serve.
     scratch: RefCell<Vec<(bool, Vec<Bytes>)>>,
@@ -253,6 +260,7 @@ pub async fn shard_main(ctx: Rc<ShardCtx<MeshMsg>>, g: Arc<Global>) {
         unsynced: RefCell::new(vec![false; n]),
         barrier_waiters: RefCell::new(Vec::new()),
         dirty: RefCell::new(Vec::new()),
+        stalled: RefCell::new(Vec::new()),
         clients: RefCell::new(HashMap::new()),
         scratch: RefCell::new((0..n).map(|_| (false, Vec::new())).collect()),
         rng: Cell::new(0x9E37_79B9_7F4A_7C15 ^ (ctx.id() as u64 + 1)),
@@ -314,6 +322,7 @@ async fn mesh_loop(shard: Rc<Shard>, rx: MeshReceiver<MeshMsg>) {
             shard.outbox.borrow_mut()[from].push(ShardOp::Ack(seq));
         }
         shard.flush();
+        shard.wait_for_stalled().await;
     }
 }
 
@@ -348,6 +357,33 @@ impl Shard {
     fn mark_dirty(&self, c: &Rc<Client>) {
         if !c.dirty.replace(true) {
             self.dirty.borrow_mut().push(c.clone());
+        }
+    }
+
+    /// Producer stall, as nats-server does it: when a batch left some subscriber's queue over
+    /// 3/4 of `max_pending`, wait (up to `STALL_MAX`) for its writer to drain it before taking
+    /// more input, so a subscriber that reads slower than the publisher writes is slowed
+    /// down to, not cut off. One that does not read at all still reaches `max_pending` and is
+    /// dropped as a slow consumer.
+    async fn wait_for_stalled(&self) {
+        if self.stalled.borrow().is_empty() {
+            return;
+        }
+        self.flush();
+        let threshold = (self.g.opts.max_pending / 4 * 3) as usize;
+        let deadline = Instant::now() + STALL_MAX;
+        loop {
+            let busy =
+                self.stalled.borrow().iter().any(|c| {
+                    !c.closed.get() && c.out.borrow().len() + c.in_flight.get() > threshold
+                });
+            if !busy || Instant::now() >= deadline {
+                break;
+            }
+            rt::sleep(Duration::from_micros(200)).await;
+        }
+        for c in self.stalled.borrow_mut().drain(..) {
+            c.stalling.set(false);
         }
     }
 
@@ -557,6 +593,9 @@ impl Shard {
             return true;
         }
         self.mark_dirty(c);
+        if pending as u64 > self.g.opts.max_pending / 4 * 3 && !c.stalling.replace(true) {
+            self.stalled.borrow_mut().push(c.clone());
+        }
         if max > 0 && s.delivered.get() >= max {
             self.remove_sub(c, &s.sid);
         }
@@ -702,6 +741,7 @@ async fn client_main(shard: Rc<Shard>, conn: tern_shards::Conn) {
         dirty: Cell::new(false),
         closed: Cell::new(false),
         discard: Cell::new(false),
+        stalling: Cell::new(false),
         opts: RefCell::new(ConnectOpts::default()),
         echo: Cell::new(true),
         headers: Cell::new(false),
@@ -792,6 +832,7 @@ async fn read_loop(shard: &Rc<Shard>, c: &Rc<Client>, mut reader: ConnReader) {
             shard.mark_dirty(c);
         }
         shard.flush();
+        shard.wait_for_stalled().await;
     }
 }
 
