@@ -119,7 +119,7 @@ fn run(opts: Options) -> Result<(), String> {
     let cfg = PoolConfig {
         shards,
         pin: shards <= cores,
-        spin_before_park: opts.spin_before_park,
+        spin_before_park: Some(opts.spin_before_park).filter(|d| !d.is_zero()),
         io_memory: limits.io_memory_per_shard(shards),
         // Each queued batch can pin a 64 KiB read buffer: 128 of them bound that to 8 MiB per
         // pair of shards while keeping plenty in flight.

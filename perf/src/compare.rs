@@ -89,8 +89,12 @@ pub struct Settings {
     pub scenarios: Vec<Spec>,
     /// Placements: 'a' and/or 'b'.
     pub placements: Vec<char>,
-    /// Base run options (duration, rate, timeout...).
+    /// Base run options (duration, timeout...).
     pub opts: Opts,
+    /// Open-loop rate; `None` means half of nats-server's median pubsub128 rate in the same
+    /// placement, as the issue's target asks (measured by a probe run when the comparison
+    /// does not include pubsub128).
+    pub rate: Option<u64>,
     /// Count syscalls in one extra run per scenario and server.
     pub strace: bool,
     /// Output directory.
@@ -215,6 +219,36 @@ fn opts_for(s: &Settings, spec: &Spec, placement: char, v: Placement) -> Opts {
     o
 }
 
+/// The open-loop rate for `placement`: `--rate` if given, else half of nats-server's median
+/// delivered rate for pubsub128 in this placement variant (from this run's rounds, or from
+/// one probe run when pubsub128 is not among the scenarios).
+fn open_loop_rate(s: &Settings, runs: &[Run], placement: char, v: Placement) -> Result<u64> {
+    if let Some(r) = s.rate {
+        return Ok(r);
+    }
+    let base = format!("pubsub128{}", variant_name(v));
+    let mut seen: Vec<f64> = runs
+        .iter()
+        .filter(|r| {
+            r.placement == placement.to_string() && r.scenario == base && r.server == "nats-server"
+        })
+        .filter_map(|r| r.result.as_ref().ok().map(|r| r.msgs_out_per_s))
+        .collect();
+    if seen.is_empty() {
+        let spec = CATALOG
+            .iter()
+            .find(|c| c.name == "pubsub128")
+            .ok_or_else(|| Error::Config("pubsub128 missing from the catalogue".into()))?;
+        let o = opts_for(s, spec, placement, v);
+        let l = launch(Which::Nats, &s.nats, placement);
+        let (r, _, _) = one_run(&l, &o, spec.kind, false)?;
+        seen.push(r.msgs_out_per_s);
+    }
+    let max =
+        median(seen).ok_or_else(|| Error::Config("no pubsub128 rate for nats-server".into()))?;
+    Ok(((max / 2.0) as u64).max(1))
+}
+
 fn one_run(
     l: &Launch,
     o: &Opts,
@@ -273,11 +307,16 @@ pub fn compare(s: &Settings) -> Result<Outcome> {
     } else {
         None
     };
+    let mut rates = Vec::new();
     for &placement in &s.placements {
         for spec in &s.scenarios {
             for v in variants(spec.kind, placement) {
                 let name = format!("{}{}", spec.name, variant_name(v));
-                let o = opts_for(s, spec, placement, v);
+                let mut o = opts_for(s, spec, placement, v);
+                if spec.kind == Kind::Openloop {
+                    o.rate = open_loop_rate(s, &runs, placement, v)?;
+                    rates.push((placement, name.clone(), o.rate));
+                }
                 for round in 1..=s.rounds {
                     for which in [Which::Nats, Which::Tern] {
                         let bin = if which == Which::Tern {
@@ -344,7 +383,7 @@ pub fn compare(s: &Settings) -> Result<Outcome> {
         pb.finish_and_clear();
     }
     let summary = summary_table(s, &runs, &syscalls);
-    let path = write_report(s, &runs, &syscalls, &summary, strace_ok)?;
+    let path = write_report(s, &runs, &syscalls, &summary, strace_ok, &rates)?;
     Ok(Outcome {
         runs,
         syscalls,
@@ -624,6 +663,7 @@ fn write_report(
     sys: &[Syscalls],
     summary: &str,
     strace_ok: bool,
+    rates: &[(char, String, u64)],
 ) -> Result<PathBuf> {
     let commit = cmd_out(
         "git",
@@ -696,11 +736,24 @@ fn write_report(
         };
         let _ = writeln!(m, "- {text}");
     }
+    let how = if s.rate.is_some() {
+        "set by `--rate`"
+    } else {
+        "half of nats-server's median pubsub128 rate in that placement"
+    };
+    let list: Vec<String> = rates
+        .iter()
+        .map(|(p, n, r)| format!("{p} {n}: {}", si(*r as f64)))
+        .collect();
     let _ = writeln!(
         m,
-        "- Open loop: {} msgs/s, latency from each message's intended send time. \
+        "- Open loop msgs/s ({how}): {}; latency from each message's intended send time. \
          Request/reply: one synchronous requester, latency per round trip, CPU per round trip.",
-        s.opts.rate
+        if list.is_empty() {
+            "not run".to_string()
+        } else {
+            list.join(", ")
+        }
     );
     if s.strace && !strace_ok {
         let _ = writeln!(

@@ -54,9 +54,9 @@ struct Common {
     /// Seconds to publish (per measurement).
     #[arg(long, value_name = "SECS")]
     duration: Option<f64>,
-    /// Open-loop rate, msgs/s.
-    #[arg(long, default_value_t = 20_000)]
-    rate: u64,
+    /// Open-loop rate, msgs/s [run: 20000; compare: half of nats-server's pubsub128 rate].
+    #[arg(long)]
+    rate: Option<u64>,
     /// Seconds to wait for outstanding deliveries before reporting them lost.
     #[arg(long, default_value_t = 10.0, value_name = "SECS")]
     timeout: f64,
@@ -198,7 +198,7 @@ fn run(a: RunArgs) -> Result<()> {
         size: a.size,
         pubs: a.pubs,
         subs: a.subs,
-        rate: c.rate,
+        rate: c.rate.unwrap_or(20_000),
         pin: a.pin.clone(),
         window: c.window,
         timeout: secs(c.timeout)?,
@@ -285,7 +285,6 @@ fn compare(a: CompareArgs) -> Result<()> {
             c.duration
                 .unwrap_or(compare::DEFAULT_DURATION.as_secs_f64()),
         )?,
-        rate: c.rate,
         window: c.window,
         timeout: secs(c.timeout)?,
         ..Opts::default()
@@ -312,6 +311,7 @@ fn compare(a: CompareArgs) -> Result<()> {
             _ => vec!['a', 'b'],
         },
         opts,
+        rate: c.rate,
         strace: a.strace,
         out: a.out.clone(),
         svg: a.svg,
