@@ -10,7 +10,9 @@
 //! - [`opts`]: command-line flags (Go `flag` style, as nats-server) and the TOML config file.
 //! - [`server`]: the server on its shards: connections, interest gossip between shards,
 //!   forwarding, queue groups, the interest barrier, slow consumers, pings.
-//! - [`log`]: nats-server style log lines through `tracing`.
+//! - [`log`]: nats-server style log lines through `tracing`, reloadable and reopenable.
+//! - [`monitor`]: the HTTP monitoring endpoints (`/varz`, `/connz`, `/subsz`, ...), fed by
+//!   reports the shards send on request.
 //! - [`main`](../tern/index.html): the binary: flags, preflight, listener, pid and ports files,
 //!   signals.
 //!
@@ -18,7 +20,9 @@
 //! `tern-shards`, which knows nothing about NATS.
 
 pub mod client;
+pub mod conf;
 pub mod log;
+pub mod monitor;
 pub mod opts;
 pub mod parser;
 pub mod server;

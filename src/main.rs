@@ -1,16 +1,22 @@
 //! The `tern` binary: a drop-in for `nats-server` on the command line.
 //!
-//! It parses flags and the config file, runs the startup preflight, binds the client
-//! listener, writes the pid and ports files, installs the signal handlers, and runs the
-//! shards until SIGINT or SIGTERM.
+//! It parses flags and the config file, runs the startup preflight, binds the client and
+//! monitoring listeners, writes the pid and ports files, and runs the shards until SIGINT or
+//! SIGTERM. A signal thread handles the rest of nats-server's signals: SIGHUP reloads the
+//! config (all or nothing), SIGUSR1 reopens the log file, SIGUSR2 enters lame duck mode.
+//! `--signal <cmd>[=<pid>]` sends those signals to a running server.
 
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+use std::path::Path;
 use std::process::ExitCode;
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tern::log::LogHandle;
+use tern::monitor::Monitor;
 use tern::opts::{self, Command, Options};
-use tern::server::{self, Global};
-use tern_shards::{AcceptMode, PoolConfig};
+use tern::server::{self, Admin, Global};
+use tern_shards::{AcceptMode, Inbox, PoolConfig, StopSignal};
 
 fn main() -> ExitCode {
     let opts = match opts::parse_args(std::env::args().skip(1)) {
@@ -27,9 +33,24 @@ fn main() -> ExitCode {
             );
             return ExitCode::SUCCESS;
         }
+        Ok(Command::Signal { cmd, pid, pid_file }) => {
+            return match send_signal(&cmd, pid.as_deref(), pid_file.as_deref()) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("tern: {e}");
+                    ExitCode::from(1)
+                }
+            };
+        }
         Err(e) => {
             eprintln!("tern: {e}");
-            eprintln!("{}", opts::usage());
+            // Usage helps with a mistyped flag, not with a config file error.
+            if !matches!(
+                e,
+                opts::OptsError::Config { .. } | opts::OptsError::Io { .. }
+            ) {
+                eprintln!("{}", opts::usage());
+            }
             return ExitCode::from(1);
         }
     };
@@ -40,16 +61,19 @@ fn main() -> ExitCode {
         }
         return ExitCode::SUCCESS;
     }
-    if let Err(e) = tern::log::init(
+    let log = match tern::log::init(
         opts.debug,
         opts.trace,
         opts.logtime,
         opts.log_file.as_deref(),
     ) {
-        eprintln!("tern: cannot open log file: {e}");
-        return ExitCode::from(1);
-    }
-    match run(opts) {
+        Ok(h) => h,
+        Err(e) => {
+            eprintln!("tern: cannot open log file: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match run(opts, log) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e}");
@@ -80,7 +104,12 @@ fn resolve(host: &str, port: u16) -> Result<SocketAddr, String> {
         .ok_or_else(|| format!("cannot resolve listen address {host:?}"))
 }
 
-fn run(opts: Options) -> Result<(), String> {
+fn run(opts: Options, log: LogHandle) -> Result<(), String> {
+    // Registered first, so that a signal sent as soon as the pid file or the listener exists
+    // is handled rather than killing the process with the default action.
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1, SIGUSR2};
+    let signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP, SIGUSR1, SIGUSR2])
+        .map_err(|e| e.to_string())?;
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let shards = opts.shards.unwrap_or(cores).max(1);
     let limits = tern_shards::preflight().map_err(|e| e.to_string())?;
@@ -130,28 +159,38 @@ fn run(opts: Options) -> Result<(), String> {
             AcceptMode::RoundRobin
         },
     };
+    let http = match opts.http_port {
+        Some(port) => {
+            let host = opts.http_host.as_deref().unwrap_or(&opts.host);
+            Some(resolve(host, port)?)
+        }
+        None => None,
+    };
     let global = Arc::new(Global::new(opts, id, local.port()));
-    // A plain thread waits for SIGINT/SIGTERM and wakes every shard through the stop signal,
-    // so an idle shard never wakes on a timer to look for it.
-    let stop = Arc::new(tern_shards::StopSignal::new(shards).map_err(|e| e.to_string())?);
-    let mut signals = signal_hook::iterator::Signals::new([
-        signal_hook::consts::SIGINT,
-        signal_hook::consts::SIGTERM,
-    ])
-    .map_err(|e| e.to_string())?;
-    {
-        let (stop, global) = (stop.clone(), global.clone());
-        std::thread::spawn(move || {
-            if signals.forever().next().is_some() {
-                global.shutdown.store(true, Ordering::Relaxed);
-                stop.trigger();
-            }
-        });
+    let inbox = Arc::new(Inbox::<Admin>::new(shards).map_err(|e| e.to_string())?);
+    let monitor = Arc::new(Monitor::new(global.clone(), inbox.clone()));
+    if let Some(addr) = http {
+        let bound = tern::monitor::start(monitor.clone(), addr)
+            .map_err(|e| format!("can't listen to the monitor port: {e}"))?;
+        tracing::info!("Starting http monitor on {bound}");
     }
+    // A plain thread handles the signals and wakes the shards through their stop signal or
+    // inbox, so an idle shard never wakes on a timer to look for them.
+    let stop = Arc::new(StopSignal::new(shards).map_err(|e| e.to_string())?);
+    let control = Arc::new(Control {
+        global: global.clone(),
+        inbox: inbox.clone(),
+        monitor,
+        stop: stop.clone(),
+        log,
+        current: Mutex::new(Arc::new(global.opts.clone())),
+    });
+    control.spawn_signal_thread(signals)?;
     tracing::info!("Server is ready");
     let g = global.clone();
     let result = tern_shards::run(cfg, listener, stop, move |ctx| {
-        server::shard_main(ctx, g.clone())
+        let inbox = inbox.receiver(ctx.id());
+        server::shard_main(ctx, g.clone(), inbox)
     });
     if global.shutdown.load(Ordering::Relaxed) {
         tracing::info!("Server Exiting..");
@@ -160,6 +199,196 @@ fn run(opts: Options) -> Result<(), String> {
         let _ = std::fs::remove_file(f);
     }
     result.map_err(|e| e.to_string())
+}
+
+/// What the signal thread needs to reload, reopen, enter lame duck mode and stop.
+struct Control {
+    global: Arc<Global>,
+    inbox: Arc<Inbox<Admin>>,
+    monitor: Arc<Monitor>,
+    stop: Arc<StopSignal>,
+    log: LogHandle,
+    /// The options in force (the startup ones until a reload succeeds).
+    current: Mutex<Arc<Options>>,
+}
+
+impl Control {
+    fn spawn_signal_thread(
+        self: &Arc<Self>,
+        mut signals: signal_hook::iterator::Signals,
+    ) -> Result<(), String> {
+        use signal_hook::consts::{SIGHUP, SIGTERM, SIGUSR1, SIGUSR2};
+        let me = self.clone();
+        std::thread::Builder::new()
+            .name("tern-signals".into())
+            .spawn(move || {
+                for sig in signals.forever() {
+                    match sig {
+                        SIGHUP => me.reload(),
+                        SIGUSR1 => match me.log.reopen() {
+                            Ok(()) => tracing::info!("Reopened log file"),
+                            Err(e) => tracing::error!("Failed to reopen log file: {e}"),
+                        },
+                        SIGUSR2 => me.clone().lame_duck(),
+                        // nats-server ignores SIGTERM in lame duck mode, so it can finish.
+                        SIGTERM if me.global.lame_duck.load(Ordering::Relaxed) => {
+                            tracing::info!("Lame duck mode in progress, ignoring SIGTERM");
+                        }
+                        _ => {
+                            me.shut_down();
+                            return;
+                        }
+                    }
+                }
+            })
+            .map_err(|e| e.to_string())?;
+        Ok(())
+    }
+
+    fn shut_down(&self) {
+        self.global.shutdown.store(true, Ordering::Relaxed);
+        self.stop.trigger();
+    }
+
+    /// SIGHUP: re-read the config file with the same flags on top; apply it only if every
+    /// changed option may change at run time (nats-server's rule), else log why and keep
+    /// everything as it is.
+    fn reload(&self) {
+        let old = lock(&self.current).clone();
+        let new = match opts::parse_args(old.args.clone()) {
+            Ok(Command::Run(o)) => Arc::new(*o),
+            Ok(_) => return,
+            Err(e) => {
+                tracing::error!("Failed to reload server configuration: {e}");
+                return;
+            }
+        };
+        if let Err(e) = opts::check_reload(&old, &new) {
+            tracing::error!("Failed to reload server configuration: {e}");
+            return;
+        }
+        if let Err(e) = self
+            .log
+            .apply(new.debug, new.trace, new.logtime, new.log_file.as_deref())
+        {
+            tracing::error!("Failed to reload server configuration: cannot open log file: {e}");
+            return;
+        }
+        if new.pid_file != old.pid_file {
+            if let Some(f) = &new.pid_file {
+                if let Err(e) = std::fs::write(f, std::process::id().to_string()) {
+                    tracing::error!("Could not write pidfile: {e}");
+                }
+            }
+        }
+        for shard in 0..self.inbox.shards() {
+            self.inbox.send(shard, Admin::Reload(new.clone()));
+        }
+        self.monitor.reloaded(new.clone());
+        *lock(&self.current) = new;
+        tracing::info!("Reloaded server configuration");
+    }
+
+    /// SIGUSR2: lame duck mode (nats-server's `lameDuckMode`). The shards stop accepting and
+    /// tell their clients; after the grace period the clients are closed one at a time over
+    /// the rest of `lame_duck_duration` (at most one a second); then the server shuts down.
+    fn lame_duck(self: Arc<Self>) {
+        if self.global.lame_duck.swap(true, Ordering::Relaxed) {
+            return;
+        }
+        let o = lock(&self.current).clone();
+        let duration = o.lame_duck_duration;
+        let grace = o.lame_duck_grace_period.min(duration);
+        let connected = self.global.connections.load(Ordering::Relaxed);
+        let clients = connected.max(1) as u32;
+        let interval = ((duration - grace) / clients).min(Duration::from_secs(1));
+        tracing::info!("Entering lame duck mode, stop accepting new clients");
+        let shards = self.inbox.shards() as u32;
+        for shard in 0..self.inbox.shards() {
+            self.inbox.send(
+                shard,
+                Admin::LameDuck {
+                    grace,
+                    every: interval * shards,
+                },
+            );
+        }
+        let _ = std::thread::Builder::new()
+            .name("tern-lame-duck".into())
+            .spawn(move || {
+                let deadline = Instant::now() + duration + Duration::from_secs(5);
+                // With nobody to warn, there is nothing to wait for.
+                if connected > 0 {
+                    std::thread::sleep(grace);
+                }
+                while self.global.connections.load(Ordering::Relaxed) > 0
+                    && Instant::now() < deadline
+                    && !self.global.shutdown.load(Ordering::Relaxed)
+                {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                self.shut_down();
+            });
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// `--signal <cmd>[=<pid>]`: finds the server (the pid given, the `-P` pid file, or the one
+/// process named `tern`) and sends it the signal nats-server uses for `cmd`.
+fn send_signal(cmd: &str, pid: Option<&str>, pid_file: Option<&Path>) -> Result<(), String> {
+    let sig = match cmd {
+        "stop" => libc::SIGKILL,
+        "quit" => libc::SIGINT,
+        "term" => libc::SIGTERM,
+        "reopen" => libc::SIGUSR1,
+        "reload" => libc::SIGHUP,
+        "ldm" => libc::SIGUSR2,
+        _ => return Err(format!("unknown signal {cmd:?}")),
+    };
+    let pid: i32 = match (pid, pid_file) {
+        (Some(p), _) => p.trim().parse().map_err(|_| format!("invalid pid: {p}"))?,
+        (None, Some(f)) => {
+            let text = std::fs::read_to_string(f)
+                .map_err(|e| format!("could not read pid file {}: {e}", f.display()))?;
+            text.trim()
+                .parse()
+                .map_err(|_| format!("invalid pid in {}: {}", f.display(), text.trim()))?
+        }
+        (None, None) => {
+            let me = std::process::id() as i32;
+            let found: Vec<i32> = std::fs::read_dir("/proc")
+                .map_err(|e| e.to_string())?
+                .filter_map(|d| d.ok()?.file_name().to_str()?.parse::<i32>().ok())
+                .filter(|&p| p != me)
+                .filter(|p| {
+                    std::fs::read_to_string(format!("/proc/{p}/comm"))
+                        .is_ok_and(|c| c.trim() == "tern")
+                })
+                .collect();
+            match found[..] {
+                [p] => p,
+                [] => return Err("no tern process running".to_string()),
+                _ => {
+                    let list: Vec<String> = found.iter().map(i32::to_string).collect();
+                    return Err(format!(
+                        "multiple tern processes running:\n{}",
+                        list.join("\n")
+                    ));
+                }
+            }
+        }
+    };
+    // SAFETY: kill has no memory preconditions.
+    if unsafe { libc::kill(pid, sig) } != 0 {
+        return Err(format!(
+            "failed to signal process {pid}: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    Ok(())
 }
 
 /// Writes `<executable>_<pid>.ports` the way nats-server does, for harnesses that look for it.

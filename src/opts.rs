@@ -24,6 +24,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::conf;
 use toml::Spanned;
 
 /// Default client port, as `nats-server`.
@@ -49,6 +50,12 @@ pub const DEFAULT_WRITE_DEADLINE: Duration = Duration::from_secs(10);
 /// request/reply exchange; a short spin catches the reply instead (Go's scheduler, and so
 /// nats-server, spins briefly before blocking in the poller too). An idle server never spins.
 pub const DEFAULT_SPIN_BEFORE_PARK: Duration = Duration::from_micros(50);
+/// How long lame duck mode takes to close all clients (nats-server's default).
+pub const DEFAULT_LAME_DUCK_DURATION: Duration = Duration::from_secs(120);
+/// The shortest `lame_duck_duration` nats-server accepts.
+pub const MIN_LAME_DUCK_DURATION: Duration = Duration::from_secs(30);
+/// How long lame duck mode waits before it starts closing clients.
+pub const DEFAULT_LAME_DUCK_GRACE_PERIOD: Duration = Duration::from_secs(10);
 /// Largest `max_payload` Tern accepts (64 MiB).
 pub const MAX_PAYLOAD_MAX_SIZE: u32 = 64 * 1024 * 1024;
 
@@ -103,6 +110,19 @@ pub struct Options {
     pub no_header_support: bool,
     /// `-t`: check the configuration and exit.
     pub check_config: bool,
+    /// Monitoring listener host; `None` means the client `host`.
+    pub http_host: Option<String>,
+    /// Monitoring port (`-m`, `http_port`, `http`); `None` disables it, 0 is random.
+    pub http_port: Option<u16>,
+    /// Prefix of every monitoring path.
+    pub http_base_path: String,
+    /// Lame duck mode: time to close every client in.
+    pub lame_duck_duration: Duration,
+    /// Lame duck mode: time before the first client is closed.
+    pub lame_duck_grace_period: Duration,
+    /// The command line these options came from, so a reload can re-read the config file
+    /// and apply the same flags on top of it, as nats-server does.
+    pub args: Vec<String>,
 }
 
 impl Default for Options {
@@ -131,6 +151,12 @@ impl Default for Options {
             spin_before_park: DEFAULT_SPIN_BEFORE_PARK,
             no_header_support: false,
             check_config: false,
+            http_host: None,
+            http_port: None,
+            http_base_path: String::new(),
+            lame_duck_duration: DEFAULT_LAME_DUCK_DURATION,
+            lame_duck_grace_period: DEFAULT_LAME_DUCK_GRACE_PERIOD,
+            args: Vec::new(),
         }
     }
 }
@@ -144,6 +170,13 @@ pub enum Command {
     Help,
     /// `-v`, `--version` or `version`: print the version and exit.
     Version,
+    /// `--signal <cmd>[=<pid>]`: send a signal to a running server and exit.
+    /// Without `=<pid>`, the pid comes from `-P` or from the process list.
+    Signal {
+        cmd: String,
+        pid: Option<String>,
+        pid_file: Option<PathBuf>,
+    },
 }
 
 /// Why the options could not be built.
@@ -179,10 +212,12 @@ pub enum OptsError {
     /// The config file is not valid TOML, or has an unknown, unsupported or
     /// mistyped key.
     Config {
-        /// The config file.
+        /// The config file (an included file, if the error is in one).
         path: PathBuf,
         /// 1-based line of the offending key or syntax error.
         line: usize,
+        /// 1-based column.
+        col: usize,
         /// What is wrong.
         message: String,
     },
@@ -212,9 +247,38 @@ impl fmt::Display for OptsError {
             OptsError::Config {
                 path,
                 line,
+                col,
                 message,
-            } => write!(f, "{}:{line}: {message}", path.display()),
+            } => write!(f, "{}:{line}:{col}: {message}", path.display()),
             OptsError::Invalid(msg) => f.write_str(msg),
+        }
+    }
+}
+
+impl From<conf::ConfError> for OptsError {
+    fn from(e: conf::ConfError) -> Self {
+        match e {
+            conf::ConfError::Syntax { pos, message } => OptsError::Config {
+                path: pos.file.to_path_buf(),
+                line: pos.line as usize,
+                col: pos.col as usize,
+                message,
+            },
+            conf::ConfError::Io {
+                path,
+                source,
+                included_at: Some(at),
+            } => OptsError::Config {
+                path: at.file.to_path_buf(),
+                line: at.line as usize,
+                col: at.col as usize,
+                message: format!("error opening include file {}: {source}", path.display()),
+            },
+            conf::ConfError::Io {
+                path,
+                source,
+                included_at: None,
+            } => OptsError::Io { path, source },
         }
     }
 }
@@ -261,6 +325,8 @@ enum Target {
     Shards,
     ReusePort,
     SpinBeforePark,
+    HttpPort,
+    Signal,
     /// Accepted and ignored, any string (as `nats-server` without the feature).
     IgnoredStr,
     /// Accepted and ignored, must be an integer.
@@ -298,9 +364,9 @@ static FLAGS: &[FlagDef] = &[
     def(&["c", "config"], Kind::Value, Target::Config),
     def(&["t"], Kind::Bool, Target::CheckConfig),
     def(&["ports_file_dir"], Kind::Value, Target::PortsFileDir),
-    def(&["m", "http_port"], Kind::Value, Target::Unsupported),
+    def(&["m", "http_port"], Kind::Value, Target::HttpPort),
     def(&["ms", "https_port"], Kind::Value, Target::Unsupported),
-    def(&["sl", "signal"], Kind::Value, Target::Unsupported),
+    def(&["sl", "signal"], Kind::Value, Target::Signal),
     def(&["client_advertise"], Kind::Value, Target::Unsupported),
     // Logging options.
     def(&["l", "log"], Kind::Value, Target::LogFile),
@@ -370,6 +436,7 @@ enum Setting {
     Shards(usize),
     ReusePort(bool),
     SpinBeforePark(Duration),
+    HttpPort(u16),
 }
 
 impl Setting {
@@ -388,6 +455,7 @@ impl Setting {
             Setting::Shards(v) => o.shards = Some(v),
             Setting::ReusePort(v) => o.reuseport = v,
             Setting::SpinBeforePark(v) => o.spin_before_park = v,
+            Setting::HttpPort(v) => o.http_port = Some(v),
         }
     }
 }
@@ -465,6 +533,7 @@ pub fn parse_args<I: IntoIterator<Item = String>>(args: I) -> Result<Command, Op
     let mut config: Option<PathBuf> = None;
     let mut help = false;
     let mut version = false;
+    let mut signal = None;
 
     let mut i = 0;
     while i < args.len() {
@@ -527,10 +596,21 @@ pub fn parse_args<I: IntoIterator<Item = String>>(args: I) -> Result<Command, Op
         };
         match flag.target {
             Target::Host => settings.push(Setting::Host(value)),
-            Target::Port => {
+            Target::Port | Target::HttpPort => {
                 let n = parse_go_int(&value).map_err(|r| invalid(&value, r))?;
                 let port = port_from_i64(n).ok_or_else(|| invalid(&value, "value out of range"))?;
-                settings.push(Setting::Port(port));
+                settings.push(if flag.target == Target::Port {
+                    Setting::Port(port)
+                } else {
+                    Setting::HttpPort(port)
+                });
+            }
+            Target::Signal => {
+                let (cmd, pid) = match value.split_once('=') {
+                    Some((c, p)) => (c.to_string(), Some(p.to_string())),
+                    None => (value.clone(), None),
+                };
+                signal = Some((cmd, pid));
             }
             Target::ServerName => settings.push(Setting::ServerName(value)),
             Target::PidFile => settings.push(Setting::PidFile(value.into())),
@@ -567,8 +647,18 @@ pub fn parse_args<I: IntoIterator<Item = String>>(args: I) -> Result<Command, Op
     if help {
         return Ok(Command::Help);
     }
+    if let Some((cmd, pid)) = signal {
+        let pid_file = settings.iter().rev().find_map(|s| match s {
+            Setting::PidFile(p) => Some(p.clone()),
+            _ => None,
+        });
+        return Ok(Command::Signal { cmd, pid, pid_file });
+    }
 
-    let mut opts = Options::default();
+    let mut opts = Options {
+        args: args.clone(),
+        ..Options::default()
+    };
     if let Some(path) = config {
         opts.apply_config_file(&path)?;
     }
@@ -594,6 +684,8 @@ Server Options:
     -c, --config <file>              Configuration file
     -t                               Test configuration and exit
         --ports_file_dir <dir>       Creates a ports file in the specified directory (<executable_name>_<pid>.ports).
+    -m, --http_port <port>           Use port for http monitoring
+        --signal <signal>[=<pid>]    Send signal to tern process (ldm, stop, quit, term, reopen, reload)
 
 Logging Options:
     -l, --log <file>                 File to redirect log output
@@ -613,6 +705,88 @@ Tern Options:
         --reuseport                  Accept on an SO_REUSEPORT socket in every shard
         --spin_before_park <dur>     Spin this long before an idle shard parks (default 50us, 0 = never)
 "
+}
+
+// ---------------------------------------------------------------------------
+// Reload
+// ---------------------------------------------------------------------------
+
+/// Checks that going from `old` to `new` changes only options that may change at run time
+/// (nats-server's reload rules). The error names the first option that may not, with its
+/// nats-server field name: `config reload not supported for Port: old=4222, new=4223`.
+pub fn check_reload(old: &Options, new: &Options) -> Result<(), OptsError> {
+    fn same<T: PartialEq + GoValue>(name: &str, a: &T, b: &T) -> Result<(), OptsError> {
+        if a == b {
+            Ok(())
+        } else {
+            Err(OptsError::Invalid(format!(
+                "config reload not supported for {name}: old={}, new={}",
+                a.go(),
+                b.go()
+            )))
+        }
+    }
+    same("Host", &old.host, &new.host)?;
+    same("Port", &old.port, &new.port)?;
+    same("ServerName", &old.server_name, &new.server_name)?;
+    same("MaxPending", &old.max_pending, &new.max_pending)?;
+    same("MaxSubs", &old.max_subscriptions, &new.max_subscriptions)?;
+    same(
+        "NoHeaderSupport",
+        &old.no_header_support,
+        &new.no_header_support,
+    )?;
+    same("HTTPHost", &old.http_host, &new.http_host)?;
+    same("HTTPPort", &old.http_port, &new.http_port)?;
+    same("HTTPBasePath", &old.http_base_path, &new.http_base_path)?;
+    same(
+        "LameDuckDuration",
+        &old.lame_duck_duration,
+        &new.lame_duck_duration,
+    )?;
+    same(
+        "LameDuckGracePeriod",
+        &old.lame_duck_grace_period,
+        &new.lame_duck_grace_period,
+    )?;
+    same("Shards", &old.shards, &new.shards)?;
+    same("ReusePort", &old.reuseport, &new.reuseport)?;
+    same(
+        "SpinBeforePark",
+        &old.spin_before_park,
+        &new.spin_before_park,
+    )?;
+    // Reloadable: debug, trace, logtime, log_file, pid_file, ports_file_dir, max_connections,
+    // max_payload, max_control_line, ping_interval, ping_max, write_deadline.
+    Ok(())
+}
+
+/// A value as Go's `%v` prints it, for reload errors.
+trait GoValue {
+    fn go(&self) -> String;
+}
+
+macro_rules! go_display {
+    ($($t:ty),*) => {$(
+        impl GoValue for $t {
+            fn go(&self) -> String {
+                self.to_string()
+            }
+        }
+    )*};
+}
+go_display!(String, u16, u32, u64, usize, bool);
+
+impl GoValue for Duration {
+    fn go(&self) -> String {
+        crate::monitor::go_duration(*self)
+    }
+}
+
+impl<T: GoValue> GoValue for Option<T> {
+    fn go(&self) -> String {
+        self.as_ref().map_or_else(String::new, GoValue::go)
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -723,107 +897,124 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 // Config file
 // ---------------------------------------------------------------------------
 
-/// `nats-server` config keys for features Tern does not have yet.
-const UNSUPPORTED_KEYS: &[&str] = &[
-    "listen_port",
-    "http",
-    "http_port",
-    "monitor_port",
-    "https",
-    "https_port",
-    "http_base_path",
-    "authorization",
-    "accounts",
-    "system_account",
-    "no_system_account",
-    "operator",
-    "operators",
-    "resolver",
-    "tls",
-    "cluster",
-    "gateway",
-    "leafnodes",
-    "leaf",
-    "jetstream",
-    "mqtt",
-    "websocket",
-    "syslog",
-    "remote_syslog",
-    "client_advertise",
-    "lame_duck_duration",
-    "lame_duck_grace_period",
-    "connect_error_reports",
-    "reconnect_error_reports",
+/// `nats-server` config keys for parts Tern does not have yet: a config that uses one is
+/// refused with a message naming the part, never run without it.
+const UNSUPPORTED_KEYS: &[(&str, &str)] = &[
+    ("https", "HTTPS monitoring"),
+    ("https_port", "HTTPS monitoring"),
+    ("authorization", "authorization"),
+    ("no_auth_user", "authorization"),
+    ("accounts", "accounts"),
+    ("system_account", "accounts"),
+    ("system", "accounts"),
+    ("no_system_account", "accounts"),
+    ("operator", "operator mode"),
+    ("operators", "operator mode"),
+    ("trusted", "operator mode"),
+    ("trusted_keys", "operator mode"),
+    ("resolver", "operator mode"),
+    ("resolver_tls", "operator mode"),
+    ("resolver_preload", "operator mode"),
+    ("resolver_pinned_accounts", "operator mode"),
+    ("tls", "TLS"),
+    ("allow_non_tls", "TLS"),
+    ("ocsp", "TLS"),
+    ("ocsp_cache", "TLS"),
+    ("cluster", "clustering"),
+    ("gateway", "gateways"),
+    ("leafnodes", "leafnodes"),
+    ("leaf", "leafnodes"),
+    ("jetstream", "JetStream"),
+    ("store_dir", "JetStream"),
+    ("default_js_domain", "JetStream"),
+    ("mqtt", "MQTT"),
+    ("websocket", "websocket"),
+    ("ws", "websocket"),
+    ("mappings", "subject mappings"),
+    ("maps", "subject mappings"),
+    ("syslog", "syslog"),
+    ("remote_syslog", "syslog"),
+    ("client_advertise", "cluster advertisement"),
+    ("prof_port", "profiling"),
 ];
 
-/// Builds config-file errors located at a byte offset of the source.
-struct ConfigCtx<'a> {
-    path: &'a Path,
-    src: &'a str,
-}
+/// `nats-server` keys that are accepted and have no effect in Tern (they tune parts of
+/// nats-server that Tern does differently).
+const INERT_KEYS: &[&str] = &[
+    "connect_error_reports",
+    "reconnect_error_reports",
+    "max_traced_msg_len",
+    "trace_verbose",
+    "logtime_utc",
+    "log_size_limit",
+    "logfile_size_limit",
+    "logfile_max_num",
+    "disable_sublist_cache",
+    "no_fast_producer_stall",
+    "server_tags",
+    "max_sub_tokens",
+];
 
-impl ConfigCtx<'_> {
-    fn err(&self, offset: usize, message: String) -> OptsError {
-        let upto = offset.min(self.src.len());
-        let line = self.src.as_bytes()[..upto]
-            .iter()
-            .filter(|&&b| b == b'\n')
-            .count()
-            + 1;
-        OptsError::Config {
-            path: self.path.to_path_buf(),
-            line,
-            message,
-        }
-    }
-}
-
-/// A config value with what is needed to report errors about it.
+/// One config value with what is needed to report errors about it.
 struct Entry<'a> {
-    ctx: &'a ConfigCtx<'a>,
     key: &'a str,
-    at: usize,
-    value: &'a toml::Value,
+    key_pos: &'a conf::Pos,
+    item: &'a conf::Item,
 }
 
 impl Entry<'_> {
+    /// An error about the value (located at the value).
+    fn err(&self, message: String) -> OptsError {
+        Self::located(&self.item.pos, message)
+    }
+
+    /// An error about the key itself (located at the key).
+    fn key_err(&self, message: String) -> OptsError {
+        Self::located(self.key_pos, message)
+    }
+
+    fn located(p: &conf::Pos, message: String) -> OptsError {
+        OptsError::Config {
+            path: p.file.to_path_buf(),
+            line: p.line as usize,
+            col: p.col as usize,
+            message,
+        }
+    }
+
     fn wrong_type(&self, expected: &str) -> OptsError {
-        self.ctx.err(
-            self.at,
-            format!(
-                "option {:?} must be {expected}, got {}",
-                self.key,
-                self.value.type_str()
-            ),
-        )
+        self.err(format!(
+            "option {:?} must be {expected}, got {}",
+            self.key,
+            self.item.value.type_name()
+        ))
     }
 
     fn invalid(&self, why: String) -> OptsError {
-        self.ctx
-            .err(self.at, format!("invalid value for {:?}: {why}", self.key))
+        self.err(format!("invalid value for {:?}: {why}", self.key))
     }
 
     fn string(&self) -> Result<String, OptsError> {
-        match self.value {
-            toml::Value::String(s) => Ok(s.clone()),
+        match &self.item.value {
+            conf::Value::Str(s) => Ok(s.clone()),
             _ => Err(self.wrong_type("a string")),
         }
     }
 
     fn boolean(&self) -> Result<bool, OptsError> {
-        match self.value {
-            toml::Value::Boolean(b) => Ok(*b),
+        match &self.item.value {
+            conf::Value::Bool(b) => Ok(*b),
             _ => Err(self.wrong_type("a boolean")),
         }
     }
 
-    /// An integer or a size string (`"64MB"`).
+    /// An integer (the NATS format's size suffixes are already applied) or a size string.
     fn size(&self) -> Result<u64, OptsError> {
-        match self.value {
-            toml::Value::Integer(n) => {
+        match &self.item.value {
+            conf::Value::Int(n) => {
                 u64::try_from(*n).map_err(|_| self.invalid(format!("{n} is negative")))
             }
-            toml::Value::String(s) => parse_size(s).map_err(|e| self.invalid(e)),
+            conf::Value::Str(s) => parse_size(s).map_err(|e| self.invalid(e)),
             _ => Err(self.wrong_type("an integer or a size string")),
         }
     }
@@ -833,20 +1024,20 @@ impl Entry<'_> {
         u32::try_from(n).map_err(|_| self.invalid(format!("{n} is too big")))
     }
 
-    /// Integer seconds or a Go duration string.
+    /// Integer seconds (as nats-server accepts for back-compat) or a Go duration string.
     fn duration(&self) -> Result<Duration, OptsError> {
-        match self.value {
-            toml::Value::Integer(n) => u64::try_from(*n)
+        match &self.item.value {
+            conf::Value::Int(n) => u64::try_from(*n)
                 .map(Duration::from_secs)
                 .map_err(|_| self.invalid(format!("{n} is negative"))),
-            toml::Value::String(s) => parse_duration(s).map_err(|e| self.invalid(e)),
+            conf::Value::Str(s) => parse_duration(s).map_err(|e| self.invalid(e)),
             _ => Err(self.wrong_type("integer seconds or a duration string")),
         }
     }
 
     fn port(&self) -> Result<u16, OptsError> {
-        match self.value {
-            toml::Value::Integer(n) => port_from_i64(*n)
+        match &self.item.value {
+            conf::Value::Int(n) => port_from_i64(*n)
                 .ok_or_else(|| self.invalid(format!("port {n} is not between -1 and 65535"))),
             _ => Err(self.wrong_type("an integer")),
         }
@@ -855,11 +1046,135 @@ impl Entry<'_> {
     fn path(&self) -> Result<PathBuf, OptsError> {
         self.string().map(PathBuf::from)
     }
+
+    /// `host:port` (either part may be empty) or a bare port.
+    fn listen(&self) -> Result<(Option<String>, u16), OptsError> {
+        if let conf::Value::Int(_) = self.item.value {
+            return Ok((None, self.port()?));
+        }
+        let s = self.string()?;
+        let (host, port) = s
+            .rsplit_once(':')
+            .ok_or_else(|| self.invalid(format!("{s:?} is not host:port")))?;
+        let port = port
+            .parse::<i64>()
+            .ok()
+            .and_then(port_from_i64)
+            .ok_or_else(|| self.invalid(format!("bad port in {s:?}")))?;
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        Ok(((!host.is_empty()).then(|| host.to_string()), port))
+    }
+}
+
+/// Which syntax a config file is in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConfigFormat {
+    /// nats-server's own format (`server.conf`).
+    Nats,
+    /// TOML with nats-server's key names.
+    Toml,
+}
+
+impl ConfigFormat {
+    /// By extension (`.toml`), else by content: a `[table]` header line means TOML.
+    pub fn detect(path: &Path, src: &str) -> ConfigFormat {
+        if path
+            .extension()
+            .is_some_and(|e| e.eq_ignore_ascii_case("toml"))
+        {
+            return ConfigFormat::Toml;
+        }
+        if path
+            .extension()
+            .is_some_and(|e| e.eq_ignore_ascii_case("conf"))
+        {
+            return ConfigFormat::Nats;
+        }
+        let table_header = src.lines().any(|l| {
+            let l = l.trim();
+            l.starts_with('[') && l.ends_with(']') && !l.contains(',') && !l.contains('"')
+        });
+        if table_header {
+            ConfigFormat::Toml
+        } else {
+            ConfigFormat::Nats
+        }
+    }
+}
+
+/// Turns TOML into the NATS format's tree, so that one function applies both. Positions are
+/// those of the top-level keys (the only ones Tern reads).
+fn toml_to_map(src: &str, path: &Path) -> Result<conf::Map, OptsError> {
+    let file = std::sync::Arc::new(path.to_path_buf());
+    let pos_at = |offset: usize| {
+        let upto = &src[..offset.min(src.len())];
+        let line = upto.matches('\n').count() + 1;
+        let col = upto.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+        conf::Pos {
+            file: file.clone(),
+            line: line as u32,
+            col: col as u32,
+        }
+    };
+    let table: BTreeMap<Spanned<String>, Spanned<toml::Value>> =
+        toml::from_str(src).map_err(|e| {
+            let p = pos_at(e.span().map_or(0, |s| s.start));
+            OptsError::Config {
+                path: path.to_path_buf(),
+                line: p.line as usize,
+                col: p.col as usize,
+                message: e.message().trim().replace('\n', "; "),
+            }
+        })?;
+    fn convert(v: &toml::Value, pos: &conf::Pos) -> conf::Value {
+        let item = |v: &toml::Value| conf::Item {
+            value: convert(v, pos),
+            pos: pos.clone(),
+        };
+        match v {
+            toml::Value::String(s) => conf::Value::Str(s.clone()),
+            toml::Value::Integer(n) => conf::Value::Int(*n),
+            toml::Value::Float(f) => conf::Value::Float(*f),
+            toml::Value::Boolean(b) => conf::Value::Bool(*b),
+            toml::Value::Datetime(d) => conf::Value::Date(d.to_string()),
+            toml::Value::Array(a) => conf::Value::Array(a.iter().map(item).collect()),
+            toml::Value::Table(t) => conf::Value::Map(conf::Map {
+                entries: t
+                    .iter()
+                    .map(|(k, v)| conf::Entry {
+                        key: k.clone(),
+                        key_pos: pos.clone(),
+                        item: item(v),
+                        used_as_variable: false,
+                    })
+                    .collect(),
+            }),
+        }
+    }
+    let mut entries: Vec<_> = table.iter().collect();
+    entries.sort_by_key(|(k, _)| k.span().start);
+    Ok(conf::Map {
+        entries: entries
+            .into_iter()
+            .map(|(k, v)| {
+                let pos = pos_at(k.span().start);
+                conf::Entry {
+                    key: k.get_ref().clone(),
+                    key_pos: pos.clone(),
+                    item: conf::Item {
+                        value: convert(v.get_ref(), &pos),
+                        pos,
+                    },
+                    used_as_variable: false,
+                }
+            })
+            .collect(),
+    })
 }
 
 impl Options {
-    /// Reads the TOML config file at `path` and applies it on top of `self`;
-    /// records `path` in `config_file`. Does not validate.
+    /// Reads the config file at `path` (the NATS format, or TOML by extension or content)
+    /// and applies it on top of `self`; records `path` in `config_file`. Does not validate.
     pub fn apply_config_file(&mut self, path: &Path) -> Result<(), OptsError> {
         let src = std::fs::read_to_string(path).map_err(|source| OptsError::Io {
             path: path.to_path_buf(),
@@ -870,45 +1185,43 @@ impl Options {
         Ok(())
     }
 
-    /// Applies TOML config text on top of `self`; `path` names it in errors.
+    /// Applies config text on top of `self`; `path` names it in errors and anchors includes.
     /// Keys are the `nats-server` option names, case-insensitive.
     pub fn apply_config_str(&mut self, src: &str, path: &Path) -> Result<(), OptsError> {
-        let ctx = ConfigCtx { path, src };
-        let table: BTreeMap<Spanned<String>, Spanned<toml::Value>> =
-            toml::from_str(src).map_err(|e| {
-                let at = e.span().map_or(0, |s| s.start);
-                ctx.err(at, e.message().trim().replace('\n', "; "))
-            })?;
-        // Apply in file order so that errors name the first offending line.
-        let mut entries: Vec<_> = table.iter().collect();
-        entries.sort_by_key(|(k, _)| k.span().start);
-        for (key, value) in entries {
-            let lower = key.get_ref().to_ascii_lowercase();
+        let map = match ConfigFormat::detect(path, src) {
+            ConfigFormat::Toml => toml_to_map(src, path)?,
+            ConfigFormat::Nats => conf::parse_str(src, path).map_err(OptsError::from)?,
+        };
+        self.apply_config_map(&map)
+    }
+
+    fn apply_config_map(&mut self, map: &conf::Map) -> Result<(), OptsError> {
+        for entry in &map.entries {
+            let lower = entry.key.to_ascii_lowercase();
             let e = Entry {
-                ctx: &ctx,
-                key: key.get_ref(),
-                at: key.span().start,
-                value: value.get_ref(),
+                key: &entry.key,
+                key_pos: &entry.key_pos,
+                item: &entry.item,
             };
             match lower.as_str() {
                 "host" | "net" => self.host = e.string()?,
                 "port" => self.port = e.port()?,
                 "listen" => {
-                    let s = e.string()?;
-                    let (host, port) = s
-                        .rsplit_once(':')
-                        .ok_or_else(|| e.invalid(format!("{s:?} is not host:port")))?;
-                    let port = port
-                        .parse::<i64>()
-                        .ok()
-                        .and_then(port_from_i64)
-                        .ok_or_else(|| e.invalid(format!("bad port in {s:?}")))?;
-                    let host = host.trim_start_matches('[').trim_end_matches(']');
-                    if !host.is_empty() {
-                        self.host = host.to_string();
+                    let (host, port) = e.listen()?;
+                    if let Some(h) = host {
+                        self.host = h;
                     }
                     self.port = port;
                 }
+                "http" | "monitor" => {
+                    let (host, port) = e.listen()?;
+                    if let Some(h) = host {
+                        self.http_host = Some(h);
+                    }
+                    self.http_port = Some(port);
+                }
+                "http_port" | "monitor_port" => self.http_port = Some(e.port()?),
+                "http_base_path" => self.http_base_path = e.string()?,
                 "server_name" => self.server_name = Some(e.string()?),
                 "max_payload" => self.max_payload = e.size_u32()?,
                 "max_pending" => self.max_pending = e.size()?,
@@ -918,6 +1231,17 @@ impl Options {
                 "ping_interval" => self.ping_interval = e.duration()?,
                 "ping_max" | "max_pings_out" => self.ping_max = e.size_u32()?,
                 "write_deadline" => self.write_deadline = e.duration()?,
+                "lame_duck_duration" => {
+                    let d = e.duration()?;
+                    if d < MIN_LAME_DUCK_DURATION {
+                        return Err(e.err(format!(
+                            "invalid lame_duck_duration of {}, minimum is 30 seconds",
+                            crate::monitor::go_duration(d)
+                        )));
+                    }
+                    self.lame_duck_duration = d;
+                }
+                "lame_duck_grace_period" => self.lame_duck_grace_period = e.duration()?,
                 "debug" => self.debug = e.boolean()?,
                 "trace" => self.trace = e.boolean()?,
                 "logtime" => self.logtime = e.boolean()?,
@@ -932,14 +1256,18 @@ impl Options {
                 }
                 "reuseport" => self.reuseport = e.boolean()?,
                 "spin_before_park" => self.spin_before_park = e.duration()?,
-                k if UNSUPPORTED_KEYS.contains(&k) => {
-                    return Err(ctx.err(
-                        e.at,
-                        format!("option {:?} is not supported by Tern yet", e.key),
-                    ));
-                }
-                _ => {
-                    return Err(ctx.err(e.at, format!("unknown option {:?}", e.key)));
+                k if INERT_KEYS.contains(&k) => {}
+                k => {
+                    if let Some((_, part)) = UNSUPPORTED_KEYS.iter().find(|(n, _)| *n == k) {
+                        return Err(e.key_err(format!(
+                            "option {:?} needs {part}, which Tern does not support yet",
+                            e.key
+                        )));
+                    }
+                    // A key defined only to be referenced as `$variable` is not an option.
+                    if !entry.used_as_variable {
+                        return Err(e.key_err(format!("unknown field {:?}", e.key)));
+                    }
                 }
             }
         }
@@ -1003,9 +1331,13 @@ mod tests {
         s.iter().map(|a| a.to_string()).collect()
     }
 
+    /// The options, without the recorded command line (so they compare with defaults).
     fn run(s: &[&str]) -> Options {
         match parse_args(args(s)) {
-            Ok(Command::Run(o)) => *o,
+            Ok(Command::Run(o)) => Options {
+                args: Vec::new(),
+                ..*o
+            },
             other => panic!("{s:?}: expected Run, got {other:?}"),
         }
     }
@@ -1201,14 +1533,13 @@ mod tests {
     #[test]
     fn unsupported_flags_refused() {
         for (arg, name) in [
-            (&["-m", "8222"][..], "m"),
-            (&["--http_port=8222"], "http_port"),
+            (&["--ms", "8222"][..], "ms"),
+            (&["--https_port=8222"], "https_port"),
             (&["-js"], "js"),
             (&["--tls"], "tls"),
             (&["--user", "u"], "user"),
             (&["--cluster", "nats://x:1"], "cluster"),
             (&["--routes", "a"], "routes"),
-            (&["-sl", "stop"], "sl"),
             (&["--help_tls"], "help_tls"),
         ] {
             let e = parse_args(args(arg)).expect_err("must be refused");
@@ -1247,7 +1578,36 @@ mod tests {
         let u = usage();
         assert!(u.starts_with("Usage: tern [options]"));
         assert!(u.contains("--shards") && u.contains("Tern Options:"));
-        assert!(!u.contains("--http_port"));
+        assert!(u.contains("--http_port") && u.contains("--signal"));
+        assert!(!u.contains("--https_port"));
+    }
+
+    #[test]
+    fn monitoring_and_signal_flags() {
+        assert_eq!(run(&["-m", "8222"]).http_port, Some(8222));
+        assert_eq!(run(&["--http_port=-1"]).http_port, Some(0));
+        assert_eq!(run(&[]).http_port, None);
+        assert_eq!(
+            parse_args(args(&["--signal", "reload=42"])).ok(),
+            Some(Command::Signal {
+                cmd: "reload".into(),
+                pid: Some("42".into()),
+                pid_file: None
+            })
+        );
+        assert_eq!(
+            parse_args(args(&["-P", "/tmp/t.pid", "-sl", "ldm"])).ok(),
+            Some(Command::Signal {
+                cmd: "ldm".into(),
+                pid: None,
+                pid_file: Some(PathBuf::from("/tmp/t.pid"))
+            })
+        );
+        // The command line is kept for reloads.
+        match parse_args(args(&["-p", "5"])) {
+            Ok(Command::Run(o)) => assert_eq!(o.args, ["-p", "5"]),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]
@@ -1390,17 +1750,17 @@ spin_before_park = "0s"
     #[test]
     fn config_unknown_key_names_key_and_line() {
         let e = conf_err("port = 4222\n\nprot = 4333\n");
-        assert_eq!(e.to_string(), "tern.toml:3: unknown option \"prot\"");
+        assert_eq!(e.to_string(), "tern.toml:3:1: unknown field \"prot\"");
         assert!(matches!(e, OptsError::Config { line: 3, .. }));
 
         let f = TempConf::new("debug = true\nbogus = 1\n");
         let msg = err(&["-c", &f.arg()]);
-        assert_eq!(msg, format!("{}:2: unknown option \"bogus\"", f.arg()));
+        assert_eq!(msg, format!("{}:2:1: unknown field \"bogus\"", f.arg()));
 
         let e = conf_err("debug = true\n[cluster]\nport = 6222\n");
         assert_eq!(
             e.to_string(),
-            "tern.toml:2: option \"cluster\" is not supported by Tern yet"
+            "tern.toml:2:2: option \"cluster\" needs clustering, which Tern does not support yet"
         );
     }
 
@@ -1409,7 +1769,7 @@ spin_before_park = "0s"
         let e = conf_err("port = 4222\ndebug = \"yes\"\n");
         assert_eq!(
             e.to_string(),
-            "tern.toml:2: option \"debug\" must be a boolean, got string"
+            "tern.toml:2:1: option \"debug\" must be a boolean, got string"
         );
         let e = conf_err("\n\nport = \"4222\"\n");
         assert!(matches!(e, OptsError::Config { line: 3, .. }), "{e}");
@@ -1417,7 +1777,7 @@ spin_before_park = "0s"
         let e = conf_err("max_payload = \"1XB\"");
         assert!(e
             .to_string()
-            .starts_with("tern.toml:1: invalid value for \"max_payload\""));
+            .starts_with("tern.toml:1:1: invalid value for \"max_payload\""));
         let e = conf_err("ping_interval = \"soon\"");
         assert!(e.to_string().contains("ping_interval"), "{e}");
         let e = conf_err("port = 70000");
@@ -1430,9 +1790,119 @@ spin_before_park = "0s"
     fn config_syntax_error_has_line() {
         let e = conf_err("port = 4222\ndebug = \n");
         assert!(matches!(e, OptsError::Config { line: 2, .. }), "{e}");
-        assert!(e.to_string().starts_with("tern.toml:2: "), "{e}");
+        assert!(e.to_string().starts_with("tern.toml:2:"), "{e}");
         let e = conf_err("port = 1\nport = 2\n");
         assert!(matches!(e, OptsError::Config { line: 2, .. }), "{e}");
+    }
+
+    fn nats_conf(text: &str) -> Result<Options, OptsError> {
+        let mut o = Options::default();
+        o.apply_config_str(text, Path::new("server.conf"))?;
+        Ok(o)
+    }
+
+    #[test]
+    fn nats_format_config() {
+        let o = nats_conf(
+            "# a comment\n\
+             limit = 2MB\n\
+             listen: 127.0.0.1:4333\n\
+             server_name: \"edge-1\"\n\
+             max_payload: $limit\n\
+             max_pending 64MB\n\
+             ping_interval: \"30s\"\n\
+             write_deadline: 5\n\
+             http: 8222\n\
+             http_base_path: /mon\n\
+             lame_duck_duration: \"45s\"\n\
+             lame_duck_grace_period: \"5s\"\n\
+             debug: true; logtime: false\n\
+             max_connections: 1k\n",
+        )
+        .unwrap();
+        assert_eq!((o.host.as_str(), o.port), ("127.0.0.1", 4333));
+        assert_eq!(o.server_name.as_deref(), Some("edge-1"));
+        assert_eq!(o.max_payload, 2 << 20);
+        assert_eq!(o.max_pending, 64 << 20);
+        assert_eq!(o.ping_interval, Duration::from_secs(30));
+        assert_eq!(o.write_deadline, Duration::from_secs(5));
+        assert_eq!(o.http_port, Some(8222));
+        assert_eq!(o.http_base_path, "/mon");
+        assert_eq!(o.lame_duck_duration, Duration::from_secs(45));
+        assert_eq!(o.lame_duck_grace_period, Duration::from_secs(5));
+        assert!(o.debug && !o.logtime);
+        assert_eq!(o.max_connections, 1000);
+        let o = nats_conf("http: \"127.0.0.2:-1\"\n").unwrap();
+        assert_eq!(
+            (o.http_host.as_deref(), o.http_port),
+            (Some("127.0.0.2"), Some(0))
+        );
+    }
+
+    #[test]
+    fn nats_format_errors_name_file_line_and_column() {
+        let e = nats_conf("port: 4222\n  foo: 1\n").unwrap_err();
+        assert_eq!(e.to_string(), "server.conf:2:3: unknown field \"foo\"");
+        let e = nats_conf("jetstream {\n  store_dir: /x\n}\n").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "server.conf:1:1: option \"jetstream\" needs JetStream, which Tern does not support yet"
+        );
+        let e = nats_conf("lame_duck_duration: \"3s\"\n").unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("invalid lame_duck_duration of 3s, minimum is 30 seconds"),
+            "{e}"
+        );
+        let e = nats_conf("debug: \"yes please\"\n").unwrap_err();
+        assert!(e.to_string().contains("must be a boolean"), "{e}");
+        let e = nats_conf("port: \"x\n").unwrap_err();
+        assert!(matches!(e, OptsError::Config { line: 1, .. }), "{e}");
+        // nats-server's inert keys are accepted.
+        assert!(nats_conf("connect_error_reports: 10\n").is_ok());
+    }
+
+    #[test]
+    fn format_detection() {
+        use ConfigFormat::*;
+        assert_eq!(ConfigFormat::detect(Path::new("a.toml"), "port: 1"), Toml);
+        assert_eq!(ConfigFormat::detect(Path::new("a.conf"), "[x]\n"), Nats);
+        assert_eq!(
+            ConfigFormat::detect(Path::new("cfg"), "[cluster]\nport = 1\n"),
+            Toml
+        );
+        assert_eq!(
+            ConfigFormat::detect(Path::new("cfg"), "port: 1\nroutes: [\n a\n]\n"),
+            Nats
+        );
+    }
+
+    #[test]
+    fn reload_rules() {
+        let old = Options::default();
+        let mut new = old.clone();
+        new.debug = true;
+        new.max_payload = 2048;
+        new.ping_interval = Duration::from_secs(5);
+        new.log_file = Some(PathBuf::from("/tmp/x.log"));
+        assert!(check_reload(&old, &new).is_ok());
+        new.server_name = Some("other".into());
+        assert_eq!(
+            check_reload(&old, &new).unwrap_err().to_string(),
+            "config reload not supported for ServerName: old=, new=other"
+        );
+        let mut new = old.clone();
+        new.lame_duck_duration = Duration::from_secs(40);
+        assert_eq!(
+            check_reload(&old, &new).unwrap_err().to_string(),
+            "config reload not supported for LameDuckDuration: old=2m0s, new=40s"
+        );
+        let mut new = old.clone();
+        new.max_pending = 10;
+        assert!(check_reload(&old, &new)
+            .unwrap_err()
+            .to_string()
+            .contains("MaxPending: old=67108864, new=10"));
     }
 
     #[test]

@@ -278,6 +278,12 @@ impl Parser {
         }
     }
 
+    /// Changes the limits (a config reload); takes effect from the next operation.
+    pub fn set_limits(&mut self, max_control_line: usize, max_payload: usize) {
+        self.max_control_line = max_control_line;
+        self.max_payload = max_payload;
+    }
+
     /// Whether `HPUB` is allowed (the client's `CONNECT` had `headers: true`).
     pub fn set_headers(&mut self, on: bool) {
         self.headers = on;

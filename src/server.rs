@@ -18,13 +18,14 @@ use crate::parser::{Op, ParseError, Parser, PubMsg};
 use crate::sublist::{self, Sublist};
 use bytes::{Bytes, BytesMut};
 use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Poll, Waker};
-use std::time::{Duration, Instant};
-use tern_shards::{rt, ConnReader, ConnWriter, Mesh, MeshReceiver, ShardCtx};
+use std::time::{Duration, Instant, SystemTime};
+use tern_shards::{rt, ConnReader, ConnWriter, InboxReceiver, Mesh, MeshReceiver, ShardCtx};
 
 /// Smallest and largest read buffer (nats-server's dynamic read buffer bounds).
 const READ_MIN: usize = 512;
@@ -34,14 +35,22 @@ const STALL_MAX: Duration = Duration::from_millis(10);
 /// How long a shutdown waits for clients' queued output to drain.
 const SHUTDOWN_FLUSH: Duration = Duration::from_secs(2);
 
-/// State shared by all shards; read-mostly, and only atomics are written.
+/// How many closed connections `/connz?state=closed` remembers (nats-server's default).
+pub const MAX_CLOSED_CLIENTS: usize = 10_000;
+
+/// State shared by all shards; read-mostly, and only atomics are written. `opts` are the
+/// options the server started with; each shard keeps its own copy of the current ones, which
+/// a reload replaces.
 pub struct Global {
     pub opts: Options,
     pub server_id: String,
     pub server_name: String,
     pub port: u16,
+    pub started: SystemTime,
     pub shutdown: Arc<AtomicBool>,
     pub connections: AtomicUsize,
+    /// Lame duck mode: no new clients, the connected ones are told and closed gradually.
+    pub lame_duck: AtomicBool,
     next_cid: AtomicU64,
 }
 
@@ -56,13 +65,21 @@ impl Global {
             server_id,
             server_name,
             port,
+            started: SystemTime::now(),
             shutdown: Arc::new(AtomicBool::new(false)),
             connections: AtomicUsize::new(0),
+            lame_duck: AtomicBool::new(false),
             next_cid: AtomicU64::new(1),
         }
     }
 
-    fn info_line(&self, cid: u64, ip: &str) -> Vec<u8> {
+    /// Connections accepted since the start (client ids are handed out in order from 1).
+    pub fn total_connections(&self) -> u64 {
+        self.next_cid.load(Ordering::Relaxed) - 1
+    }
+
+    /// The INFO line for client `cid` under the current options `o`.
+    fn info_line(&self, o: &Options, cid: u64, ip: &str) -> Vec<u8> {
         #[derive(serde::Serialize)]
         struct Info<'a> {
             server_id: &'a str,
@@ -76,6 +93,8 @@ impl Global {
             max_payload: u32,
             client_id: u64,
             client_ip: &'a str,
+            #[serde(skip_serializing_if = "std::ops::Not::not")]
+            ldm: bool,
         }
         let info = Info {
             server_id: &self.server_id,
@@ -85,10 +104,11 @@ impl Global {
             go: concat!("tern ", env!("CARGO_PKG_VERSION")),
             host: &self.opts.host,
             port: self.port,
-            headers: !self.opts.no_header_support,
-            max_payload: self.opts.max_payload,
+            headers: !o.no_header_support,
+            max_payload: o.max_payload,
             client_id: cid,
             client_ip: ip,
+            ldm: self.lame_duck.load(Ordering::Relaxed),
         };
         let mut line = b"INFO ".to_vec();
         line.extend_from_slice(&serde_json::to_vec(&info).unwrap_or_default());
@@ -123,6 +143,113 @@ pub enum ShardOp {
 /// What travels on the mesh: a batch of operations, in order.
 pub type MeshMsg = Vec<ShardOp>;
 
+/// A request from outside the shards (monitoring, signals) to one shard, through its inbox.
+pub enum Admin {
+    /// Answer with this shard's counters, and with its connections when `conns` is set.
+    Report {
+        conns: bool,
+        reply: crossbeam_channel::Sender<ShardReport>,
+    },
+    /// Use these options from now on (a config reload that passed its checks).
+    Reload(Arc<Options>),
+    /// Enter lame duck mode: stop accepting, tell the clients (INFO `ldm`), wait `grace`, then
+    /// close this shard's clients one every `every`.
+    LameDuck { grace: Duration, every: Duration },
+}
+
+/// Why a connection closed, as `/connz` reports it (nats-server's `ClosedState` texts).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseReason {
+    ClientClosed,
+    ReadError,
+    WriteError,
+    ParseError,
+    ProtocolViolation,
+    StaleConnection,
+    SlowConsumerPendingBytes,
+    SlowConsumerWriteDeadline,
+    MaxConnectionsExceeded,
+    MaxPayloadExceeded,
+    MaxControlLineExceeded,
+    NoRespondersRequiresHeaders,
+    ServerShutdown,
+}
+
+impl CloseReason {
+    /// The text nats-server puts in `reason`.
+    pub fn text(self) -> &'static str {
+        match self {
+            CloseReason::ClientClosed => "Client Closed",
+            CloseReason::ReadError => "Read Error",
+            CloseReason::WriteError => "Write Error",
+            CloseReason::ParseError => "Parse Error",
+            CloseReason::ProtocolViolation => "Protocol Violation",
+            CloseReason::StaleConnection => "Stale Connection",
+            CloseReason::SlowConsumerPendingBytes => "Slow Consumer (Pending Bytes)",
+            CloseReason::SlowConsumerWriteDeadline => "Slow Consumer (Write Deadline)",
+            CloseReason::MaxConnectionsExceeded => "Maximum Connections Exceeded",
+            CloseReason::MaxPayloadExceeded => "Maximum Message Payload Exceeded",
+            CloseReason::MaxControlLineExceeded => "Maximum Control Line Exceeded",
+            CloseReason::NoRespondersRequiresHeaders => "No Responders Requires Headers",
+            CloseReason::ServerShutdown => "Server Shutdown",
+        }
+    }
+}
+
+/// One subscription, as `/connz?subs=detail` lists it.
+#[derive(Debug, Clone)]
+pub struct SubInfo {
+    pub subject: String,
+    pub queue: Option<String>,
+    pub sid: String,
+    pub msgs: u64,
+    pub max: u64,
+}
+
+/// One connection, open or closed, as `/connz` reports it.
+#[derive(Debug, Clone)]
+pub struct ConnInfo {
+    pub cid: u64,
+    pub addr: Option<SocketAddr>,
+    pub start: SystemTime,
+    pub last_activity: SystemTime,
+    pub stop: Option<SystemTime>,
+    pub reason: Option<CloseReason>,
+    pub rtt: Option<Duration>,
+    pub pending_bytes: u64,
+    pub in_msgs: u64,
+    pub out_msgs: u64,
+    pub in_bytes: u64,
+    pub out_bytes: u64,
+    pub subs: Vec<SubInfo>,
+    pub name: String,
+    pub lang: String,
+    pub version: String,
+}
+
+/// Message counters (server, shard or connection).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counts {
+    pub in_msgs: u64,
+    pub in_bytes: u64,
+    pub out_msgs: u64,
+    pub out_bytes: u64,
+}
+
+/// What a shard answers to [`Admin::Report`].
+#[derive(Debug, Clone, Default)]
+pub struct ShardReport {
+    pub shard: usize,
+    pub counts: Counts,
+    pub slow_consumers: u64,
+    pub connections: usize,
+    pub sublist: sublist::SublistStats,
+    /// Open connections (only when asked for).
+    pub open: Vec<ConnInfo>,
+    /// The most recently closed connections (only when asked for), oldest first.
+    pub closed: Vec<ConnInfo>,
+}
+
 /// A client connection on this shard.
 struct Client {
     cid: u64,
@@ -148,6 +275,14 @@ struct Client {
     ping_waker: Cell<Option<Waker>>,
     writer_done: Cell<bool>,
     addr: String,
+    peer: Option<SocketAddr>,
+    start: SystemTime,
+    last_activity: Cell<Instant>,
+    counts: Cell<Counts>,
+    /// When the PING that measures the round trip went out, and the last measurement.
+    rtt_ping: Cell<Option<Instant>>,
+    rtt: Cell<Option<Duration>>,
+    reason: Cell<Option<CloseReason>>,
 }
 
 impl Client {
@@ -162,6 +297,64 @@ impl Client {
             w.wake();
         }
     }
+    fn count_in(&self, bytes: usize) {
+        let mut k = self.counts.get();
+        k.in_msgs += 1;
+        k.in_bytes += bytes as u64;
+        self.counts.set(k);
+    }
+
+    fn count_out(&self, bytes: usize) {
+        let mut k = self.counts.get();
+        k.out_msgs += 1;
+        k.out_bytes += bytes as u64;
+        self.counts.set(k);
+    }
+
+    /// The `/connz` view of this connection.
+    fn info(&self, subs: bool) -> ConnInfo {
+        let now = Instant::now();
+        let wall = SystemTime::now();
+        let counts = self.counts.get();
+        let o = self.opts.borrow();
+        ConnInfo {
+            cid: self.cid,
+            addr: self.peer,
+            start: self.start,
+            last_activity: wall - now.saturating_duration_since(self.last_activity.get()),
+            stop: self.closed.get().then_some(wall),
+            reason: self.reason.get(),
+            rtt: self.rtt.get(),
+            pending_bytes: (self.out.borrow().len() + self.in_flight.get()) as u64,
+            in_msgs: counts.in_msgs,
+            out_msgs: counts.out_msgs,
+            in_bytes: counts.in_bytes,
+            out_bytes: counts.out_bytes,
+            subs: if subs {
+                self.subs
+                    .borrow()
+                    .values()
+                    .map(|s| SubInfo {
+                        subject: String::from_utf8_lossy(&s.0.subject).into_owned(),
+                        queue: s
+                            .0
+                            .queue
+                            .as_ref()
+                            .map(|q| String::from_utf8_lossy(q).into_owned()),
+                        sid: String::from_utf8_lossy(&s.0.sid).into_owned(),
+                        msgs: s.0.delivered.get(),
+                        max: s.0.max.get(),
+                    })
+                    .collect()
+            } else {
+                Vec::new()
+            },
+            name: o.name.clone(),
+            lang: o.lang.clone(),
+            version: o.version.clone(),
+        }
+    }
+
     /// Resolves when the ping timer is woken (close, or CONNECT re-arming it).
     async fn wait_event(&self) {
         let mut armed = false;
@@ -214,6 +407,9 @@ type RemoteKey = (usize, Bytes, Option<Bytes>);
 /// One shard of the server.
 struct Shard {
     g: Arc<Global>,
+    /// The current options (replaced by a reload).
+    opts: RefCell<Arc<Options>>,
+    ctx: Rc<ShardCtx<MeshMsg>>,
     id: usize,
     /// The number of shards, this one included.
     shards: usize,
@@ -239,13 +435,23 @@ struct Shard {
     /// Per-peer scratch for one publish: plain interest, and the queue groups it must serve.
     scratch: RefCell<Vec<(bool, Vec<Bytes>)>>,
     rng: Cell<u64>,
+    counts: Cell<Counts>,
+    slow_consumers: Cell<u64>,
+    /// The last closed connections, oldest first, for `/connz?state=closed`.
+    closed: RefCell<VecDeque<ConnInfo>>,
 }
 
 /// Runs one shard until shutdown.
-pub async fn shard_main(ctx: Rc<ShardCtx<MeshMsg>>, g: Arc<Global>) {
+pub async fn shard_main(
+    ctx: Rc<ShardCtx<MeshMsg>>,
+    g: Arc<Global>,
+    inbox: Option<InboxReceiver<Admin>>,
+) {
     let n = ctx.count();
     let shard = Rc::new(Shard {
         g: g.clone(),
+        opts: RefCell::new(Arc::new(g.opts.clone())),
+        ctx: ctx.clone(),
         id: ctx.id(),
         shards: n,
         mesh: ctx.mesh().clone(),
@@ -264,28 +470,72 @@ pub async fn shard_main(ctx: Rc<ShardCtx<MeshMsg>>, g: Arc<Global>) {
         clients: RefCell::new(HashMap::new()),
         scratch: RefCell::new((0..n).map(|_| (false, Vec::new())).collect()),
         rng: Cell::new(0x9E37_79B9_7F4A_7C15 ^ (ctx.id() as u64 + 1)),
+        counts: Cell::new(Counts::default()),
+        slow_consumers: Cell::new(0),
+        closed: RefCell::new(VecDeque::new()),
     });
     for rx in ctx.take_receivers() {
         rt::spawn(mesh_loop(shard.clone(), rx));
     }
+    if let Some(inbox) = inbox {
+        rt::spawn(admin_loop(shard.clone(), inbox));
+    }
     {
-        let ctx = ctx.clone();
+        // Accepting ends at shutdown, or earlier in lame duck mode.
+        let (ctx, shard) = (ctx.clone(), shard.clone());
         rt::spawn(async move {
-            ctx.stop_requested().await;
-            ctx.stop_accepting();
+            while let Some(conn) = ctx.accept().await {
+                rt::spawn(client_main(shard.clone(), conn));
+            }
         });
     }
-    while let Some(conn) = ctx.accept().await {
-        rt::spawn(client_main(shard.clone(), conn));
-    }
+    ctx.stop_requested().await;
+    ctx.stop_accepting();
     // Shutting down: close every client, letting writers flush what is queued.
     let clients: Vec<Rc<Client>> = shard.clients.borrow().values().cloned().collect();
     for c in &clients {
-        shard.close_client(c);
+        shard.close_client(c, CloseReason::ServerShutdown);
     }
     let deadline = Instant::now() + SHUTDOWN_FLUSH;
     while clients.iter().any(|c| !c.writer_done.get()) && Instant::now() < deadline {
         rt::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// Serves requests from outside the shards: reports, reloads, lame duck.
+async fn admin_loop(shard: Rc<Shard>, mut inbox: InboxReceiver<Admin>) {
+    while let Some(req) = inbox.recv().await {
+        match req {
+            Admin::Report { conns, reply } => {
+                let _ = reply.send(shard.report(conns));
+            }
+            Admin::Reload(o) => shard.reload(o),
+            Admin::LameDuck { grace, every } => {
+                rt::spawn(lame_duck(shard.clone(), grace, every));
+            }
+        }
+    }
+}
+
+/// This shard's part of lame duck mode (nats-server's `lameDuckMode`): stop accepting, send
+/// every client an INFO with `ldm` so it can move elsewhere, wait out the grace period, then
+/// close the clients that are left one at a time.
+async fn lame_duck(shard: Rc<Shard>, grace: Duration, every: Duration) {
+    shard.ctx.stop_accepting();
+    let clients: Vec<Rc<Client>> = shard.clients.borrow().values().cloned().collect();
+    let o = shard.opts.borrow().clone();
+    for c in &clients {
+        shard.async_info(c, &o);
+    }
+    shard.flush();
+    rt::sleep(grace).await;
+    let clients: Vec<Rc<Client>> = shard.clients.borrow().values().cloned().collect();
+    for c in clients {
+        shard.close_client(&c, CloseReason::ServerShutdown);
+        shard.flush();
+        if !every.is_zero() {
+            rt::sleep(every).await;
+        }
     }
 }
 
@@ -327,6 +577,59 @@ async fn mesh_loop(shard: Rc<Shard>, rx: MeshReceiver<MeshMsg>) {
 }
 
 impl Shard {
+    fn report(&self, conns: bool) -> ShardReport {
+        let clients = self.clients.borrow();
+        ShardReport {
+            shard: self.id,
+            counts: self.counts.get(),
+            slow_consumers: self.slow_consumers.get(),
+            connections: clients.len(),
+            sublist: self.subs.borrow().stats(),
+            open: if conns {
+                clients.values().map(|c| c.info(true)).collect()
+            } else {
+                Vec::new()
+            },
+            closed: if conns {
+                self.closed.borrow().iter().cloned().collect()
+            } else {
+                Vec::new()
+            },
+        }
+    }
+
+    /// Takes new options. Readers pick up the new limits at their next read, ping timers at
+    /// their next tick; a changed `max_payload` is announced to the clients with an INFO, as
+    /// nats-server does.
+    fn reload(&self, o: Arc<Options>) {
+        let old = self.opts.replace(o.clone());
+        if old.max_payload != o.max_payload {
+            let clients: Vec<Rc<Client>> = self.clients.borrow().values().cloned().collect();
+            for c in &clients {
+                self.async_info(c, &o);
+            }
+            self.flush();
+        }
+    }
+
+    fn count_in(&self, bytes: usize) {
+        let mut k = self.counts.get();
+        k.in_msgs += 1;
+        k.in_bytes += bytes as u64;
+        self.counts.set(k);
+    }
+
+    /// Sends `c` a fresh INFO, if it said (CONNECT `protocol: 1`) that it understands INFO
+    /// after the first one, as nats-server does.
+    fn async_info(&self, c: &Rc<Client>, o: &Options) {
+        if c.opts.borrow().protocol < 1 {
+            return;
+        }
+        let ip = c.peer.map(|p| p.ip().to_string()).unwrap_or_default();
+        c.write(&self.g.info_line(o, c.cid, &ip));
+        self.mark_dirty(c);
+    }
+
     fn next_rand(&self, bound: usize) -> usize {
         // xorshift64*: queue member selection only needs to be cheap and well spread.
         let mut x = self.rng.get();
@@ -370,7 +673,7 @@ impl Shard {
             return;
         }
         self.flush();
-        let threshold = (self.g.opts.max_pending / 4 * 3) as usize;
+        let threshold = (self.opts.borrow().max_pending / 4 * 3) as usize;
         let deadline = Instant::now() + STALL_MAX;
         loop {
             let busy =
@@ -521,9 +824,23 @@ impl Shard {
         self.interest_changed(&s.subject, &s.queue, false);
     }
 
-    fn close_client(&self, c: &Rc<Client>) {
+    fn close_client(&self, c: &Rc<Client>, reason: CloseReason) {
         if c.closed.replace(true) {
             return;
+        }
+        c.reason.set(Some(reason));
+        if matches!(
+            reason,
+            CloseReason::SlowConsumerPendingBytes | CloseReason::SlowConsumerWriteDeadline
+        ) {
+            self.slow_consumers.set(self.slow_consumers.get() + 1);
+        }
+        {
+            let mut closed = self.closed.borrow_mut();
+            if closed.len() >= MAX_CLOSED_CLIENTS {
+                closed.pop_front();
+            }
+            closed.push_back(c.info(true));
         }
         let subs: Vec<SubRef> = c.subs.borrow_mut().drain().map(|(_, s)| s).collect();
         for s in &subs {
@@ -581,19 +898,30 @@ impl Shard {
             );
             out.len() + c.in_flight.get()
         };
-        if pending as u64 > self.g.opts.max_pending {
+        let size = if c.headers.get() {
+            msg.len()
+        } else {
+            msg.len() - hdr_len.min(msg.len())
+        };
+        c.count_out(size);
+        let mut k = self.counts.get();
+        k.out_msgs += 1;
+        k.out_bytes += size as u64;
+        self.counts.set(k);
+        let max_pending = self.opts.borrow().max_pending;
+        if pending as u64 > max_pending {
             tracing::info!(
                 "{} - cid:{} - Slow Consumer Detected: MaxPending of {} Exceeded",
                 c.addr,
                 c.cid,
-                self.g.opts.max_pending
+                max_pending
             );
             c.discard.set(true);
-            self.close_client(c);
+            self.close_client(c, CloseReason::SlowConsumerPendingBytes);
             return true;
         }
         self.mark_dirty(c);
-        if pending as u64 > self.g.opts.max_pending / 4 * 3 && !c.stalling.replace(true) {
+        if pending as u64 > max_pending / 4 * 3 && !c.stalling.replace(true) {
             self.stalled.borrow_mut().push(c.clone());
         }
         if max > 0 && s.delivered.get() >= max {
@@ -721,13 +1049,14 @@ fn pick_weighted(members: &[RemoteRef], mut pick: usize) -> Option<&RemoteRef> {
 /// What the reader must do after an operation.
 enum Next {
     Continue,
-    Close,
+    Close(CloseReason),
     /// Answer a PING: after the interest barrier, which is the only operation that waits.
     Pong,
 }
 
 async fn client_main(shard: Rc<Shard>, conn: tern_shards::Conn) {
     let g = shard.g.clone();
+    let o = shard.opts.borrow().clone();
     let cid = g.next_cid.fetch_add(1, Ordering::Relaxed);
     let peer = conn.peer_addr();
     let ip = peer.map(|p| p.ip().to_string()).unwrap_or_default();
@@ -748,39 +1077,47 @@ async fn client_main(shard: Rc<Shard>, conn: tern_shards::Conn) {
         subs: RefCell::new(HashMap::new()),
         received: Cell::new(false),
         pings_out: Cell::new(0),
-        next_ping: Cell::new(Instant::now() + g.opts.ping_interval),
+        next_ping: Cell::new(Instant::now() + o.ping_interval),
         rtt_due: Cell::new(false),
         ping_waker: Cell::new(None),
         writer_done: Cell::new(false),
         addr,
+        peer,
+        start: SystemTime::now(),
+        last_activity: Cell::new(Instant::now()),
+        counts: Cell::new(Counts::default()),
+        rtt_ping: Cell::new(None),
+        rtt: Cell::new(None),
+        reason: Cell::new(None),
     });
-    client.write(&g.info_line(cid, &ip));
+    client.write(&g.info_line(&o, cid, &ip));
     rt::spawn(writer_task(shard.clone(), client.clone(), writer));
     let count = g.connections.fetch_add(1, Ordering::Relaxed) + 1;
     shard.clients.borrow_mut().insert(cid, client.clone());
-    if count > g.opts.max_connections as usize {
+    if count > o.max_connections as usize {
         tracing::error!(
             "{} - cid:{} - maximum connections exceeded",
             client.addr,
             cid
         );
         client.write_err("maximum connections exceeded");
-        shard.close_client(&client);
+        shard.close_client(&client, CloseReason::MaxConnectionsExceeded);
         return;
     }
     tracing::debug!("{} - cid:{} - Client connection created", client.addr, cid);
     rt::spawn(ping_task(shard.clone(), client.clone()));
-    read_loop(&shard, &client, reader).await;
-    shard.close_client(&client);
+    let reason = read_loop(&shard, &client, reader).await;
+    shard.close_client(&client, reason);
     shard.flush();
     tracing::debug!("{} - cid:{} - Client connection closed", client.addr, cid);
 }
 
-async fn read_loop(shard: &Rc<Shard>, c: &Rc<Client>, mut reader: ConnReader) {
-    let g = &shard.g;
+/// Reads and handles the client's operations until the connection ends; returns why.
+async fn read_loop(shard: &Rc<Shard>, c: &Rc<Client>, mut reader: ConnReader) -> CloseReason {
+    let mut limits = shard.opts.borrow().clone();
     let mut parser = Parser::new(
-        g.opts.max_control_line as usize,
-        g.opts.max_payload as usize,
+        limits.max_control_line as usize,
+        limits.max_payload as usize,
     );
     let mut buf = BytesMut::new();
     let mut read_size = READ_MIN;
@@ -792,14 +1129,23 @@ async fn read_loop(shard: &Rc<Shard>, c: &Rc<Client>, mut reader: ConnReader) {
         let start = buf.len();
         buf.resize(start + read_size, 0);
         let n = match reader.read(&mut buf[start..]).await {
-            Ok(0) | Err(_) => return,
+            Ok(0) => return CloseReason::ClientClosed,
+            Err(_) => return CloseReason::ReadError,
             Ok(n) => n,
         };
         buf.truncate(start + n);
         if c.closed.get() {
-            return;
+            return CloseReason::ClientClosed;
         }
         c.received.set(true);
+        c.last_activity.set(Instant::now());
+        if !Arc::ptr_eq(&limits, &shard.opts.borrow()) {
+            limits = shard.opts.borrow().clone();
+            parser.set_limits(
+                limits.max_control_line as usize,
+                limits.max_payload as usize,
+            );
+        }
         if n == read_size && read_size < READ_MAX {
             read_size *= 2;
         } else if n < read_size / 4 && read_size > READ_MIN {
@@ -815,15 +1161,16 @@ async fn read_loop(shard: &Rc<Shard>, c: &Rc<Client>, mut reader: ConnReader) {
                         shard.mark_dirty(c);
                         shard.flush();
                     }
-                    Next::Close => {
-                        shard.close_client(c);
-                        return;
-                    }
+                    Next::Close(reason) => return reason,
                 },
                 Ok(None) => break,
                 Err(e) => {
                     protocol_error(c, &e);
-                    return;
+                    return match e {
+                        ParseError::MaxPayload => CloseReason::MaxPayloadExceeded,
+                        ParseError::MaxControlLine => CloseReason::MaxControlLineExceeded,
+                        _ => CloseReason::ParseError,
+                    };
                 }
             }
         }
@@ -855,15 +1202,20 @@ fn handle_op(shard: &Rc<Shard>, c: &Rc<Client>, op: Op) -> Next {
         Op::Connect(json) => match ConnectOpts::parse(&json) {
             Ok(o) => {
                 c.echo.set(o.echo);
-                c.headers.set(o.headers && !shard.g.opts.no_header_support);
+                c.headers
+                    .set(o.headers && !shard.opts.borrow().no_header_support);
                 if o.no_responders && !c.headers.get() {
                     c.write_err("no responders requires headers support");
-                    return Next::Close;
+                    return Next::Close(CloseReason::NoRespondersRequiresHeaders);
                 }
                 let verbose = o.verbose;
                 *c.opts.borrow_mut() = o;
                 // nats-server measures the RTT soon after CONNECT: the first PING comes early.
-                let first = shard.g.opts.ping_interval.min(Duration::from_secs(2));
+                let first = shard
+                    .opts
+                    .borrow()
+                    .ping_interval
+                    .min(Duration::from_secs(2));
                 c.next_ping.set(Instant::now() + first);
                 c.rtt_due.set(true);
                 if let Some(w) = c.ping_waker.take() {
@@ -878,10 +1230,12 @@ fn handle_op(shard: &Rc<Shard>, c: &Rc<Client>, op: Op) -> Next {
                 if let Some(text) = e.err_text() {
                     c.write_err(text);
                 }
-                return Next::Close;
+                return Next::Close(CloseReason::ProtocolViolation);
             }
         },
         Op::Pub(m) => {
+            c.count_in(m.msg().len());
+            shard.count_in(m.msg().len());
             let pedantic = c.opts.borrow().pedantic;
             if pedantic && !sublist::is_valid_literal_subject(m.subject()) {
                 c.write_err("Invalid Publish Subject");
@@ -901,7 +1255,7 @@ fn handle_op(shard: &Rc<Shard>, c: &Rc<Client>, op: Op) -> Next {
             queue,
             sid,
         } => {
-            let max_subs = shard.g.opts.max_subscriptions as usize;
+            let max_subs = shard.opts.borrow().max_subscriptions as usize;
             // nats-server checks the subject only; any queue token is accepted.
             if !sublist::is_valid_subject(&subject) {
                 c.write_err("Invalid Subject");
@@ -937,6 +1291,9 @@ fn handle_op(shard: &Rc<Shard>, c: &Rc<Client>, op: Op) -> Next {
         Op::Pong => {
             c.pings_out.set(0);
             c.rtt_due.set(false);
+            if let Some(sent) = c.rtt_ping.take() {
+                c.rtt.set(Some(sent.elapsed()));
+            }
         }
         Op::Ignored => {}
         Op::ClientErr(text) => {
@@ -946,11 +1303,11 @@ fn handle_op(shard: &Rc<Shard>, c: &Rc<Client>, op: Op) -> Next {
                 c.cid,
                 String::from_utf8_lossy(&text)
             );
-            return Next::Close;
+            return Next::Close(CloseReason::ClientClosed);
         }
     }
     if c.closed.get() {
-        Next::Close
+        Next::Close(c.reason.get().unwrap_or(CloseReason::ClientClosed))
     } else {
         Next::Continue
     }
@@ -981,7 +1338,6 @@ fn no_responders(shard: &Shard, c: &Rc<Client>, reply: &[u8]) {
 }
 
 async fn writer_task(shard: Rc<Shard>, c: Rc<Client>, mut w: ConnWriter) {
-    let deadline = shard.g.opts.write_deadline;
     let mut spare = BytesMut::new();
     loop {
         std::future::poll_fn(|cx| {
@@ -1005,10 +1361,11 @@ async fn writer_task(shard: Rc<Shard>, c: Rc<Client>, mut w: ConnWriter) {
             continue;
         }
         c.in_flight.set(data.len());
+        let deadline = shard.opts.borrow().write_deadline;
         match rt::timeout(deadline, w.write_all(&data)).await {
             Some(Ok(())) => {}
             Some(Err(_)) => {
-                shard.close_client(&c);
+                shard.close_client(&c, CloseReason::WriteError);
                 break;
             }
             None => {
@@ -1017,7 +1374,7 @@ async fn writer_task(shard: Rc<Shard>, c: Rc<Client>, mut w: ConnWriter) {
                     c.addr, c.cid, deadline, 1, data.len()
                 );
                 c.discard.set(true);
-                shard.close_client(&c);
+                shard.close_client(&c, CloseReason::SlowConsumerWriteDeadline);
                 break;
             }
         }
@@ -1037,7 +1394,6 @@ async fn writer_task(shard: Rc<Shard>, c: Rc<Client>, mut w: ConnWriter) {
 }
 
 async fn ping_task(shard: Rc<Shard>, c: Rc<Client>) {
-    let interval = shard.g.opts.ping_interval;
     loop {
         let now = Instant::now();
         let due = c.next_ping.get();
@@ -1049,21 +1405,26 @@ async fn ping_task(shard: Rc<Shard>, c: Rc<Client>) {
             }
             continue;
         }
+        let (interval, ping_max) = {
+            let o = shard.opts.borrow();
+            (o.ping_interval, o.ping_max)
+        };
         c.next_ping.set(now + interval);
-        if c.pings_out.get() + 1 > shard.g.opts.ping_max {
+        if c.pings_out.get() + 1 > ping_max {
             tracing::debug!(
                 "{} - cid:{} - Stale Client Connection - Closing",
                 c.addr,
                 c.cid
             );
             c.write_err("Stale Connection");
-            shard.close_client(&c);
+            shard.close_client(&c, CloseReason::StaleConnection);
             return;
         }
         if c.received.replace(false) && !c.rtt_due.get() {
             continue;
         }
         c.pings_out.set(c.pings_out.get() + 1);
+        c.rtt_ping.set(Some(now));
         c.write(client::PING);
         c.wake_writer();
     }

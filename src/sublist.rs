@@ -501,6 +501,26 @@ pub struct Sublist<T> {
     last_subject: Vec<u8>,
     last_generation: u64,
     last_result: Rc<SublistResult<T>>,
+    inserts: u64,
+    removes: u64,
+    lookups: u64,
+    hits: u64,
+}
+
+/// Counters of a [`Sublist`], as `/subsz` reports them (nats-server's `SublistStats`).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SublistStats {
+    pub num_subscriptions: u64,
+    pub num_cache: u64,
+    pub num_inserts: u64,
+    pub num_removes: u64,
+    pub num_matches: u64,
+    /// Matches answered without walking the trie.
+    pub cache_hits: u64,
+    /// The most subscriptions (plain plus queue groups) one cached subject matches.
+    pub max_fanout: u64,
+    /// Summed over cached subjects, for the average.
+    pub total_fanout: u64,
 }
 
 impl<T: Clone + PartialEq> Default for Sublist<T> {
@@ -521,6 +541,28 @@ impl<T: Clone + PartialEq> Sublist<T> {
             last_subject: Vec::new(),
             last_generation: u64::MAX,
             last_result: Rc::new(SublistResult::default()),
+            inserts: 0,
+            removes: 0,
+            lookups: 0,
+            hits: 0,
+        }
+    }
+
+    /// The counters, and the fan-out of the subjects in the cache.
+    pub fn stats(&self) -> SublistStats {
+        let fanouts = self
+            .cache
+            .values()
+            .map(|e| (e.result.psubs.len() + e.result.qsubs.len()) as u64);
+        SublistStats {
+            num_subscriptions: self.count as u64,
+            num_cache: self.cache.len() as u64,
+            num_inserts: self.inserts,
+            num_removes: self.removes,
+            num_matches: self.lookups,
+            cache_hits: self.hits,
+            max_fanout: fanouts.clone().max().unwrap_or(0),
+            total_fanout: fanouts.sum(),
         }
     }
 
@@ -569,6 +611,7 @@ impl<T: Clone + PartialEq> Sublist<T> {
             },
         }
         self.count += 1;
+        self.inserts += 1;
         self.generation = self.generation.wrapping_add(1);
         Ok(())
     }
@@ -582,6 +625,7 @@ impl<T: Clone + PartialEq> Sublist<T> {
         let removed = remove_rec(&mut self.root, subject, queue, value);
         if removed {
             self.count -= 1;
+            self.removes += 1;
             self.generation = self.generation.wrapping_add(1);
         }
         removed
@@ -594,11 +638,13 @@ impl<T: Clone + PartialEq> Sublist<T> {
     /// subject that is empty or has an empty token matches nothing. Results
     /// are cached (see the module docs); a cache hit does not allocate.
     pub fn matches(&mut self, subject: &[u8]) -> Rc<SublistResult<T>> {
+        self.lookups += 1;
         if self.count == 0 {
             return Rc::clone(&self.empty);
         }
         let generation = self.generation;
         if self.last_generation == generation && self.last_subject == subject {
+            self.hits += 1;
             return Rc::clone(&self.last_result);
         }
         let r = self.lookup(subject);
@@ -616,6 +662,8 @@ impl<T: Clone + PartialEq> Sublist<T> {
             if e.generation != generation {
                 e.result = compute(&self.root, &self.empty, subject);
                 e.generation = generation;
+            } else {
+                self.hits += 1;
             }
             return Rc::clone(&e.result);
         }

@@ -5,12 +5,13 @@
 //! and the memlock limit allow that ([`preflight`]), connects every pair of shards with a
 //! lock-free queue ([`mesh`]), hands accepted TCP connections to shards ([`pool`], round-robin
 //! or `SO_REUSEPORT`), and offers the few async primitives the server needs on a shard
-//! ([`rt`], [`net`]).
+//! ([`rt`], [`net`]). Ordinary threads reach a shard through an [`inbox`].
 //!
 //! Rules it enforces for its users (DESIGN.md, invariant 5): a send between shards never
 //! awaits (it is `try_send` plus a per-peer overflow queue), channel ends are never cloned,
 //! and nothing here blocks a shard thread.
 
+pub mod inbox;
 pub mod mesh;
 pub mod net;
 pub mod pool;
@@ -18,6 +19,7 @@ pub mod preflight;
 pub mod rt;
 pub mod stop;
 
+pub use inbox::{Inbox, InboxReceiver};
 pub use mesh::{Mesh, MeshReceiver};
 pub use net::{Conn, ConnReader, ConnWriter};
 pub use pool::{bind_listener, run, AcceptMode, PoolConfig, PoolError, ShardCtx};

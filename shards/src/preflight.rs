@@ -39,7 +39,7 @@ impl fmt::Display for PreflightError {
                 f,
                 "io_uring is blocked for this process (io_uring_setup returned EPERM): allow \
                  the io_uring_setup, io_uring_enter and io_uring_register syscalls in the \
-                 seccomp profile (e.g. docker --security-opt seccomp=deploy/seccomp.json)"
+                 seccomp profile (e.g. docker --security-opt seccomp=deploy/docker/seccomp-tern.json)"
             ),
             PreflightError::IoUringUnavailable(e) => write!(
                 f,
@@ -49,8 +49,8 @@ impl fmt::Display for PreflightError {
             PreflightError::MemlockTooLow { have } => write!(
                 f,
                 "the locked-memory limit is {} KiB but Tern needs at least {} KiB: raise it \
-                 with `ulimit -l 8192` (or LimitMEMLOCK=8M in the systemd unit, \
-                 --ulimit memlock=8388608 for docker)",
+                 with `ulimit -l 65536` (or LimitMEMLOCK=64M in the systemd unit, \
+                 --ulimit memlock=67108864 for docker)",
                 have / 1024,
                 MIN_MEMLOCK / 1024
             ),

@@ -77,8 +77,19 @@ impl Server {
         Self::start_with_tern_args(args, &["--shards", &n])
     }
 
+    /// Starts `bin` (not necessarily the binary under test) with `-a 127.0.0.1 -p -1` and
+    /// `args`: for tests that compare Tern with a reference nats-server in one run.
+    pub fn start_bin(bin: &std::path::Path, args: &[&str]) -> Server {
+        let mut all: Vec<String> = vec!["-a".into(), "127.0.0.1".into(), "-p".into(), "-1".into()];
+        all.extend(args.iter().map(|s| s.to_string()));
+        Self::spawn_bin(bin.to_path_buf(), &all)
+    }
+
     fn spawn(args: &[String]) -> Server {
-        let bin = server_bin();
+        Self::spawn_bin(server_bin(), args)
+    }
+
+    fn spawn_bin(bin: PathBuf, args: &[String]) -> Server {
         let mut child = Command::new(&bin)
             .args(args)
             .stdin(Stdio::null())
@@ -109,6 +120,65 @@ impl Server {
             child: Some(child),
             port,
             logs,
+        }
+    }
+
+    /// The monitoring port, from the `Starting http monitor on host:port` log line (start the
+    /// server with `-m -1` or an `http` config key).
+    pub fn http_port(&self) -> u16 {
+        let needle = "Starting http monitor on ";
+        assert!(
+            self.log_contains(needle),
+            "no monitoring listener in the log"
+        );
+        self.logs()
+            .iter()
+            .find_map(|l| {
+                let rest = &l[l.find(needle)? + needle.len()..];
+                rest.trim()
+                    .rsplit(':')
+                    .next()?
+                    .trim_end_matches('/')
+                    .parse()
+                    .ok()
+            })
+            .expect("monitoring port in the log")
+    }
+
+    /// GETs `path` from the monitoring port: (status, body).
+    pub fn http_get(&self, path: &str) -> (u16, String) {
+        http_get(self.http_port(), path)
+    }
+
+    /// GETs `path` and parses the JSON body, asserting a 200.
+    pub fn http_json(&self, path: &str) -> serde_json::Value {
+        let (status, body) = self.http_get(path);
+        assert_eq!(status, 200, "GET {path}: {body}");
+        serde_json::from_str(&body).unwrap_or_else(|e| panic!("GET {path}: bad JSON ({e}): {body}"))
+    }
+
+    /// Sends `sig` (e.g. "HUP", "USR2") to the server process.
+    pub fn signal(&self, sig: &str) {
+        let pid = self.pid().to_string();
+        let st = Command::new("kill")
+            .args([&format!("-{sig}"), &pid])
+            .status();
+        assert!(st.is_ok_and(|s| s.success()), "kill -{sig} {pid} failed");
+    }
+
+    /// Waits up to `timeout` for the process to exit on its own.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let child = self.child.as_mut()?;
+            if let Ok(Some(st)) = child.try_wait() {
+                self.child = None;
+                return Some(st);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            thread::sleep(Duration::from_millis(20));
         }
     }
 
@@ -258,6 +328,27 @@ fn spawn_log_reader<R: Read + Send + 'static>(
             }
         }
     });
+}
+
+/// A plain HTTP/1.0 GET on 127.0.0.1:`port` (test-side only): (status, body).
+pub fn http_get(port: u16, path: &str) -> (u16, String) {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect to monitoring port");
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok();
+    write!(
+        s,
+        "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut resp = Vec::new();
+    s.read_to_end(&mut resp).expect("read HTTP response");
+    let text = String::from_utf8_lossy(&resp).to_string();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("bad HTTP response: {head:?}"));
+    (status, body.to_string())
 }
 
 /// Connected async-nats client.
@@ -584,5 +675,37 @@ impl RawClient {
 
     pub fn is_closed(&self) -> bool {
         self.closed
+    }
+}
+
+/// A config file in a fresh temporary directory, removed on drop.
+pub struct ConfFile {
+    pub dir: PathBuf,
+    pub path: PathBuf,
+}
+
+impl ConfFile {
+    pub fn new(tag: &str, name: &str, text: &str) -> ConfFile {
+        let dir = std::env::temp_dir().join(format!("tern-test-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join(name);
+        std::fs::write(&path, text).unwrap();
+        ConfFile { dir, path }
+    }
+
+    pub fn arg(&self) -> &str {
+        self.path.to_str().unwrap()
+    }
+
+    /// Replaces the file's contents (for reload tests).
+    pub fn rewrite(&self, text: &str) {
+        std::fs::write(&self.path, text).unwrap();
+    }
+}
+
+impl Drop for ConfFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
