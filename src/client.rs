@@ -28,6 +28,9 @@ pub struct ConnectOpts {
     pub auth_token: Option<String>,
     pub account: Option<String>,
     pub new_account: Option<bool>,
+    pub nkey: Option<String>,
+    pub sig: Option<String>,
+    pub jwt: Option<String>,
 }
 
 impl Default for ConnectOpts {
@@ -48,6 +51,9 @@ impl Default for ConnectOpts {
             auth_token: None,
             account: None,
             new_account: None,
+            nkey: None,
+            sig: None,
+            jwt: None,
         }
     }
 }
@@ -111,6 +117,22 @@ impl ConnectOpts {
             return Err(ConnectError::NoRespondersNeedsHeaders);
         }
         Ok(opts)
+    }
+}
+
+/// A `CONNECT` argument with its secrets (`pass`, `auth_token`, `sig`, `jwt`) replaced by
+/// `[REDACTED]`, for trace logs (nats-server redacts the same way).
+pub fn redact_connect(json: &[u8]) -> String {
+    match serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(json) {
+        Ok(mut m) => {
+            for k in ["pass", "auth_token", "sig", "jwt"] {
+                if let Some(v) = m.get_mut(k) {
+                    *v = serde_json::Value::String("[REDACTED]".into());
+                }
+            }
+            serde_json::Value::Object(m).to_string()
+        }
+        Err(_) => "[unparsable CONNECT]".to_string(),
     }
 }
 

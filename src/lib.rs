@@ -7,6 +7,10 @@
 //!   `MSG`/`HMSG`/`-ERR` bytes.
 //! - [`sublist`]: subject validation and the per-shard subject index with queue groups and a
 //!   bounded, lazily invalidated match cache (sans-IO).
+//! - [`auth`]: who may connect (token, users with passwords or nkeys, `no_auth_user`) and
+//!   what each user may publish and subscribe to (sans-IO).
+//! - [`conf`]: nats-server's config file format, parsed into positioned values (sans-IO but
+//!   for reading included files).
 //! - [`opts`]: command-line flags (Go `flag` style, as nats-server) and the TOML config file.
 //! - [`server`]: the server on its shards: connections, interest gossip between shards,
 //!   forwarding, queue groups, the interest barrier, slow consumers, pings.
@@ -19,6 +23,7 @@
 //! The thread-per-core runtime (glommio, pinning, the mesh, the acceptor) is the separate crate
 //! `tern-shards`, which knows nothing about NATS.
 
+pub mod auth;
 pub mod client;
 pub mod conf;
 pub mod log;

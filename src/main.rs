@@ -126,6 +126,11 @@ fn run(opts: Options, log: LogHandle) -> Result<(), String> {
     if let Some(f) = &opts.config_file {
         tracing::info!("Using configuration file: {}", f.display());
     }
+    if let Ok(Some(auth)) = tern::auth::Auth::new(&opts.auth) {
+        if auth.has_plaintext() {
+            tracing::warn!("Plaintext passwords detected, use nkeys or bcrypt");
+        }
+    }
 
     let addr = resolve(&opts.host, opts.port)?;
     let listener = tern_shards::bind_listener(addr, opts.reuseport)
@@ -336,8 +341,9 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// `--signal <cmd>[=<pid>]`: finds the server (the pid given, the `-P` pid file, or the one
-/// process named `tern`) and sends it the signal nats-server uses for `cmd`.
+/// `--signal <cmd>[=<pid or pid file>]`: finds the server (the pid or pid file given, the
+/// `-P` pid file, or the one process named `tern`) and sends it the signal nats-server uses
+/// for `cmd`.
 fn send_signal(cmd: &str, pid: Option<&str>, pid_file: Option<&Path>) -> Result<(), String> {
     let sig = match cmd {
         "stop" => libc::SIGKILL,
@@ -348,7 +354,12 @@ fn send_signal(cmd: &str, pid: Option<&str>, pid_file: Option<&Path>) -> Result<
         "ldm" => libc::SIGUSR2,
         _ => return Err(format!("unknown signal {cmd:?}")),
     };
-    let pid: i32 = match (pid, pid_file) {
+    // `=<pid>` may also name a pid file, as in nats-server.
+    let pid_file = match pid {
+        Some(p) if p.trim().parse::<i32>().is_err() => Some(Path::new(p)),
+        _ => pid_file,
+    };
+    let pid: i32 = match (pid.filter(|_| pid_file.is_none()), pid_file) {
         (Some(p), _) => p.trim().parse().map_err(|_| format!("invalid pid: {p}"))?,
         (None, Some(f)) => {
             let text = std::fs::read_to_string(f)

@@ -120,6 +120,8 @@ pub struct Options {
     pub lame_duck_duration: Duration,
     /// Lame duck mode: time before the first client is closed.
     pub lame_duck_grace_period: Duration,
+    /// `authorization { ... }`, `no_auth_user` and `--user/--pass/--auth`.
+    pub auth: crate::auth::AuthOptions,
     /// The command line these options came from, so a reload can re-read the config file
     /// and apply the same flags on top of it, as nats-server does.
     pub args: Vec<String>,
@@ -156,6 +158,7 @@ impl Default for Options {
             http_base_path: String::new(),
             lame_duck_duration: DEFAULT_LAME_DUCK_DURATION,
             lame_duck_grace_period: DEFAULT_LAME_DUCK_GRACE_PERIOD,
+            auth: crate::auth::AuthOptions::default(),
             args: Vec::new(),
         }
     }
@@ -327,6 +330,9 @@ enum Target {
     SpinBeforePark,
     HttpPort,
     Signal,
+    User,
+    Pass,
+    Token,
     /// Accepted and ignored, any string (as `nats-server` without the feature).
     IgnoredStr,
     /// Accepted and ignored, must be an integer.
@@ -382,7 +388,9 @@ static FLAGS: &[FlagDef] = &[
     def(&["js", "jetstream"], Kind::Bool, Target::Unsupported),
     def(&["sd", "store_dir"], Kind::Value, Target::IgnoredStr),
     // Authorization options.
-    def(&["user", "pass", "auth"], Kind::Value, Target::Unsupported),
+    def(&["user"], Kind::Value, Target::User),
+    def(&["pass"], Kind::Value, Target::Pass),
+    def(&["auth"], Kind::Value, Target::Token),
     // TLS options.
     def(&["tls", "tlsverify"], Kind::Bool, Target::Unsupported),
     def(
@@ -437,6 +445,9 @@ enum Setting {
     ReusePort(bool),
     SpinBeforePark(Duration),
     HttpPort(u16),
+    User(String),
+    Pass(String),
+    Token(String),
 }
 
 impl Setting {
@@ -456,6 +467,9 @@ impl Setting {
             Setting::ReusePort(v) => o.reuseport = v,
             Setting::SpinBeforePark(v) => o.spin_before_park = v,
             Setting::HttpPort(v) => o.http_port = Some(v),
+            Setting::User(v) => o.auth.user = Some(v),
+            Setting::Pass(v) => o.auth.password = Some(v),
+            Setting::Token(v) => o.auth.token = Some(v),
         }
     }
 }
@@ -613,6 +627,9 @@ pub fn parse_args<I: IntoIterator<Item = String>>(args: I) -> Result<Command, Op
                 signal = Some((cmd, pid));
             }
             Target::ServerName => settings.push(Setting::ServerName(value)),
+            Target::User => settings.push(Setting::User(value)),
+            Target::Pass => settings.push(Setting::Pass(value)),
+            Target::Token => settings.push(Setting::Token(value)),
             Target::PidFile => settings.push(Setting::PidFile(value.into())),
             Target::Config => config = Some(value.into()),
             Target::PortsFileDir => settings.push(Setting::PortsFileDir(value.into())),
@@ -695,6 +712,11 @@ Logging Options:
     -VV                              Verbose trace (same as -V)
     -DV                              Debug and trace
     -DVV                             Debug and verbose trace (same as -DV)
+
+Authorization Options:
+        --user <user>                User required for connections
+        --pass <password>            Password required for connections
+        --auth <token>               Authorization token required for connections
 
 Common Options:
     -h, --help                       Show this message
@@ -902,8 +924,6 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 const UNSUPPORTED_KEYS: &[(&str, &str)] = &[
     ("https", "HTTPS monitoring"),
     ("https_port", "HTTPS monitoring"),
-    ("authorization", "authorization"),
-    ("no_auth_user", "authorization"),
     ("accounts", "accounts"),
     ("system_account", "accounts"),
     ("system", "accounts"),
@@ -1064,6 +1084,126 @@ impl Entry<'_> {
         let host = host.trim_start_matches('[').trim_end_matches(']');
         Ok(((!host.is_empty()).then(|| host.to_string()), port))
     }
+}
+
+/// The entries of a map value, as [`Entry`]s.
+fn map_entries<'a>(e: &Entry<'a>) -> Result<Vec<Entry<'a>>, OptsError> {
+    match &e.item.value {
+        conf::Value::Map(m) => Ok(m
+            .entries
+            .iter()
+            .map(|x| Entry {
+                key: &x.key,
+                key_pos: &x.key_pos,
+                item: &x.item,
+            })
+            .collect()),
+        _ => Err(e.wrong_type("a map")),
+    }
+}
+
+/// A string, or an array of strings.
+fn string_list(e: &Entry) -> Result<Vec<String>, OptsError> {
+    match &e.item.value {
+        conf::Value::Str(s) => Ok(vec![s.clone()]),
+        conf::Value::Array(a) => a
+            .iter()
+            .map(|i| match &i.value {
+                conf::Value::Str(s) => Ok(s.clone()),
+                _ => Err(e.wrong_type("a list of strings")),
+            })
+            .collect(),
+        _ => Err(e.wrong_type("a string or a list of strings")),
+    }
+}
+
+/// `publish`/`subscribe`: a list (the allow list) or `{ allow, deny }`.
+fn parse_rule(e: &Entry) -> Result<crate::auth::RuleOptions, OptsError> {
+    let mut r = crate::auth::RuleOptions::default();
+    if !matches!(e.item.value, conf::Value::Map(_)) {
+        r.allow = Some(string_list(e)?);
+        return Ok(r);
+    }
+    for x in map_entries(e)? {
+        match x.key.to_ascii_lowercase().as_str() {
+            "allow" => r.allow = Some(string_list(&x)?),
+            "deny" => r.deny = string_list(&x)?,
+            _ => return Err(x.key_err(format!("unknown field {:?}", x.key))),
+        }
+    }
+    Ok(r)
+}
+
+fn parse_permissions(e: &Entry) -> Result<crate::auth::PermOptions, OptsError> {
+    let mut p = crate::auth::PermOptions::default();
+    for x in map_entries(e)? {
+        match x.key.to_ascii_lowercase().as_str() {
+            "publish" | "pub" => p.publish = Some(parse_rule(&x)?),
+            "subscribe" | "sub" => p.subscribe = Some(parse_rule(&x)?),
+            "allow_responses" | "allow_responses_max" => {
+                return Err(x.key_err("allow_responses is not supported by Tern yet".to_string()))
+            }
+            _ => return Err(x.key_err(format!("unknown field {:?}", x.key))),
+        }
+    }
+    Ok(p)
+}
+
+/// `authorization { token | user+password | users: [...], permissions, timeout }`.
+fn parse_authorization(e: &Entry, a: &mut crate::auth::AuthOptions) -> Result<(), OptsError> {
+    for x in map_entries(e)? {
+        match x.key.to_ascii_lowercase().as_str() {
+            "token" => a.token = Some(x.string()?),
+            "user" | "username" => a.user = Some(x.string()?),
+            "password" | "pass" => a.password = Some(x.string()?),
+            "permissions" => a.permissions = Some(parse_permissions(&x)?),
+            "default_permissions" => a.default_permissions = Some(parse_permissions(&x)?),
+            "timeout" => {
+                // Seconds, possibly fractional, or a duration string.
+                a.timeout = Some(match &x.item.value {
+                    conf::Value::Float(f) if *f >= 0.0 => Duration::from_secs_f64(*f),
+                    _ => x.duration()?,
+                });
+            }
+            "users" => {
+                let conf::Value::Array(list) = &x.item.value else {
+                    return Err(x.wrong_type("a list of users"));
+                };
+                for item in list {
+                    let ue = Entry {
+                        key: "users",
+                        key_pos: &item.pos,
+                        item,
+                    };
+                    let mut u = crate::auth::UserOptions::default();
+                    for f in map_entries(&ue)? {
+                        match f.key.to_ascii_lowercase().as_str() {
+                            "user" | "username" => u.user = Some(f.string()?),
+                            "password" | "pass" => u.password = Some(f.string()?),
+                            "nkey" => u.nkey = Some(f.string()?),
+                            "permissions" => u.permissions = Some(parse_permissions(&f)?),
+                            "account" => {
+                                return Err(f.key_err(
+                                    "option \"account\" needs accounts, which Tern does not support yet"
+                                        .to_string(),
+                                ))
+                            }
+                            _ => return Err(f.key_err(format!("unknown field {:?}", f.key))),
+                        }
+                    }
+                    a.users.push(u);
+                }
+            }
+            "auth_callout" => {
+                return Err(x.key_err(
+                    "option \"auth_callout\" needs auth callout, which Tern does not support yet"
+                        .to_string(),
+                ))
+            }
+            _ => return Err(x.key_err(format!("unknown field {:?}", x.key))),
+        }
+    }
+    Ok(())
 }
 
 /// Which syntax a config file is in.
@@ -1256,6 +1396,8 @@ impl Options {
                 }
                 "reuseport" => self.reuseport = e.boolean()?,
                 "spin_before_park" => self.spin_before_park = e.duration()?,
+                "authorization" => parse_authorization(&e, &mut self.auth)?,
+                "no_auth_user" => self.auth.no_auth_user = Some(e.string()?),
                 k if INERT_KEYS.contains(&k) => {}
                 k => {
                     if let Some((_, part)) = UNSUPPORTED_KEYS.iter().find(|(n, _)| *n == k) {
@@ -1310,6 +1452,7 @@ impl Options {
                 self.max_payload, self.max_pending
             )));
         }
+        crate::auth::Auth::new(&self.auth).map_err(OptsError::Invalid)?;
         if self.shards == Some(0) {
             return Err(OptsError::Invalid("shards must be at least 1".to_string()));
         }
@@ -1537,7 +1680,6 @@ mod tests {
             (&["--https_port=8222"], "https_port"),
             (&["-js"], "js"),
             (&["--tls"], "tls"),
-            (&["--user", "u"], "user"),
             (&["--cluster", "nats://x:1"], "cluster"),
             (&["--routes", "a"], "routes"),
             (&["--help_tls"], "help_tls"),

@@ -12,6 +12,7 @@
 //! This module does I/O only through `tern_shards`; the protocol itself lives in `parser` and
 //! `client`.
 
+use crate::auth::{Auth, ClientPerms, Verdict};
 use crate::client::{self, ConnectOpts};
 use crate::opts::Options;
 use crate::parser::{Op, ParseError, Parser, PubMsg};
@@ -78,8 +79,9 @@ impl Global {
         self.next_cid.load(Ordering::Relaxed) - 1
     }
 
-    /// The INFO line for client `cid` under the current options `o`.
-    fn info_line(&self, o: &Options, cid: u64, ip: &str) -> Vec<u8> {
+    /// The INFO line for client `cid` under the current options `o`; `nonce` when the
+    /// client must sign one (nkeys).
+    fn info_line(&self, o: &Options, cid: u64, ip: &str, nonce: Option<&str>) -> Vec<u8> {
         #[derive(serde::Serialize)]
         struct Info<'a> {
             server_id: &'a str,
@@ -93,6 +95,10 @@ impl Global {
             max_payload: u32,
             client_id: u64,
             client_ip: &'a str,
+            #[serde(skip_serializing_if = "std::ops::Not::not")]
+            auth_required: bool,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            nonce: Option<&'a str>,
             #[serde(skip_serializing_if = "std::ops::Not::not")]
             ldm: bool,
         }
@@ -108,6 +114,8 @@ impl Global {
             max_payload: o.max_payload,
             client_id: cid,
             client_ip: ip,
+            auth_required: o.auth.is_configured(),
+            nonce,
             ldm: self.lame_duck.load(Ordering::Relaxed),
         };
         let mut line = b"INFO ".to_vec();
@@ -172,6 +180,8 @@ pub enum CloseReason {
     MaxPayloadExceeded,
     MaxControlLineExceeded,
     NoRespondersRequiresHeaders,
+    AuthenticationTimeout,
+    AuthenticationViolation,
     ServerShutdown,
 }
 
@@ -191,6 +201,8 @@ impl CloseReason {
             CloseReason::MaxPayloadExceeded => "Maximum Message Payload Exceeded",
             CloseReason::MaxControlLineExceeded => "Maximum Control Line Exceeded",
             CloseReason::NoRespondersRequiresHeaders => "No Responders Requires Headers",
+            CloseReason::AuthenticationTimeout => "Authentication Timeout",
+            CloseReason::AuthenticationViolation => "Authentication Failure",
             CloseReason::ServerShutdown => "Server Shutdown",
         }
     }
@@ -283,6 +295,14 @@ struct Client {
     rtt_ping: Cell<Option<Instant>>,
     rtt: Cell<Option<Duration>>,
     reason: Cell<Option<CloseReason>>,
+    /// The INFO nonce an nkey user must sign.
+    nonce: Option<String>,
+    /// CONNECT has passed authentication (always true when none is configured).
+    authed: Cell<bool>,
+    /// What this user may publish and subscribe to (`None`: everything).
+    perms: RefCell<Option<ClientPerms>>,
+    /// This user has subscribe deny entries, so deliveries are filtered.
+    filter_deliveries: Cell<bool>,
 }
 
 impl Client {
@@ -409,6 +429,8 @@ struct Shard {
     g: Arc<Global>,
     /// The current options (replaced by a reload).
     opts: RefCell<Arc<Options>>,
+    /// Compiled from `opts.auth`; `None` when clients need no credentials.
+    auth: RefCell<Option<Arc<Auth>>>,
     ctx: Rc<ShardCtx<MeshMsg>>,
     id: usize,
     /// The number of shards, this one included.
@@ -451,6 +473,7 @@ pub async fn shard_main(
     let shard = Rc::new(Shard {
         g: g.clone(),
         opts: RefCell::new(Arc::new(g.opts.clone())),
+        auth: RefCell::new(compile_auth(&g.opts)),
         ctx: ctx.clone(),
         id: ctx.id(),
         shards: n,
@@ -499,6 +522,43 @@ pub async fn shard_main(
     let deadline = Instant::now() + SHUTDOWN_FLUSH;
     while clients.iter().any(|c| !c.writer_done.get()) && Instant::now() < deadline {
         rt::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// The authentication setup for `o` (already validated when the options were built).
+fn compile_auth(o: &Options) -> Option<Arc<Auth>> {
+    Auth::new(&o.auth).ok().flatten().map(Arc::new)
+}
+
+/// Closes a connection that has not authenticated within the authorization timeout.
+async fn auth_timer(shard: Rc<Shard>, c: Rc<Client>, timeout: Duration) {
+    rt::sleep(timeout).await;
+    if !c.authed.get() && !c.closed.get() {
+        tracing::error!("{} - cid:{} - Authentication Timeout", c.addr, c.cid);
+        c.write_err("Authentication Timeout");
+        shard.close_client(&c, CloseReason::AuthenticationTimeout);
+    }
+}
+
+/// Applies the outcome of an authentication check to `c`.
+fn finish_auth(
+    c: &Client,
+    r: Result<Option<Arc<crate::auth::Permissions>>, crate::auth::AuthError>,
+) -> Result<(), CloseReason> {
+    match r {
+        Ok(perms) => {
+            c.authed.set(true);
+            if let Some(p) = perms {
+                c.filter_deliveries.set(p.has_sub_deny());
+                *c.perms.borrow_mut() = Some(ClientPerms::new(p));
+            }
+            Ok(())
+        }
+        Err(e) => {
+            tracing::error!("{} - cid:{} - {e}", c.addr, c.cid);
+            c.write_err("Authorization Violation");
+            Err(CloseReason::AuthenticationViolation)
+        }
     }
 }
 
@@ -602,6 +662,7 @@ impl Shard {
     /// their next tick; a changed `max_payload` is announced to the clients with an INFO, as
     /// nats-server does.
     fn reload(&self, o: Arc<Options>) {
+        *self.auth.borrow_mut() = compile_auth(&o);
         let old = self.opts.replace(o.clone());
         if old.max_payload != o.max_payload {
             let clients: Vec<Rc<Client>> = self.clients.borrow().values().cloned().collect();
@@ -626,7 +687,7 @@ impl Shard {
             return;
         }
         let ip = c.peer.map(|p| p.ip().to_string()).unwrap_or_default();
-        c.write(&self.g.info_line(o, c.cid, &ip));
+        c.write(&self.g.info_line(o, c.cid, &ip, c.nonce.as_deref()));
         self.mark_dirty(c);
     }
 
@@ -870,6 +931,14 @@ impl Shard {
         if c.closed.get() || (publisher == c.cid && !c.echo.get()) {
             return false;
         }
+        if c.filter_deliveries.get()
+            && c.perms
+                .borrow()
+                .as_ref()
+                .is_some_and(|p| p.perms.deny_delivery(subject))
+        {
+            return false;
+        }
         let max = s.max.get();
         if max > 0 && s.delivered.get() >= max {
             return false;
@@ -1052,6 +1121,8 @@ enum Next {
     Close(CloseReason),
     /// Answer a PING: after the interest barrier, which is the only operation that waits.
     Pong,
+    /// Check a bcrypt password off the shard thread, then go on (sending `+OK` if verbose).
+    Verify(crate::auth::Pending, bool),
 }
 
 async fn client_main(shard: Rc<Shard>, conn: tern_shards::Conn) {
@@ -1062,6 +1133,11 @@ async fn client_main(shard: Rc<Shard>, conn: tern_shards::Conn) {
     let ip = peer.map(|p| p.ip().to_string()).unwrap_or_default();
     let addr = peer.map(|p| p.to_string()).unwrap_or_default();
     let (reader, writer) = conn.split();
+    let auth = shard.auth.borrow().clone();
+    let nonce = auth
+        .as_ref()
+        .filter(|a| a.needs_nonce())
+        .map(|_| crate::auth::nonce());
     let client = Rc::new(Client {
         cid,
         out: RefCell::new(BytesMut::with_capacity(1024)),
@@ -1089,8 +1165,12 @@ async fn client_main(shard: Rc<Shard>, conn: tern_shards::Conn) {
         rtt_ping: Cell::new(None),
         rtt: Cell::new(None),
         reason: Cell::new(None),
+        authed: Cell::new(auth.is_none()),
+        nonce,
+        perms: RefCell::new(None),
+        filter_deliveries: Cell::new(false),
     });
-    client.write(&g.info_line(&o, cid, &ip));
+    client.write(&g.info_line(&o, cid, &ip, client.nonce.as_deref()));
     rt::spawn(writer_task(shard.clone(), client.clone(), writer));
     let count = g.connections.fetch_add(1, Ordering::Relaxed) + 1;
     shard.clients.borrow_mut().insert(cid, client.clone());
@@ -1106,6 +1186,9 @@ async fn client_main(shard: Rc<Shard>, conn: tern_shards::Conn) {
     }
     tracing::debug!("{} - cid:{} - Client connection created", client.addr, cid);
     rt::spawn(ping_task(shard.clone(), client.clone()));
+    if let Some(a) = &auth {
+        rt::spawn(auth_timer(shard.clone(), client.clone(), a.timeout));
+    }
     let reason = read_loop(&shard, &client, reader).await;
     shard.close_client(&client, reason);
     shard.flush();
@@ -1162,6 +1245,19 @@ async fn read_loop(shard: &Rc<Shard>, c: &Rc<Client>, mut reader: ConnReader) ->
                         shard.flush();
                     }
                     Next::Close(reason) => return reason,
+                    Next::Verify(pending, verbose) => {
+                        let r = rt::spawn_blocking(move || pending.verify()).await;
+                        if c.closed.get() {
+                            return c.reason.get().unwrap_or(CloseReason::ClientClosed);
+                        }
+                        if let Err(reason) = finish_auth(c, r) {
+                            return reason;
+                        }
+                        if verbose {
+                            c.write(client::OK);
+                        }
+                        parser.set_headers(c.headers.get());
+                    }
                 },
                 Ok(None) => break,
                 Err(e) => {
@@ -1195,7 +1291,24 @@ fn protocol_error(c: &Client, e: &ParseError) {
 
 fn handle_op(shard: &Rc<Shard>, c: &Rc<Client>, op: Op) -> Next {
     if tracing::enabled!(tracing::Level::TRACE) {
-        tracing::trace!("{} - cid:{} - <<- [{:?}]", c.addr, c.cid, op);
+        match &op {
+            Op::Connect(json) => tracing::trace!(
+                "{} - cid:{} - <<- [CONNECT {}]",
+                c.addr,
+                c.cid,
+                client::redact_connect(json)
+            ),
+            _ => tracing::trace!("{} - cid:{} - <<- [{:?}]", c.addr, c.cid, op),
+        }
+    }
+    if !c.authed.get() && !matches!(op, Op::Connect(_)) {
+        tracing::error!(
+            "{} - cid:{} - Authorization Violation: an operation before CONNECT",
+            c.addr,
+            c.cid
+        );
+        c.write_err("Authorization Violation");
+        return Next::Close(CloseReason::AuthenticationViolation);
     }
     let verbose = c.opts.borrow().verbose;
     match op {
@@ -1209,6 +1322,12 @@ fn handle_op(shard: &Rc<Shard>, c: &Rc<Client>, op: Op) -> Next {
                     return Next::Close(CloseReason::NoRespondersRequiresHeaders);
                 }
                 let verbose = o.verbose;
+                let auth = if c.authed.get() {
+                    None
+                } else {
+                    shard.auth.borrow().clone()
+                };
+                let verdict = auth.map(|a| a.check(&o, c.nonce.as_deref().unwrap_or("")));
                 *c.opts.borrow_mut() = o;
                 // nats-server measures the RTT soon after CONNECT: the first PING comes early.
                 let first = shard
@@ -1220,6 +1339,15 @@ fn handle_op(shard: &Rc<Shard>, c: &Rc<Client>, op: Op) -> Next {
                 c.rtt_due.set(true);
                 if let Some(w) = c.ping_waker.take() {
                     w.wake();
+                }
+                match verdict {
+                    Some(Verdict::Bcrypt(p)) => return Next::Verify(p, verbose),
+                    Some(Verdict::Done(r)) => {
+                        if let Err(reason) = finish_auth(c, r) {
+                            return Next::Close(reason);
+                        }
+                    }
+                    None => c.authed.set(true),
                 }
                 if verbose {
                     c.write(client::OK);
@@ -1236,6 +1364,20 @@ fn handle_op(shard: &Rc<Shard>, c: &Rc<Client>, op: Op) -> Next {
         Op::Pub(m) => {
             c.count_in(m.msg().len());
             shard.count_in(m.msg().len());
+            if let Some(p) = &*c.perms.borrow() {
+                if !p.can_publish(m.subject()) {
+                    let subject = String::from_utf8_lossy(m.subject());
+                    tracing::error!(
+                        "{} - cid:{} - Publish Violation - Subject {subject:?}",
+                        c.addr,
+                        c.cid
+                    );
+                    c.write_err(&format!(
+                        "Permissions Violation for Publish to \"{subject}\""
+                    ));
+                    return Next::Continue;
+                }
+            }
             let pedantic = c.opts.borrow().pedantic;
             if pedantic && !sublist::is_valid_literal_subject(m.subject()) {
                 c.write_err("Invalid Publish Subject");
@@ -1256,9 +1398,29 @@ fn handle_op(shard: &Rc<Shard>, c: &Rc<Client>, op: Op) -> Next {
             sid,
         } => {
             let max_subs = shard.opts.borrow().max_subscriptions as usize;
+            let denied = c
+                .perms
+                .borrow()
+                .as_ref()
+                .is_some_and(|p| !p.perms.can_subscribe(&subject, queue.as_deref()));
             // nats-server checks the subject only; any queue token is accepted.
             if !sublist::is_valid_subject(&subject) {
                 c.write_err("Invalid Subject");
+            } else if denied {
+                let s = String::from_utf8_lossy(&subject);
+                let text = match &queue {
+                    Some(q) => format!(
+                        "Permissions Violation for Subscription to \"{s}\" using queue \"{}\"",
+                        String::from_utf8_lossy(q)
+                    ),
+                    None => format!("Permissions Violation for Subscription to \"{s}\""),
+                };
+                tracing::error!(
+                    "{} - cid:{} - Subscription Violation - Subject {s:?}",
+                    c.addr,
+                    c.cid
+                );
+                c.write_err(&text);
             } else if max_subs > 0 && c.subs.borrow().len() >= max_subs {
                 tracing::error!(
                     "{} - cid:{} - maximum subscriptions exceeded",

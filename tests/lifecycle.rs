@@ -20,11 +20,17 @@ fn sighup_applies_a_reloadable_change() {
     let s = Server::start(&["-c", conf.arg()]);
     let mut old = s.raw_quiet();
     assert_eq!(s.raw().info["max_payload"], 1048576);
-    conf.rewrite("max_payload: 2048\n");
+    assert!(!s
+        .logs()
+        .iter()
+        .any(|l| l.contains("Client connection created")));
+    conf.rewrite("max_payload: 2048\ndebug: true\n");
     s.signal("HUP");
     wait_until("the new max_payload in INFO", || {
         s.raw().info["max_payload"] == 2048
     });
+    // Debug logging is on now.
+    assert!(s.log_contains("Client connection created"));
     // The limit applies to connections that were already open.
     let mut p = s.raw_quiet();
     p.send(format!("PUB big 4000\r\n{}\r\n", "x".repeat(4000)).as_bytes());
@@ -156,6 +162,12 @@ fn signal_flag_reaches_the_server() {
         .unwrap();
     assert!(out.status.success(), "{out:?}");
     assert!(s.log_contains("Reloaded server configuration"));
+    // `=<pid file>` works as well as `=<pid>`.
+    let out = std::process::Command::new(server_bin())
+        .args(["--signal", &format!("reopen={}", pid_file.display())])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
     let out = std::process::Command::new(server_bin())
         .args(["--signal", &format!("quit={}", s.pid())])
         .output()

@@ -51,3 +51,13 @@ where
 {
     futures_lite::future::or(a, b).await
 }
+
+/// Runs `f` on the shard's helper thread (glommio's blocking pool) and awaits its result, so
+/// that slow, CPU-bound work such as a bcrypt check never stalls the shard's other tasks.
+pub async fn spawn_blocking<F, R>(f: F) -> R
+where
+    F: FnOnce() -> R + Send + 'static,
+    R: Send + 'static,
+{
+    glommio::executor().spawn_blocking(f).await
+}

@@ -278,6 +278,23 @@ impl Server {
         p.expect(b"PONG\r\n");
         s.expect(b"MSG health.check 1 2\r\nok\r\n");
     }
+
+    /// `assert_healthy` for a server that requires credentials (`connect` is the CONNECT JSON).
+    pub fn assert_healthy_as(&self, connect: &str) {
+        let open = |port| {
+            let mut c = RawClient::connect(port);
+            c.send(format!("CONNECT {connect}\r\nPING\r\n").as_bytes());
+            c.expect(b"PONG\r\n");
+            c
+        };
+        let mut s = open(self.port);
+        s.send(b"SUB health.check 1\r\nPING\r\n");
+        s.expect(b"PONG\r\n");
+        let mut p = open(self.port);
+        p.send(b"PUB health.check 2\r\nok\r\nPING\r\n");
+        p.expect(b"PONG\r\n");
+        s.expect(b"MSG health.check 1 2\r\nok\r\n");
+    }
 }
 
 impl Drop for Server {
