@@ -83,6 +83,17 @@ where
     }
 }
 
+/// Whether protocol tracing (`-V`) is on. The message path asks this instead of
+/// `tracing::enabled!`, which goes through the subscriber when the level can change at run
+/// time (a relaxed load of one flag here).
+static TRACE_ON: AtomicBool = AtomicBool::new(false);
+
+/// True when `-V` (or `trace: true`) is in force.
+#[inline]
+pub fn trace_on() -> bool {
+    TRACE_ON.load(Ordering::Relaxed)
+}
+
 /// Where log lines go: stderr, or a file opened for appending.
 enum Sink {
     Stderr,
@@ -149,6 +160,7 @@ impl LogHandle {
         file: Option<&Path>,
     ) -> io::Result<()> {
         let _ = self.level.modify(|l| *l = level_for(debug, trace));
+        TRACE_ON.store(trace, Ordering::Relaxed);
         self.logtime.store(logtime, Ordering::Relaxed);
         let mut sink = self.sink.lock().unwrap_or_else(|e| e.into_inner());
         let same = match (&*sink, file) {
@@ -184,6 +196,7 @@ pub fn init(debug: bool, trace: bool, logtime: bool, file: Option<&Path>) -> io:
     };
     let sink = Arc::new(Mutex::new(sink));
     let logtime = Arc::new(AtomicBool::new(logtime));
+    TRACE_ON.store(trace, Ordering::Relaxed);
     let (filter, level) = reload::Layer::new(level_for(debug, trace));
     let format = NatsFormat {
         pid: std::process::id(),

@@ -222,10 +222,7 @@ impl Monitor {
         let mut counts = Counts::default();
         let (mut slow, mut subs) = (0u64, 0u64);
         for r in &reports {
-            counts.in_msgs += r.counts.in_msgs;
-            counts.in_bytes += r.counts.in_bytes;
-            counts.out_msgs += r.counts.out_msgs;
-            counts.out_bytes += r.counts.out_bytes;
+            counts = counts.plus(r.counts);
             slow += r.slow_consumers;
             subs += r.sublist.num_subscriptions;
         }

@@ -248,6 +248,18 @@ pub struct Counts {
     pub out_bytes: u64,
 }
 
+impl Counts {
+    /// The sum of two sets of counts.
+    pub fn plus(self, o: Counts) -> Counts {
+        Counts {
+            in_msgs: self.in_msgs + o.in_msgs,
+            in_bytes: self.in_bytes + o.in_bytes,
+            out_msgs: self.out_msgs + o.out_msgs,
+            out_bytes: self.out_bytes + o.out_bytes,
+        }
+    }
+}
+
 /// What a shard answers to [`Admin::Report`].
 #[derive(Debug, Clone, Default)]
 pub struct ShardReport {
@@ -457,7 +469,9 @@ struct Shard {
     /// Per-peer scratch for one publish: plain interest, and the queue groups it must serve.
     scratch: RefCell<Vec<(bool, Vec<Bytes>)>>,
     rng: Cell<u64>,
-    counts: Cell<Counts>,
+    /// Message counts of the clients that have closed (open ones keep their own, so the
+    /// message path updates one connection's counters only).
+    closed_counts: Cell<Counts>,
     slow_consumers: Cell<u64>,
     /// The last closed connections, oldest first, for `/connz?state=closed`.
     closed: RefCell<VecDeque<ConnInfo>>,
@@ -493,7 +507,7 @@ pub async fn shard_main(
         clients: RefCell::new(HashMap::new()),
         scratch: RefCell::new((0..n).map(|_| (false, Vec::new())).collect()),
         rng: Cell::new(0x9E37_79B9_7F4A_7C15 ^ (ctx.id() as u64 + 1)),
-        counts: Cell::new(Counts::default()),
+        closed_counts: Cell::new(Counts::default()),
         slow_consumers: Cell::new(0),
         closed: RefCell::new(VecDeque::new()),
     });
@@ -512,7 +526,29 @@ pub async fn shard_main(
             }
         });
     }
-    ctx.stop_requested().await;
+    // glommio polls a shard's main future on every turn of its loop, so the main future
+    // waits on a flag (a cheap poll) and a task waits on the stop socket.
+    let stopped = Rc::new(Cell::new(false));
+    let main_waker: Rc<Cell<Option<Waker>>> = Rc::new(Cell::new(None));
+    {
+        let (ctx, stopped, main_waker) = (ctx.clone(), stopped.clone(), main_waker.clone());
+        rt::spawn(async move {
+            ctx.stop_requested().await;
+            stopped.set(true);
+            if let Some(w) = main_waker.take() {
+                w.wake();
+            }
+        });
+    }
+    std::future::poll_fn(|cx| {
+        if stopped.get() {
+            return Poll::Ready(());
+        }
+        let w = main_waker.take();
+        main_waker.set(Some(w.unwrap_or_else(|| cx.waker().clone())));
+        Poll::Pending
+    })
+    .await;
     ctx.stop_accepting();
     // Shutting down: close every client, letting writers flush what is queued.
     let clients: Vec<Rc<Client>> = shard.clients.borrow().values().cloned().collect();
@@ -639,9 +675,12 @@ async fn mesh_loop(shard: Rc<Shard>, rx: MeshReceiver<MeshMsg>) {
 impl Shard {
     fn report(&self, conns: bool) -> ShardReport {
         let clients = self.clients.borrow();
+        let counts = clients
+            .values()
+            .fold(self.closed_counts.get(), |t, c| t.plus(c.counts.get()));
         ShardReport {
             shard: self.id,
-            counts: self.counts.get(),
+            counts,
             slow_consumers: self.slow_consumers.get(),
             connections: clients.len(),
             sublist: self.subs.borrow().stats(),
@@ -671,13 +710,6 @@ impl Shard {
             }
             self.flush();
         }
-    }
-
-    fn count_in(&self, bytes: usize) {
-        let mut k = self.counts.get();
-        k.in_msgs += 1;
-        k.in_bytes += bytes as u64;
-        self.counts.set(k);
     }
 
     /// Sends `c` a fresh INFO, if it said (CONNECT `protocol: 1`) that it understands INFO
@@ -890,6 +922,8 @@ impl Shard {
             return;
         }
         c.reason.set(Some(reason));
+        self.closed_counts
+            .set(self.closed_counts.get().plus(c.counts.get()));
         if matches!(
             reason,
             CloseReason::SlowConsumerPendingBytes | CloseReason::SlowConsumerWriteDeadline
@@ -944,7 +978,7 @@ impl Shard {
             return false;
         }
         s.delivered.set(s.delivered.get() + 1);
-        if tracing::enabled!(tracing::Level::TRACE) {
+        if crate::log::trace_on() {
             tracing::trace!(
                 "{} - cid:{} - ->> [MSG {} {} {}]",
                 c.addr,
@@ -973,10 +1007,6 @@ impl Shard {
             msg.len() - hdr_len.min(msg.len())
         };
         c.count_out(size);
-        let mut k = self.counts.get();
-        k.out_msgs += 1;
-        k.out_bytes += size as u64;
-        self.counts.set(k);
         let max_pending = self.opts.borrow().max_pending;
         if pending as u64 > max_pending {
             tracing::info!(
@@ -1290,7 +1320,7 @@ fn protocol_error(c: &Client, e: &ParseError) {
 }
 
 fn handle_op(shard: &Rc<Shard>, c: &Rc<Client>, op: Op) -> Next {
-    if tracing::enabled!(tracing::Level::TRACE) {
+    if crate::log::trace_on() {
         match &op {
             Op::Connect(json) => tracing::trace!(
                 "{} - cid:{} - <<- [CONNECT {}]",
@@ -1363,7 +1393,6 @@ fn handle_op(shard: &Rc<Shard>, c: &Rc<Client>, op: Op) -> Next {
         },
         Op::Pub(m) => {
             c.count_in(m.msg().len());
-            shard.count_in(m.msg().len());
             if let Some(p) = &*c.perms.borrow() {
                 if !p.can_publish(m.subject()) {
                     let subject = String::from_utf8_lossy(m.subject());
