@@ -14,6 +14,7 @@
 //! - [`opts`]: command-line flags (Go `flag` style, as nats-server) and the TOML config file.
 //! - [`server`]: the server on its shards: connections, interest gossip between shards,
 //!   forwarding, queue groups, the interest barrier, slow consumers, pings.
+//! - [`tls`]: the `tls {}` options and the rustls configuration built from them.
 //! - [`log`]: nats-server style log lines through `tracing`, reloadable and reopenable.
 //! - [`monitor`]: the HTTP monitoring endpoints (`/varz`, `/connz`, `/subsz`, ...), fed by
 //!   reports the shards send on request.
@@ -32,6 +33,7 @@ pub mod opts;
 pub mod parser;
 pub mod server;
 pub mod sublist;
+pub mod tls;
 
 /// The NATS server version Tern speaks and reports in `INFO`. Clients gate features on this
 /// (headers since 2.2, for instance), so it names the nats-server release whose client

@@ -120,6 +120,8 @@ pub struct Options {
     pub lame_duck_duration: Duration,
     /// Lame duck mode: time before the first client is closed.
     pub lame_duck_grace_period: Duration,
+    /// `tls { ... }` and the `--tls*` flags; `None` means plaintext clients.
+    pub tls: Option<crate::tls::TlsOptions>,
     /// `authorization { ... }`, `no_auth_user` and `--user/--pass/--auth`.
     pub auth: crate::auth::AuthOptions,
     /// The command line these options came from, so a reload can re-read the config file
@@ -159,6 +161,7 @@ impl Default for Options {
             lame_duck_duration: DEFAULT_LAME_DUCK_DURATION,
             lame_duck_grace_period: DEFAULT_LAME_DUCK_GRACE_PERIOD,
             auth: crate::auth::AuthOptions::default(),
+            tls: None,
             args: Vec::new(),
         }
     }
@@ -333,6 +336,11 @@ enum Target {
     User,
     Pass,
     Token,
+    Tls,
+    TlsVerify,
+    TlsCert,
+    TlsKey,
+    TlsCaCert,
     /// Accepted and ignored, any string (as `nats-server` without the feature).
     IgnoredStr,
     /// Accepted and ignored, must be an integer.
@@ -392,12 +400,11 @@ static FLAGS: &[FlagDef] = &[
     def(&["pass"], Kind::Value, Target::Pass),
     def(&["auth"], Kind::Value, Target::Token),
     // TLS options.
-    def(&["tls", "tlsverify"], Kind::Bool, Target::Unsupported),
-    def(
-        &["tlscert", "tlskey", "tlscacert"],
-        Kind::Value,
-        Target::Unsupported,
-    ),
+    def(&["tls"], Kind::Bool, Target::Tls),
+    def(&["tlsverify"], Kind::Bool, Target::TlsVerify),
+    def(&["tlscert"], Kind::Value, Target::TlsCert),
+    def(&["tlskey"], Kind::Value, Target::TlsKey),
+    def(&["tlscacert"], Kind::Value, Target::TlsCaCert),
     // Cluster options.
     def(
         &[
@@ -448,6 +455,11 @@ enum Setting {
     User(String),
     Pass(String),
     Token(String),
+    Tls(bool),
+    TlsVerify(bool),
+    TlsCert(PathBuf),
+    TlsKey(PathBuf),
+    TlsCaCert(PathBuf),
 }
 
 impl Setting {
@@ -470,6 +482,16 @@ impl Setting {
             Setting::User(v) => o.auth.user = Some(v),
             Setting::Pass(v) => o.auth.password = Some(v),
             Setting::Token(v) => o.auth.token = Some(v),
+            // As in nats-server, any of the TLS flags turns TLS on.
+            Setting::Tls(v) => {
+                if v {
+                    o.tls.get_or_insert_with(Default::default);
+                }
+            }
+            Setting::TlsVerify(v) => o.tls.get_or_insert_with(Default::default).verify = v,
+            Setting::TlsCert(v) => o.tls.get_or_insert_with(Default::default).cert_file = Some(v),
+            Setting::TlsKey(v) => o.tls.get_or_insert_with(Default::default).key_file = Some(v),
+            Setting::TlsCaCert(v) => o.tls.get_or_insert_with(Default::default).ca_file = Some(v),
         }
     }
 }
@@ -595,6 +617,8 @@ pub fn parse_args<I: IntoIterator<Item = String>>(args: I) -> Result<Command, Op
                 Target::Help => help = on,
                 Target::Version => version = on,
                 Target::ReusePort => settings.push(Setting::ReusePort(on)),
+                Target::Tls => settings.push(Setting::Tls(on)),
+                Target::TlsVerify => settings.push(Setting::TlsVerify(on)),
                 _ => {}
             }
             continue;
@@ -630,6 +654,9 @@ pub fn parse_args<I: IntoIterator<Item = String>>(args: I) -> Result<Command, Op
             Target::User => settings.push(Setting::User(value)),
             Target::Pass => settings.push(Setting::Pass(value)),
             Target::Token => settings.push(Setting::Token(value)),
+            Target::TlsCert => settings.push(Setting::TlsCert(value.into())),
+            Target::TlsKey => settings.push(Setting::TlsKey(value.into())),
+            Target::TlsCaCert => settings.push(Setting::TlsCaCert(value.into())),
             Target::PidFile => settings.push(Setting::PidFile(value.into())),
             Target::Config => config = Some(value.into()),
             Target::PortsFileDir => settings.push(Setting::PortsFileDir(value.into())),
@@ -713,6 +740,13 @@ Logging Options:
     -DV                              Debug and trace
     -DVV                             Debug and verbose trace (same as -DV)
 
+TLS Options:
+        --tls                        Enable TLS, do not verify clients (default: false)
+        --tlscert <file>             Server certificate file
+        --tlskey <file>              Private key for server certificate
+        --tlsverify                  Enable TLS, verify client certificates
+        --tlscacert <file>           Client certificate CA for verification
+
 Authorization Options:
         --user <user>                User required for connections
         --pass <password>            Password required for connections
@@ -778,6 +812,13 @@ pub fn check_reload(old: &Options, new: &Options) -> Result<(), OptsError> {
         &old.spin_before_park,
         &new.spin_before_park,
     )?;
+    // nats-server reloads TLS; Tern builds its TLS configuration once, at start-up.
+    if old.tls != new.tls {
+        return Err(OptsError::Invalid(
+            "config reload not supported for TLSConfig (Tern reads TLS files at start-up)"
+                .to_string(),
+        ));
+    }
     // Reloadable: debug, trace, logtime, log_file, pid_file, ports_file_dir, max_connections,
     // max_payload, max_control_line, ping_interval, ping_max, write_deadline.
     Ok(())
@@ -936,8 +977,7 @@ const UNSUPPORTED_KEYS: &[(&str, &str)] = &[
     ("resolver_tls", "operator mode"),
     ("resolver_preload", "operator mode"),
     ("resolver_pinned_accounts", "operator mode"),
-    ("tls", "TLS"),
-    ("allow_non_tls", "TLS"),
+    ("allow_non_tls", "TLS with optional plaintext"),
     ("ocsp", "TLS"),
     ("ocsp_cache", "TLS"),
     ("cluster", "clustering"),
@@ -1206,6 +1246,52 @@ fn parse_authorization(e: &Entry, a: &mut crate::auth::AuthOptions) -> Result<()
     Ok(())
 }
 
+/// `tls { cert_file, key_file, ca_file, verify, timeout, handshake_first }`.
+fn parse_tls(e: &Entry) -> Result<crate::tls::TlsOptions, OptsError> {
+    let mut t = crate::tls::TlsOptions::default();
+    for x in map_entries(e)? {
+        match x.key.to_ascii_lowercase().as_str() {
+            "cert_file" => t.cert_file = Some(x.path()?),
+            "key_file" => t.key_file = Some(x.path()?),
+            "ca_file" => t.ca_file = Some(x.path()?),
+            "verify" => t.verify = x.boolean()?,
+            "timeout" => {
+                t.timeout = Some(match &x.item.value {
+                    conf::Value::Float(f) if *f >= 0.0 => Duration::from_secs_f64(*f),
+                    _ => x.duration()?,
+                })
+            }
+            "handshake_first" | "first" | "immediate" => {
+                t.handshake_first = match &x.item.value {
+                    conf::Value::Bool(b) => *b,
+                    _ => {
+                        return Err(x.key_err(
+                            "handshake_first \"auto\" or a delay is not supported by Tern yet"
+                                .to_string(),
+                        ))
+                    }
+                }
+            }
+            "verify_and_map"
+            | "verify_cert_and_check_known_urls"
+            | "pinned_certs"
+            | "ocsp_peer"
+            | "cert_store"
+            | "cert_match"
+            | "connection_rate_limit" => {
+                return Err(x.key_err(format!(
+                    "TLS option {:?} is not supported by Tern yet",
+                    x.key
+                )))
+            }
+            // Accepted: rustls chooses safe suites and curves itself.
+            "cipher_suites" | "curve_preferences" | "insecure" | "min_version" => {}
+            _ => return Err(x.key_err(format!("unknown field {:?}", x.key))),
+        }
+    }
+    Ok(t)
+}
+
 /// Which syntax a config file is in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ConfigFormat {
@@ -1397,6 +1483,7 @@ impl Options {
                 "reuseport" => self.reuseport = e.boolean()?,
                 "spin_before_park" => self.spin_before_park = e.duration()?,
                 "authorization" => parse_authorization(&e, &mut self.auth)?,
+                "tls" => self.tls = Some(parse_tls(&e)?),
                 "no_auth_user" => self.auth.no_auth_user = Some(e.string()?),
                 k if INERT_KEYS.contains(&k) => {}
                 k => {
@@ -1453,6 +1540,9 @@ impl Options {
             )));
         }
         crate::auth::Auth::new(&self.auth).map_err(OptsError::Invalid)?;
+        if let Some(t) = &self.tls {
+            crate::tls::server_config(t).map_err(OptsError::Invalid)?;
+        }
         if self.shards == Some(0) {
             return Err(OptsError::Invalid("shards must be at least 1".to_string()));
         }
@@ -1679,7 +1769,6 @@ mod tests {
             (&["--ms", "8222"][..], "ms"),
             (&["--https_port=8222"], "https_port"),
             (&["-js"], "js"),
-            (&["--tls"], "tls"),
             (&["--cluster", "nats://x:1"], "cluster"),
             (&["--routes", "a"], "routes"),
             (&["--help_tls"], "help_tls"),

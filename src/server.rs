@@ -52,11 +52,18 @@ pub struct Global {
     pub connections: AtomicUsize,
     /// Lame duck mode: no new clients, the connected ones are told and closed gradually.
     pub lame_duck: AtomicBool,
+    /// The TLS configuration, built once at start-up; `None` for plaintext clients.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
     next_cid: AtomicU64,
 }
 
 impl Global {
     pub fn new(opts: Options, server_id: String, port: u16) -> Global {
+        // Already checked when the options were validated.
+        let tls = opts
+            .tls
+            .as_ref()
+            .and_then(|t| crate::tls::server_config(t).ok());
         let server_name = opts
             .server_name
             .clone()
@@ -70,6 +77,7 @@ impl Global {
             shutdown: Arc::new(AtomicBool::new(false)),
             connections: AtomicUsize::new(0),
             lame_duck: AtomicBool::new(false),
+            tls,
             next_cid: AtomicU64::new(1),
         }
     }
@@ -97,6 +105,10 @@ impl Global {
             client_ip: &'a str,
             #[serde(skip_serializing_if = "std::ops::Not::not")]
             auth_required: bool,
+            #[serde(skip_serializing_if = "std::ops::Not::not")]
+            tls_required: bool,
+            #[serde(skip_serializing_if = "std::ops::Not::not")]
+            tls_verify: bool,
             #[serde(skip_serializing_if = "Option::is_none")]
             nonce: Option<&'a str>,
             #[serde(skip_serializing_if = "std::ops::Not::not")]
@@ -115,6 +127,8 @@ impl Global {
             client_id: cid,
             client_ip: ip,
             auth_required: o.auth.is_configured(),
+            tls_required: self.tls.is_some(),
+            tls_verify: self.tls.is_some() && o.tls.as_ref().is_some_and(|t| t.verify),
             nonce,
             ldm: self.lame_duck.load(Ordering::Relaxed),
         };
@@ -182,6 +196,7 @@ pub enum CloseReason {
     NoRespondersRequiresHeaders,
     AuthenticationTimeout,
     AuthenticationViolation,
+    TlsHandshakeError,
     ServerShutdown,
 }
 
@@ -203,6 +218,7 @@ impl CloseReason {
             CloseReason::NoRespondersRequiresHeaders => "No Responders Requires Headers",
             CloseReason::AuthenticationTimeout => "Authentication Timeout",
             CloseReason::AuthenticationViolation => "Authentication Failure",
+            CloseReason::TlsHandshakeError => "TLS Handshake Failure",
             CloseReason::ServerShutdown => "Server Shutdown",
         }
     }
@@ -315,6 +331,13 @@ struct Client {
     perms: RefCell<Option<ClientPerms>>,
     /// This user has subscribe deny entries, so deliveries are filtered.
     filter_deliveries: Cell<bool>,
+    /// The TLS session, when the server requires TLS. The reader feeds it ciphertext and
+    /// takes plaintext out; the writer puts plaintext in and sends the records.
+    tls: Option<RefCell<rustls::ServerConnection>>,
+    /// Send the next write in plaintext (the INFO before the handshake).
+    tls_plain_once: Cell<bool>,
+    /// The handshake timed out: nothing more goes through the session.
+    tls_failed: Cell<bool>,
 }
 
 impl Client {
@@ -573,6 +596,64 @@ async fn auth_timer(shard: Rc<Shard>, c: Rc<Client>, timeout: Duration) {
         tracing::error!("{} - cid:{} - Authentication Timeout", c.addr, c.cid);
         c.write_err("Authentication Timeout");
         shard.close_client(&c, CloseReason::AuthenticationTimeout);
+    }
+}
+
+/// Closes a connection whose TLS handshake has not completed in time. nats-server (2.9 and
+/// 2.15 alike) closes it without a word, since there is no session to send an error in.
+async fn tls_timer(shard: Rc<Shard>, c: Rc<Client>, timeout: Duration) {
+    rt::sleep(timeout).await;
+    let handshaking = c.tls.as_ref().is_some_and(|t| t.borrow().is_handshaking());
+    if handshaking && !c.closed.get() {
+        tracing::error!("{} - cid:{} - TLS handshake timeout", c.addr, c.cid);
+        c.tls_failed.set(true);
+        c.discard.set(true);
+        shard.close_client(&c, CloseReason::TlsHandshakeError);
+    }
+}
+
+/// Reads plaintext into `dst`: straight from the socket, or through the TLS session (feeding
+/// it ciphertext until it has plaintext, and waking the writer when the handshake has
+/// records to send). `Ok(0)` is the end of the stream.
+async fn read_plain(
+    c: &Client,
+    reader: &mut ConnReader,
+    dst: &mut [u8],
+    cipher: &mut Vec<u8>,
+) -> std::io::Result<usize> {
+    use std::io::{ErrorKind, Read};
+    let Some(tls) = &c.tls else {
+        return reader.read(dst).await;
+    };
+    loop {
+        match tls.borrow_mut().reader().read(dst) {
+            Ok(n) => return Ok(n),
+            Err(e) if e.kind() == ErrorKind::WouldBlock => {}
+            Err(e) => return Err(e),
+        }
+        if cipher.is_empty() {
+            cipher.resize(16 * 1024 + 512, 0);
+        }
+        let n = reader.read(cipher).await?;
+        if n == 0 {
+            return Ok(0);
+        }
+        let mut t = tls.borrow_mut();
+        let mut rest = &cipher[..n];
+        while !rest.is_empty() {
+            t.read_tls(&mut rest)?;
+            if let Err(e) = t.process_new_packets() {
+                drop(t);
+                // Let the alert go out before the close.
+                c.wake_writer();
+                return Err(std::io::Error::new(ErrorKind::InvalidData, e));
+            }
+        }
+        let wants_write = t.wants_write();
+        drop(t);
+        if wants_write {
+            c.wake_writer();
+        }
     }
 }
 
@@ -1168,6 +1249,17 @@ async fn client_main(shard: Rc<Shard>, conn: tern_shards::Conn) {
         .as_ref()
         .filter(|a| a.needs_nonce())
         .map(|_| crate::auth::nonce());
+    let tls = match &g.tls {
+        Some(cfg) => match rustls::ServerConnection::new(cfg.clone()) {
+            Ok(t) => Some(RefCell::new(t)),
+            Err(e) => {
+                tracing::error!("{addr} - cid:{cid} - TLS setup error: {e}");
+                return;
+            }
+        },
+        None => None,
+    };
+    let handshake_first = o.tls.as_ref().is_some_and(|t| t.handshake_first);
     let client = Rc::new(Client {
         cid,
         out: RefCell::new(BytesMut::with_capacity(1024)),
@@ -1199,6 +1291,9 @@ async fn client_main(shard: Rc<Shard>, conn: tern_shards::Conn) {
         nonce,
         perms: RefCell::new(None),
         filter_deliveries: Cell::new(false),
+        tls_plain_once: Cell::new(tls.is_some() && !handshake_first),
+        tls,
+        tls_failed: Cell::new(false),
     });
     client.write(&g.info_line(&o, cid, &ip, client.nonce.as_deref()));
     rt::spawn(writer_task(shard.clone(), client.clone(), writer));
@@ -1219,6 +1314,13 @@ async fn client_main(shard: Rc<Shard>, conn: tern_shards::Conn) {
     if let Some(a) = &auth {
         rt::spawn(auth_timer(shard.clone(), client.clone(), a.timeout));
     }
+    if client.tls.is_some() {
+        let timeout = o
+            .tls
+            .as_ref()
+            .map_or(crate::tls::DEFAULT_TLS_TIMEOUT, |t| t.timeout());
+        rt::spawn(tls_timer(shard.clone(), client.clone(), timeout));
+    }
     let reason = read_loop(&shard, &client, reader).await;
     shard.close_client(&client, reason);
     shard.flush();
@@ -1234,6 +1336,7 @@ async fn read_loop(shard: &Rc<Shard>, c: &Rc<Client>, mut reader: ConnReader) ->
     );
     let mut buf = BytesMut::new();
     let mut read_size = READ_MIN;
+    let mut cipher = Vec::new();
     loop {
         if shard.mesh.congested() {
             shard.flush();
@@ -1241,8 +1344,12 @@ async fn read_loop(shard: &Rc<Shard>, c: &Rc<Client>, mut reader: ConnReader) ->
         }
         let start = buf.len();
         buf.resize(start + read_size, 0);
-        let n = match reader.read(&mut buf[start..]).await {
+        let n = match read_plain(c, &mut reader, &mut buf[start..], &mut cipher).await {
             Ok(0) => return CloseReason::ClientClosed,
+            Err(e) if c.tls.as_ref().is_some_and(|t| t.borrow().is_handshaking()) => {
+                tracing::error!("{} - cid:{} - TLS handshake error: {e}", c.addr, c.cid);
+                return CloseReason::TlsHandshakeError;
+            }
             Err(_) => return CloseReason::ReadError,
             Ok(n) => n,
         };
@@ -1532,7 +1639,8 @@ async fn writer_task(shard: Rc<Shard>, c: Rc<Client>, mut w: ConnWriter) {
     let mut spare = BytesMut::new();
     loop {
         std::future::poll_fn(|cx| {
-            if !c.out.borrow().is_empty() || c.closed.get() {
+            let tls_pending = c.tls.as_ref().is_some_and(|t| t.borrow().wants_write());
+            if !c.out.borrow().is_empty() || c.closed.get() || tls_pending {
                 Poll::Ready(())
             } else {
                 c.writer.set(Some(cx.waker().clone()));
@@ -1544,6 +1652,24 @@ async fn writer_task(shard: Rc<Shard>, c: Rc<Client>, mut w: ConnWriter) {
             break;
         }
         let mut data = std::mem::replace(&mut *c.out.borrow_mut(), spare);
+        if let Some(tls) = c.tls.as_ref().filter(|_| !c.tls_failed.get()) {
+            if !c.tls_plain_once.replace(false) {
+                // Plaintext in, TLS records out (handshake records included).
+                let mut t = tls.borrow_mut();
+                if !data.is_empty() {
+                    use std::io::Write;
+                    let _ = t.writer().write_all(&data);
+                    data.clear();
+                }
+                let mut records = Vec::new();
+                while t.wants_write() {
+                    if t.write_tls(&mut records).is_err() {
+                        break;
+                    }
+                }
+                data.extend_from_slice(&records);
+            }
+        }
         if data.is_empty() {
             spare = data;
             if c.closed.get() {

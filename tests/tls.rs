@@ -1,0 +1,171 @@
+//! TLS for clients, against Tern and nats-server alike: INFO first then the handshake, the
+//! `--tls*` flags and the `tls {}` block, client certificates with `verify`, a plaintext
+//! client refused, and the handshake timeout.
+
+mod common;
+
+use common::*;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// A CA, a server certificate for 127.0.0.1/localhost and a client certificate, as PEM
+/// files in a temporary directory.
+struct Pki {
+    dir: ConfFile,
+    ca: PathBuf,
+    cert: PathBuf,
+    key: PathBuf,
+    client_cert: PathBuf,
+    client_key: PathBuf,
+}
+
+fn pki(tag: &str) -> Pki {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
+    let dir = ConfFile::new(tag, "unused.conf", "");
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let leaf = |names: Vec<String>| {
+        let key = KeyPair::generate().unwrap();
+        let cert = CertificateParams::new(names)
+            .unwrap()
+            .signed_by(&key, &ca, &ca_key)
+            .unwrap();
+        (cert.pem(), key.serialize_pem())
+    };
+    let (server_pem, server_key) = leaf(vec!["127.0.0.1".into(), "localhost".into()]);
+    let (client_pem, client_key) = leaf(vec!["client.example".into()]);
+    let write = |name: &str, text: &str| {
+        let p = dir.dir.join(name);
+        std::fs::write(&p, text).unwrap();
+        p
+    };
+    Pki {
+        ca: write("ca.pem", &ca.pem()),
+        cert: write("server.pem", &server_pem),
+        key: write("server-key.pem", &server_key),
+        client_cert: write("client.pem", &client_pem),
+        client_key: write("client-key.pem", &client_key),
+        dir,
+    }
+}
+
+async fn tls_client(
+    s: &Server,
+    p: &Pki,
+    with_client_cert: bool,
+) -> Result<async_nats::Client, async_nats::ConnectError> {
+    let mut o = async_nats::ConnectOptions::new()
+        .require_tls(true)
+        .add_root_certificates(p.ca.clone())
+        .retry_on_initial_connect();
+    o = o.connection_timeout(Duration::from_secs(5));
+    if with_client_cert {
+        o = o.add_client_certificate(p.client_cert.clone(), p.client_key.clone());
+    }
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        o.connect(format!("tls://127.0.0.1:{}", s.port)),
+    )
+    .await
+    .unwrap_or_else(|_| Err(std::io::Error::other("timed out").into()))
+}
+
+async fn round_trip(c: &async_nats::Client) {
+    use futures::StreamExt;
+    let mut sub = c.subscribe("tls.check").await.unwrap();
+    c.flush().await.unwrap();
+    // async-nats' flush sends no PING; a request round trip makes sure the SUB is in.
+    let _ = c.request("tls.nobody", "x".into()).await;
+    c.publish("tls.check", vec![b'z'; 20_000].into())
+        .await
+        .unwrap();
+    let m = tokio::time::timeout(Duration::from_secs(5), sub.next())
+        .await
+        .expect("message over TLS")
+        .unwrap();
+    assert_eq!(m.payload.len(), 20_000);
+}
+
+#[tokio::test]
+async fn tls_flags_info_first_then_handshake() {
+    let p = pki("tlsflags");
+    let s = Server::start(&[
+        "--tls",
+        "--tlscert",
+        p.cert.to_str().unwrap(),
+        "--tlskey",
+        p.key.to_str().unwrap(),
+    ]);
+    // The INFO comes first, in plaintext, and says TLS is required.
+    let raw = s.raw();
+    assert_eq!(raw.info["tls_required"], true);
+    let c = tls_client(&s, &p, false).await.expect("TLS connect");
+    round_trip(&c).await;
+    // A plaintext client is refused (the handshake fails on its CONNECT).
+    let mut plain = s.raw();
+    let _ = plain.try_send(b"CONNECT {\"verbose\":false}\r\nPING\r\n");
+    let rest = plain.expect_closed();
+    assert!(!String::from_utf8_lossy(&rest).contains("PONG"), "{rest:?}");
+    round_trip(&c).await;
+}
+
+#[tokio::test]
+async fn client_certificates_are_required_with_verify() {
+    let p = pki("tlsverify");
+    let conf = ConfFile::new(
+        "tlsverify-conf",
+        "tls.conf",
+        &format!(
+            "tls {{\n  cert_file: \"{}\"\n  key_file: \"{}\"\n  ca_file: \"{}\"\n  verify: true\n  timeout: 2\n}}\n",
+            p.cert.display(),
+            p.key.display(),
+            p.ca.display()
+        ),
+    );
+    let s = Server::start(&["-c", conf.arg()]);
+    assert_eq!(s.raw().info["tls_verify"], true);
+    let c = tls_client(&s, &p, true)
+        .await
+        .expect("connect with a client certificate");
+    round_trip(&c).await;
+    // Without one the handshake fails.
+    let no_cert = async_nats::ConnectOptions::new()
+        .require_tls(true)
+        .add_root_certificates(p.ca.clone())
+        .connection_timeout(Duration::from_secs(3))
+        .connect(format!("tls://127.0.0.1:{}", s.port));
+    let r = tokio::time::timeout(Duration::from_secs(10), no_cert).await;
+    assert!(
+        !matches!(r, Ok(Ok(_))),
+        "a client without a certificate must not get in"
+    );
+    round_trip(&c).await;
+    drop(p.dir);
+}
+
+/// nats-server closes a client that never starts the handshake, without an -ERR (the
+/// reference's `Secure Connection - TLS Required` is not sent by 2.9.10 or 2.15.1).
+#[test]
+fn a_silent_client_is_closed_at_the_tls_timeout() {
+    let p = pki("tlstimeout");
+    let conf = ConfFile::new(
+        "tlstimeout-conf",
+        "tls.conf",
+        &format!(
+            "tls {{\n  cert_file: \"{}\"\n  key_file: \"{}\"\n  timeout: 0.5\n}}\n",
+            p.cert.display(),
+            p.key.display()
+        ),
+    );
+    let s = Server::start(&["-c", conf.arg()]);
+    let mut silent = s.raw();
+    let start = std::time::Instant::now();
+    assert!(silent.expect_closed().is_empty());
+    assert!(
+        start.elapsed() >= Duration::from_millis(300),
+        "closed before the timeout"
+    );
+    drop(p.dir);
+}
