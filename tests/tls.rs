@@ -169,3 +169,46 @@ fn a_silent_client_is_closed_at_the_tls_timeout() {
     );
     drop(p.dir);
 }
+
+#[tokio::test]
+async fn handshake_first_skips_the_plaintext_info() {
+    // nats-server learned `handshake_first` in 2.10.
+    let probe = Server::start(&[]);
+    if probe.raw().info["version"]
+        .as_str()
+        .is_some_and(|v| v.starts_with("2.9."))
+    {
+        return;
+    }
+    drop(probe);
+    let p = pki("tlsfirst");
+    let conf = ConfFile::new(
+        "tlsfirst-conf",
+        "tls.conf",
+        &format!(
+            "tls {{\n  cert_file: \"{}\"\n  key_file: \"{}\"\n  handshake_first: true\n}}\n",
+            p.cert.display(),
+            p.key.display()
+        ),
+    );
+    let s = Server::start(&["-c", conf.arg()]);
+    // No plaintext INFO: the server waits for the client's handshake.
+    let mut raw = std::net::TcpStream::connect(("127.0.0.1", s.port)).unwrap();
+    raw.set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    let mut b = [0u8; 8];
+    let got = std::io::Read::read(&mut raw, &mut b);
+    assert!(
+        !matches!(got, Ok(n) if n > 0 && b.starts_with(b"INFO")),
+        "a plaintext INFO was sent"
+    );
+    let c = async_nats::ConnectOptions::new()
+        .tls_first()
+        .add_root_certificates(p.ca.clone())
+        .connection_timeout(Duration::from_secs(5))
+        .connect(format!("tls://127.0.0.1:{}", s.port))
+        .await
+        .expect("TLS-first connect");
+    round_trip(&c).await;
+    drop(p.dir);
+}
