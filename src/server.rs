@@ -612,9 +612,11 @@ async fn tls_timer(shard: Rc<Shard>, c: Rc<Client>, timeout: Duration) {
     }
 }
 
-/// Reads plaintext into `dst`: straight from the socket, or through the TLS session (feeding
-/// it ciphertext until it has plaintext, and waking the writer when the handshake has
-/// records to send). `Ok(0)` is the end of the stream.
+/// Reads plaintext into `dst`: straight from the socket, or through the TLS session. With
+/// TLS, plaintext the session already holds comes first; then ciphertext kept from an earlier
+/// read (`cipher`, never more than the session will take at once, so its plaintext buffer
+/// cannot overflow); then a new socket read. The writer is woken when the handshake has
+/// records to send. `Ok(0)` is the end of the stream.
 async fn read_plain(
     c: &Client,
     reader: &mut ConnReader,
@@ -633,21 +635,23 @@ async fn read_plain(
         }
         if cipher.is_empty() {
             cipher.resize(16 * 1024 + 512, 0);
-        }
-        let n = reader.read(cipher).await?;
-        if n == 0 {
-            return Ok(0);
+            let n = reader.read(cipher).await?;
+            cipher.truncate(n);
+            if n == 0 {
+                return Ok(0);
+            }
         }
         let mut t = tls.borrow_mut();
-        let mut rest = &cipher[..n];
-        while !rest.is_empty() {
-            t.read_tls(&mut rest)?;
-            if let Err(e) = t.process_new_packets() {
-                drop(t);
-                // Let the alert go out before the close.
-                c.wake_writer();
-                return Err(std::io::Error::new(ErrorKind::InvalidData, e));
-            }
+        let mut rest = &cipher[..];
+        let fed = t.read_tls(&mut rest);
+        let used = cipher.len() - rest.len();
+        cipher.drain(..used);
+        fed?;
+        if let Err(e) = t.process_new_packets() {
+            drop(t);
+            // Let the alert go out before the close.
+            c.wake_writer();
+            return Err(std::io::Error::new(ErrorKind::InvalidData, e));
         }
         let wants_write = t.wants_write();
         drop(t);
@@ -1251,7 +1255,12 @@ async fn client_main(shard: Rc<Shard>, conn: tern_shards::Conn) {
         .map(|_| crate::auth::nonce());
     let tls = match &g.tls {
         Some(cfg) => match rustls::ServerConnection::new(cfg.clone()) {
-            Ok(t) => Some(RefCell::new(t)),
+            Ok(mut t) => {
+                // The protocol's output is already bounded by max_pending; rustls' own 64 KiB
+                // cap would make the writer's hand-off partial.
+                t.set_buffer_limit(None);
+                Some(RefCell::new(t))
+            }
             Err(e) => {
                 tracing::error!("{addr} - cid:{cid} - TLS setup error: {e}");
                 return;
@@ -1658,7 +1667,12 @@ async fn writer_task(shard: Rc<Shard>, c: Rc<Client>, mut w: ConnWriter) {
                 let mut t = tls.borrow_mut();
                 if !data.is_empty() {
                     use std::io::Write;
-                    let _ = t.writer().write_all(&data);
+                    // Cannot fall short: the session's buffer is unlimited (see client_main).
+                    if t.writer().write_all(&data).is_err() {
+                        drop(t);
+                        shard.close_client(&c, CloseReason::WriteError);
+                        break;
+                    }
                     data.clear();
                 }
                 let mut records = Vec::new();

@@ -5,7 +5,7 @@
 
 use crate::error::{Error, IoContext, Result};
 use crate::proto::{connect_line, Frame, Parser};
-use std::io::Write;
+use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -31,6 +31,105 @@ pub struct Target {
     pub shards: u64,
     /// The server's pid, when known (for RSS and CPU readings).
     pub pid: Option<u32>,
+    /// Upgrade every connection to TLS after the INFO line (the server requires TLS).
+    pub tls: Option<Arc<rustls::ClientConfig>>,
+}
+
+/// A connection's byte stream: plain TCP, or TLS over it.
+pub enum Stream {
+    Tcp(TcpStream),
+    Tls(Box<rustls::StreamOwned<rustls::ClientConnection, TcpStream>>),
+}
+
+impl Stream {
+    fn tcp(&self) -> &TcpStream {
+        match self {
+            Stream::Tcp(s) => s,
+            Stream::Tls(s) => &s.sock,
+        }
+    }
+
+    /// Sets the socket read timeout.
+    pub fn set_read_timeout(&self, t: Option<Duration>) -> std::io::Result<()> {
+        self.tcp().set_read_timeout(t)
+    }
+
+    /// Makes the socket non-blocking.
+    pub fn set_nonblocking(&self, on: bool) -> std::io::Result<()> {
+        self.tcp().set_nonblocking(on)
+    }
+}
+
+impl Read for Stream {
+    fn read(&mut self, b: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            Stream::Tcp(s) => s.read(b),
+            Stream::Tls(s) => s.read(b),
+        }
+    }
+}
+
+impl Write for Stream {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        match self {
+            Stream::Tcp(s) => s.write(b),
+            Stream::Tls(s) => s.write(b),
+        }
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        match self {
+            Stream::Tcp(s) => s.flush(),
+            Stream::Tls(s) => s.flush(),
+        }
+    }
+}
+
+/// Accepts any server certificate: for benchmarking against a test server only.
+#[derive(Debug)]
+struct AnyServerCert(Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for AnyServerCert {
+    fn verify_server_cert(
+        &self,
+        _: &rustls::pki_types::CertificateDer<'_>,
+        _: &[rustls::pki_types::CertificateDer<'_>],
+        _: &rustls::pki_types::ServerName<'_>,
+        _: &[u8],
+        _: rustls::pki_types::UnixTime,
+    ) -> std::result::Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+    fn verify_tls12_signature(
+        &self,
+        m: &[u8],
+        c: &rustls::pki_types::CertificateDer<'_>,
+        d: &rustls::DigitallySignedStruct,
+    ) -> std::result::Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(m, c, d, &self.0.signature_verification_algorithms)
+    }
+    fn verify_tls13_signature(
+        &self,
+        m: &[u8],
+        c: &rustls::pki_types::CertificateDer<'_>,
+        d: &rustls::DigitallySignedStruct,
+    ) -> std::result::Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(m, c, d, &self.0.signature_verification_algorithms)
+    }
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// A TLS client configuration that trusts any server certificate (benchmarks only).
+pub fn insecure_tls() -> Arc<rustls::ClientConfig> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .expect("ring supports the default protocol versions")
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AnyServerCert(provider)))
+        .with_no_client_auth();
+    Arc::new(config)
 }
 
 impl Target {
@@ -46,6 +145,7 @@ impl Target {
             opened: Arc::new(AtomicU64::new(opened)),
             shards: shards.max(1),
             pid,
+            tls: None,
         })
     }
 
@@ -67,7 +167,7 @@ impl Target {
         self.opened.fetch_add(1, Ordering::SeqCst);
         stream.set_nodelay(true).ctx(|| "set TCP_NODELAY".into())?;
         let mut c = Conn {
-            stream,
+            stream: Stream::Tcp(stream),
             parser: Parser::new(64 * 1024),
             pings_out: 0,
         };
@@ -81,6 +181,17 @@ impl Target {
                 Frame::Ping => c.write(b"PONG\r\n")?,
                 other => return Err(Error::Protocol(format!("expected INFO, got {other:?}"))),
             }
+        }
+        if let Some(cfg) = &self.tls {
+            let placeholder = Stream::Tcp(tcp_clone(&c)?);
+            let Stream::Tcp(sock) = std::mem::replace(&mut c.stream, placeholder) else {
+                unreachable!("a new connection is plain TCP");
+            };
+            let name = rustls::pki_types::ServerName::try_from("localhost")
+                .map_err(|e| Error::Config(e.to_string()))?;
+            let conn = rustls::ClientConnection::new(cfg.clone(), name)
+                .map_err(|e| Error::Config(format!("TLS: {e}")))?;
+            c.stream = Stream::Tls(Box::new(rustls::StreamOwned::new(conn, sock)));
         }
         c.write(&connect_line(name))?;
         c.pings_out = 1;
@@ -99,8 +210,8 @@ impl Target {
 
 /// One blocking client connection with its parser.
 pub struct Conn {
-    /// The socket.
-    pub stream: TcpStream,
+    /// The socket (TLS or not).
+    pub stream: Stream,
     /// Parser over what the server sent.
     pub parser: Parser,
     /// PINGs written whose PONG has not arrived.
@@ -168,6 +279,11 @@ impl Conn {
             .set_read_timeout(t)
             .ctx(|| "set read timeout".into())
     }
+}
+
+/// A second handle on the connection's socket (kept only while swapping in TLS).
+fn tcp_clone(c: &Conn) -> Result<TcpStream> {
+    c.stream.tcp().try_clone().ctx(|| "clone socket".into())
 }
 
 /// Pins the calling thread to `core` if given (best effort; returns whether it worked).

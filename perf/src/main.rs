@@ -76,6 +76,10 @@ struct RunArgs {
     /// Server URL.
     #[arg(long, default_value = "nats://127.0.0.1:4222")]
     url: String,
+    /// Upgrade connections to TLS after INFO (the server requires TLS; its certificate is not
+    /// checked: benchmarks only).
+    #[arg(long)]
+    tls: bool,
     /// Messages to publish in total (instead of --duration).
     #[arg(long, conflicts_with = "duration")]
     msgs: Option<u64>,
@@ -218,7 +222,10 @@ fn run(a: RunArgs) -> Result<()> {
             "latency scenarios need --size 8 or more (the payload carries a timestamp)".into(),
         ));
     }
-    let t = conn::Target::from_url(&a.url, a.shards, a.conn_offset, a.server_pid)?;
+    let mut t = conn::Target::from_url(&a.url, a.shards, a.conn_offset, a.server_pid)?;
+    if a.tls {
+        t.tls = Some(conn::insecure_tls());
+    }
     let r = scenario::run(a.scenario, &o, &t)?;
     if let (Some(path), Some(l)) = (&a.svg, &r.latency) {
         let svg = svg::percentile_plot(
