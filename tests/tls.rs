@@ -51,6 +51,38 @@ fn pki(tag: &str) -> Pki {
     }
 }
 
+impl Pki {
+    /// A server configured with a `tls {}` block naming this PKI's server certificate and
+    /// key, plus `extra` lines inside the block.
+    fn server_with(&self, extra: &str) -> (ConfFile, Server) {
+        // Tests run in parallel: each config gets its own directory.
+        static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let conf = ConfFile::new(
+            &format!("tls-conf-{n}"),
+            "tls.conf",
+            &format!(
+                "tls {{\n  cert_file: \"{}\"\n  key_file: \"{}\"\n{extra}}}\n",
+                self.cert.display(),
+                self.key.display()
+            ),
+        );
+        let s = Server::start(&["-c", conf.arg()]);
+        (conf, s)
+    }
+
+    /// A server with TLS turned on by the command-line flags.
+    fn server_with_flags(&self) -> Server {
+        Server::start(&[
+            "--tls",
+            "--tlscert",
+            self.cert.to_str().unwrap(),
+            "--tlskey",
+            self.key.to_str().unwrap(),
+        ])
+    }
+}
+
 async fn tls_client(
     s: &Server,
     p: &Pki,
@@ -91,13 +123,7 @@ async fn round_trip(c: &async_nats::Client) {
 #[tokio::test]
 async fn tls_flags_info_first_then_handshake() {
     let p = pki("tlsflags");
-    let s = Server::start(&[
-        "--tls",
-        "--tlscert",
-        p.cert.to_str().unwrap(),
-        "--tlskey",
-        p.key.to_str().unwrap(),
-    ]);
+    let s = p.server_with_flags();
     // The INFO comes first, in plaintext, and says TLS is required.
     let raw = s.raw();
     assert_eq!(raw.info["tls_required"], true);
@@ -114,17 +140,10 @@ async fn tls_flags_info_first_then_handshake() {
 #[tokio::test]
 async fn client_certificates_are_required_with_verify() {
     let p = pki("tlsverify");
-    let conf = ConfFile::new(
-        "tlsverify-conf",
-        "tls.conf",
-        &format!(
-            "tls {{\n  cert_file: \"{}\"\n  key_file: \"{}\"\n  ca_file: \"{}\"\n  verify: true\n  timeout: 2\n}}\n",
-            p.cert.display(),
-            p.key.display(),
-            p.ca.display()
-        ),
-    );
-    let s = Server::start(&["-c", conf.arg()]);
+    let (_conf, s) = p.server_with(&format!(
+        "  ca_file: \"{}\"\n  verify: true\n  timeout: 2\n",
+        p.ca.display()
+    ));
     assert_eq!(s.raw().info["tls_verify"], true);
     let c = tls_client(&s, &p, true)
         .await
@@ -150,16 +169,7 @@ async fn client_certificates_are_required_with_verify() {
 #[test]
 fn a_silent_client_is_closed_at_the_tls_timeout() {
     let p = pki("tlstimeout");
-    let conf = ConfFile::new(
-        "tlstimeout-conf",
-        "tls.conf",
-        &format!(
-            "tls {{\n  cert_file: \"{}\"\n  key_file: \"{}\"\n  timeout: 0.5\n}}\n",
-            p.cert.display(),
-            p.key.display()
-        ),
-    );
-    let s = Server::start(&["-c", conf.arg()]);
+    let (_conf, s) = p.server_with("  timeout: 0.5\n");
     let mut silent = s.raw();
     let start = std::time::Instant::now();
     assert!(silent.expect_closed().is_empty());
@@ -182,16 +192,7 @@ async fn handshake_first_skips_the_plaintext_info() {
     }
     drop(probe);
     let p = pki("tlsfirst");
-    let conf = ConfFile::new(
-        "tlsfirst-conf",
-        "tls.conf",
-        &format!(
-            "tls {{\n  cert_file: \"{}\"\n  key_file: \"{}\"\n  handshake_first: true\n}}\n",
-            p.cert.display(),
-            p.key.display()
-        ),
-    );
-    let s = Server::start(&["-c", conf.arg()]);
+    let (_conf, s) = p.server_with("  handshake_first: true\n");
     // No plaintext INFO: the server waits for the client's handshake.
     let mut raw = std::net::TcpStream::connect(("127.0.0.1", s.port)).unwrap();
     raw.set_read_timeout(Some(Duration::from_millis(300)))
@@ -219,13 +220,7 @@ async fn handshake_first_skips_the_plaintext_info() {
 async fn bulk_traffic_over_tls_arrives_whole_and_in_order() {
     use futures::StreamExt;
     let p = pki("tlsbulk");
-    let s = Server::start(&[
-        "--tls",
-        "--tlscert",
-        p.cert.to_str().unwrap(),
-        "--tlskey",
-        p.key.to_str().unwrap(),
-    ]);
+    let s = p.server_with_flags();
     let sub_client = tls_client(&s, &p, false).await.expect("TLS connect");
     let pub_client = tls_client(&s, &p, false).await.expect("TLS connect");
     let mut sub = sub_client.subscribe("bulk").await.unwrap();
