@@ -251,6 +251,27 @@ impl Auth {
             .any(|(s, _)| matches!(s, Secret::Plain(p) if !p.is_empty()))
     }
 
+    /// Who a client that passed [`Auth::check`] with these `CONNECT` options is: its nkey,
+    /// its user name, or `no_auth_user`; `None` for a token (which names nobody).
+    pub fn identity(&self, c: &ConnectOpts) -> Option<String> {
+        if let Some(k) = &c.nkey {
+            return Some(k.clone());
+        }
+        if self.token.is_some() {
+            return None;
+        }
+        c.user.clone().or_else(|| self.no_auth_user.clone())
+    }
+
+    /// The permissions of user or nkey `id`, or `None` if this configuration has no such
+    /// user (after a reload removed it).
+    pub fn lookup(&self, id: &str) -> Option<Option<Arc<Permissions>>> {
+        self.users
+            .get(id)
+            .map(|(_, p)| p.clone())
+            .or_else(|| self.nkeys.get(id).cloned())
+    }
+
     /// Checks a client's `CONNECT` against the configuration. `nonce` is what this
     /// connection's INFO carried.
     pub fn check(&self, c: &ConnectOpts, nonce: &str) -> Verdict {

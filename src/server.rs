@@ -787,6 +787,7 @@ impl Shard {
     /// nats-server does.
     fn reload(&self, o: Arc<Options>) {
         *self.auth.borrow_mut() = compile_auth(&o);
+        self.recheck_permissions();
         let old = self.opts.replace(o.clone());
         if old.max_payload != o.max_payload {
             let clients: Vec<Rc<Client>> = self.clients.borrow().values().cloned().collect();
@@ -795,6 +796,57 @@ impl Shard {
             }
             self.flush();
         }
+    }
+
+    /// After a reload, as nats-server does: a connected user that no longer exists is
+    /// closed (silently), the others take their new permissions, and subscriptions those no longer
+    /// allow are removed with an `-ERR` naming them.
+    fn recheck_permissions(&self) {
+        let auth = self.auth.borrow().clone();
+        let clients: Vec<Rc<Client>> = self.clients.borrow().values().cloned().collect();
+        for c in clients.iter().filter(|c| c.authed.get() && !c.closed.get()) {
+            let perms = match &auth {
+                None => None,
+                Some(a) => match a.identity(&c.opts.borrow()) {
+                    None => None,
+                    Some(id) => match a.lookup(&id) {
+                        Some(p) => p,
+                        None => {
+                            tracing::error!(
+                                "{} - cid:{} - user {id:?} removed by a reload",
+                                c.addr,
+                                c.cid
+                            );
+                            // nats-server closes it without an -ERR.
+                            c.discard.set(true);
+                            self.close_client(c, CloseReason::AuthenticationViolation);
+                            continue;
+                        }
+                    },
+                },
+            };
+            c.filter_deliveries
+                .set(perms.as_ref().is_some_and(|p| p.has_sub_deny()));
+            *c.perms.borrow_mut() = perms.clone().map(ClientPerms::new);
+            let Some(p) = perms else { continue };
+            let denied: Vec<(Bytes, Bytes)> = c
+                .subs
+                .borrow()
+                .iter()
+                .filter(|(_, s)| !p.can_subscribe(&s.0.subject, s.0.queue.as_deref()))
+                .map(|(sid, s)| (sid.clone(), s.0.subject.clone()))
+                .collect();
+            for (sid, subject) in denied {
+                self.remove_sub(c, &sid);
+                c.write_err(&format!(
+                    "Permissions Violation for Subscription to \"{}\" (sid \"{}\")",
+                    String::from_utf8_lossy(&subject),
+                    String::from_utf8_lossy(&sid)
+                ));
+                self.mark_dirty(c);
+            }
+        }
+        self.flush();
     }
 
     /// Sends `c` a fresh INFO, if it said (CONNECT `protocol: 1`) that it understands INFO

@@ -187,3 +187,38 @@ fn permissions_keep_the_connection_and_stop_the_message() {
     assert!(!seen.contains(&"payments.x".to_string()), "{seen:?}");
     assert!(seen.contains(&"orders.new".to_string()), "{seen:?}");
 }
+
+/// A reload that changes users or permissions applies to the clients already connected, as
+/// nats-server does: a removed user is disconnected, and a subscription the new permissions
+/// deny is removed with an -ERR naming it.
+#[test]
+fn a_reload_applies_to_connected_clients() {
+    let users = |alice_sub: &str| {
+        format!(
+            "authorization {{\n  users: [\n    {{user: alice, password: pw, permissions: {{subscribe: {alice_sub}}}}}\n    {{user: bob, password: pw}}\n  ]\n}}\n"
+        )
+    };
+    let conf = ConfFile::new("permreload", "p.conf", &users("\">\""));
+    let s = Server::start(&["-c", conf.arg()]);
+    let mut alice = accepted(&s, r#"{"verbose":false,"user":"alice","pass":"pw"}"#);
+    alice.send(b"SUB a.b 1\r\nSUB x.y 2\r\nPING\r\n");
+    alice.expect(b"PONG\r\n");
+    let mut bob = accepted(&s, r#"{"verbose":false,"user":"bob","pass":"pw"}"#);
+    // alice may now only subscribe to a.>; bob is gone.
+    conf.rewrite(&users("\"a.>\"").replace("    {user: bob, password: pw}\n", ""));
+    s.signal("HUP");
+    let line = alice.read_line();
+    assert_eq!(
+        line,
+        "-ERR 'Permissions Violation for Subscription to \"x.y\" (sid \"2\")'"
+    );
+    // A removed user is closed without an -ERR.
+    assert!(bob.expect_closed().is_empty());
+    // a.b still delivers, x.y does not.
+    let mut p = accepted(&s, r#"{"verbose":false,"user":"alice","pass":"pw"}"#);
+    p.send(b"PUB x.y 1\r\nx\r\nPUB a.b 1\r\na\r\nPING\r\n");
+    p.expect(b"PONG\r\n");
+    let got = alice.msgs_until_pong();
+    let subjects: Vec<&str> = got.iter().map(|m| m.subject.as_str()).collect();
+    assert_eq!(subjects, ["a.b"], "{got:?}");
+}
