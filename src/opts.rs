@@ -1095,6 +1095,14 @@ impl Entry<'_> {
         }
     }
 
+    /// A `timeout` (authorization, TLS): seconds, possibly fractional (`0.5`), or a duration.
+    fn timeout(&self) -> Result<Duration, OptsError> {
+        match &self.item.value {
+            conf::Value::Float(f) if *f >= 0.0 => Ok(Duration::from_secs_f64(*f)),
+            _ => self.duration(),
+        }
+    }
+
     fn port(&self) -> Result<u16, OptsError> {
         match &self.item.value {
             conf::Value::Int(n) => port_from_i64(*n)
@@ -1199,11 +1207,7 @@ fn parse_authorization(e: &Entry, a: &mut crate::auth::AuthOptions) -> Result<()
             "permissions" => a.permissions = Some(parse_permissions(&x)?),
             "default_permissions" => a.default_permissions = Some(parse_permissions(&x)?),
             "timeout" => {
-                // Seconds, possibly fractional, or a duration string.
-                a.timeout = Some(match &x.item.value {
-                    conf::Value::Float(f) if *f >= 0.0 => Duration::from_secs_f64(*f),
-                    _ => x.duration()?,
-                });
+                a.timeout = Some(x.timeout()?);
             }
             "users" => {
                 let conf::Value::Array(list) = &x.item.value else {
@@ -1255,12 +1259,7 @@ fn parse_tls(e: &Entry) -> Result<crate::tls::TlsOptions, OptsError> {
             "key_file" => t.key_file = Some(x.path()?),
             "ca_file" => t.ca_file = Some(x.path()?),
             "verify" => t.verify = x.boolean()?,
-            "timeout" => {
-                t.timeout = Some(match &x.item.value {
-                    conf::Value::Float(f) if *f >= 0.0 => Duration::from_secs_f64(*f),
-                    _ => x.duration()?,
-                })
-            }
+            "timeout" => t.timeout = Some(x.timeout()?),
             "handshake_first" | "first" | "immediate" => {
                 t.handshake_first = match &x.item.value {
                     conf::Value::Bool(b) => *b,

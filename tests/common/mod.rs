@@ -270,13 +270,7 @@ impl Server {
     /// A well-behaved client can still do a pub/sub roundtrip: the server is
     /// up and serving.
     pub fn assert_healthy(&self) {
-        let mut s = self.raw_quiet();
-        s.send(b"SUB health.check 1\r\nPING\r\n");
-        s.expect(b"PONG\r\n");
-        let mut p = self.raw_quiet();
-        p.send(b"PUB health.check 2\r\nok\r\nPING\r\n");
-        p.expect(b"PONG\r\n");
-        s.expect(b"MSG health.check 1 2\r\nok\r\n");
+        self.assert_healthy_as(r#"{"verbose":false,"pedantic":false}"#);
     }
 
     /// `assert_healthy` for a server that requires credentials (`connect` is the CONNECT JSON).
