@@ -10,8 +10,9 @@
 //! Secrets are never logged or put in errors: an [`AuthError`] says what kind of check
 //! failed and for which user name, nothing more.
 
+use crate::accounts::{AccId, Accounts, GLOBAL};
 use crate::client::ConnectOpts;
-use crate::sublist::{is_valid_subject, subject_matches};
+use crate::sublist::{is_valid_subject, subject_is_subset, subject_matches};
 use base64::Engine;
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -45,6 +46,8 @@ pub struct UserOptions {
     pub password: Option<String>,
     pub nkey: Option<String>,
     pub permissions: Option<PermOptions>,
+    /// The account the user belongs to (`None`: `$G`).
+    pub account: Option<String>,
 }
 
 /// `authorization { ... }` and `no_auth_user`, as configured.
@@ -106,11 +109,20 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+/// What an authenticated client gets: its account and its permissions (`None` = all).
+#[derive(Clone, Default)]
+pub struct Grant {
+    /// The user name or nkey (`None` for a token).
+    pub user: Option<String>,
+    pub account: AccId,
+    pub perms: Option<Arc<Permissions>>,
+}
+
 /// A secret comparison still to be made: plain ones are done at once, bcrypt ones are
 /// returned to the caller to run off the shard thread.
 pub enum Verdict {
-    /// Decided: the user's permissions (`None` = all allowed), or why not.
-    Done(Result<Option<Arc<Permissions>>, AuthError>),
+    /// Decided: what the user gets, or why not.
+    Done(Result<Grant, AuthError>),
     /// Run [`Pending::verify`] (slow: bcrypt) somewhere that may block, then use its answer.
     Bcrypt(Pending),
 }
@@ -120,14 +132,14 @@ pub struct Pending {
     given: String,
     hash: String,
     user: String,
-    perms: Option<Arc<Permissions>>,
+    grant: Grant,
 }
 
 impl Pending {
     /// Runs bcrypt. Blocks for as long as the hash's cost says (tens of milliseconds).
-    pub fn verify(self) -> Result<Option<Arc<Permissions>>, AuthError> {
+    pub fn verify(self) -> Result<Grant, AuthError> {
         if bcrypt::verify(&self.given, &self.hash).unwrap_or(false) {
-            Ok(self.perms)
+            Ok(self.grant)
         } else {
             Err(AuthError::BadCredentials(self.user))
         }
@@ -172,8 +184,8 @@ impl std::error::Error for AuthError {}
 /// The compiled authentication setup of a server.
 pub struct Auth {
     token: Option<Secret>,
-    users: HashMap<String, (Secret, Option<Arc<Permissions>>)>,
-    nkeys: HashMap<String, Option<Arc<Permissions>>>,
+    users: HashMap<String, (Secret, Grant)>,
+    nkeys: HashMap<String, Grant>,
     no_auth_user: Option<String>,
     pub timeout: Duration,
 }
@@ -181,7 +193,7 @@ pub struct Auth {
 impl Auth {
     /// Compiles the options; `Ok(None)` when no authentication is configured. Errors are
     /// configuration mistakes nats-server also refuses.
-    pub fn new(o: &AuthOptions) -> Result<Option<Auth>, String> {
+    pub fn new(o: &AuthOptions, accounts: &Accounts) -> Result<Option<Auth>, String> {
         if !o.is_configured() {
             if o.no_auth_user.is_some() {
                 return Err(no_auth_user_missing(o));
@@ -203,7 +215,12 @@ impl Auth {
         let mut nkeys = HashMap::new();
         if let Some(u) = &o.user {
             let pass = Secret::new(o.password.as_deref().unwrap_or(""));
-            users.insert(u.clone(), (pass, compile(&o.permissions)?));
+            let grant = Grant {
+                user: Some(u.clone()),
+                account: GLOBAL,
+                perms: compile(&o.permissions)?,
+            };
+            users.insert(u.clone(), (pass, grant));
         }
         for u in &o.users {
             let perms = compile(
@@ -211,16 +228,31 @@ impl Auth {
                     .as_ref()
                     .map_or(&o.default_permissions, |_| &u.permissions),
             )?;
+            let account = match &u.account {
+                None => GLOBAL,
+                Some(name) => accounts
+                    .id(name)
+                    .ok_or_else(|| format!("unknown account {name:?} for user"))?,
+            };
+            let grant = Grant {
+                user: u.nkey.clone().or_else(|| u.user.clone()),
+                account,
+                perms,
+            };
             match (&u.nkey, &u.user) {
                 (Some(k), _) => {
                     if nkeys::KeyPair::from_public_key(k).is_err() || !k.starts_with('U') {
                         return Err(format!("not a valid public nkey for a user: {k:?}"));
                     }
-                    nkeys.insert(k.clone(), perms);
+                    if nkeys.insert(k.clone(), grant).is_some() {
+                        return Err(format!("Duplicate nkey {k:?} detected"));
+                    }
                 }
                 (None, Some(name)) => {
                     let pass = Secret::new(u.password.as_deref().unwrap_or(""));
-                    users.insert(name.clone(), (pass, perms));
+                    if users.insert(name.clone(), (pass, grant)).is_some() {
+                        return Err(format!("Duplicate user {name:?} detected"));
+                    }
                 }
                 (None, None) => return Err("a users entry needs user or nkey".to_string()),
             }
@@ -263,12 +295,12 @@ impl Auth {
         c.user.clone().or_else(|| self.no_auth_user.clone())
     }
 
-    /// The permissions of user or nkey `id`, or `None` if this configuration has no such
-    /// user (after a reload removed it).
-    pub fn lookup(&self, id: &str) -> Option<Option<Arc<Permissions>>> {
+    /// What user or nkey `id` gets, or `None` if this configuration has no such user (after
+    /// a reload removed it).
+    pub fn lookup(&self, id: &str) -> Option<Grant> {
         self.users
             .get(id)
-            .map(|(_, p)| p.clone())
+            .map(|(_, g)| g.clone())
             .or_else(|| self.nkeys.get(id).cloned())
     }
 
@@ -277,7 +309,7 @@ impl Auth {
     pub fn check(&self, c: &ConnectOpts, nonce: &str) -> Verdict {
         use Verdict::Done;
         if let Some(key) = &c.nkey {
-            let Some(perms) = self.nkeys.get(key) else {
+            let Some(grant) = self.nkeys.get(key) else {
                 return Done(Err(AuthError::UnknownUser(key.clone())));
             };
             let sig = c.sig.as_deref().unwrap_or("");
@@ -289,7 +321,7 @@ impl Auth {
                 _ => false,
             };
             return Done(if ok {
-                Ok(perms.clone())
+                Ok(grant.clone())
             } else {
                 Err(AuthError::BadSignature(key.clone()))
             });
@@ -298,7 +330,7 @@ impl Auth {
             let given = c.auth_token.as_deref().unwrap_or("");
             return match token {
                 Secret::Plain(t) => Done(if constant_time_eq(t.as_bytes(), given.as_bytes()) {
-                    Ok(None)
+                    Ok(Grant::default())
                 } else {
                     Err(AuthError::BadCredentials(String::new()))
                 }),
@@ -306,7 +338,7 @@ impl Auth {
                     given: given.to_string(),
                     hash: h.clone(),
                     user: String::new(),
-                    perms: None,
+                    grant: Grant::default(),
                 }),
             };
         }
@@ -314,23 +346,17 @@ impl Auth {
         let name = match (&c.user, &self.no_auth_user) {
             (Some(u), _) => u.clone(),
             (None, Some(n)) if no_credentials => {
-                let perms = self
-                    .users
-                    .get(n)
-                    .map(|(_, p)| p.clone())
-                    .or_else(|| self.nkeys.get(n).cloned())
-                    .flatten();
-                return Done(Ok(perms));
+                return Done(Ok(self.lookup(n).unwrap_or_default()));
             }
             _ => return Done(Err(AuthError::Missing)),
         };
-        let Some((secret, perms)) = self.users.get(&name) else {
+        let Some((secret, grant)) = self.users.get(&name) else {
             return Done(Err(AuthError::UnknownUser(name)));
         };
         let given = c.pass.as_deref().unwrap_or("");
         match secret {
             Secret::Plain(p) => Done(if constant_time_eq(p.as_bytes(), given.as_bytes()) {
-                Ok(perms.clone())
+                Ok(grant.clone())
             } else {
                 Err(AuthError::BadCredentials(name))
             }),
@@ -338,7 +364,7 @@ impl Auth {
                 given: given.to_string(),
                 hash: h.clone(),
                 user: name,
-                perms: perms.clone(),
+                grant: grant.clone(),
             }),
         }
     }
@@ -416,21 +442,6 @@ pub struct Permissions {
     subscribe: Option<Rule>,
 }
 
-/// Does every subject that subscription `sub` can match also match `filter`?
-fn covers(filter: &[u8], sub: &[u8]) -> bool {
-    let mut f = filter.split(|&b| b == b'.');
-    let mut s = sub.split(|&b| b == b'.');
-    loop {
-        match (f.next(), s.next()) {
-            (None, None) => return true,
-            (Some(b">"), Some(_)) => return true,
-            (Some(b"*"), Some(t)) if t != b">" => {}
-            (Some(ft), Some(st)) if ft == st && ft != b"*" && ft != b">" => {}
-            _ => return false,
-        }
-    }
-}
-
 fn queue_matches(filter: &Option<Vec<u8>>, queue: Option<&[u8]>) -> bool {
     match (filter, queue) {
         (None, _) => true,
@@ -469,7 +480,7 @@ impl Permissions {
         };
         let allowed = r.allow.as_ref().is_none_or(|a| {
             a.iter()
-                .any(|f| covers(&f.subject, subject) && queue_matches(&f.queue, queue))
+                .any(|f| subject_is_subset(&f.subject, subject) && queue_matches(&f.queue, queue))
         });
         let denied = r.deny.iter().any(|f| {
             subject_matches(&f.subject, subject)
@@ -541,7 +552,11 @@ mod tests {
         ConnectOpts::parse(json.as_bytes()).unwrap()
     }
 
-    fn done(v: Verdict) -> Result<Option<Arc<Permissions>>, AuthError> {
+    fn compile(o: &AuthOptions) -> Result<Option<Auth>, String> {
+        Auth::new(o, &Accounts::default())
+    }
+
+    fn done(v: Verdict) -> Result<Grant, AuthError> {
         match v {
             Verdict::Done(r) => r,
             Verdict::Bcrypt(p) => p.verify(),
@@ -593,13 +608,13 @@ mod tests {
 
     #[test]
     fn covers_is_subset() {
-        assert!(covers(b">", b"a.*"));
-        assert!(covers(b"a.*", b"a.b"));
-        assert!(covers(b"a.*", b"a.*"));
-        assert!(!covers(b"a.*", b"a.>"));
-        assert!(!covers(b"a.b", b"a.*"));
-        assert!(covers(b"a.>", b"a.b.>"));
-        assert!(!covers(b"a.b", b"a.b.c"));
+        assert!(subject_is_subset(b">", b"a.*"));
+        assert!(subject_is_subset(b"a.*", b"a.b"));
+        assert!(subject_is_subset(b"a.*", b"a.*"));
+        assert!(!subject_is_subset(b"a.*", b"a.>"));
+        assert!(!subject_is_subset(b"a.b", b"a.*"));
+        assert!(subject_is_subset(b"a.>", b"a.b.>"));
+        assert!(!subject_is_subset(b"a.b", b"a.b.c"));
     }
 
     #[test]
@@ -621,12 +636,12 @@ mod tests {
             no_auth_user: Some("alice".into()),
             ..Default::default()
         };
-        let a = Auth::new(&o).unwrap().unwrap();
+        let a = Auth::new(&o, &Accounts::default()).unwrap().unwrap();
         assert!(a.has_plaintext());
         assert!(done(a.check(&connect(r#"{"user":"alice","pass":"s3cret"}"#), "n")).is_ok());
         assert_eq!(
-            done(a.check(&connect(r#"{"user":"alice","pass":"nope"}"#), "n")),
-            Err(AuthError::BadCredentials("alice".into()))
+            done(a.check(&connect(r#"{"user":"alice","pass":"nope"}"#), "n")).err(),
+            Some(AuthError::BadCredentials("alice".into()))
         );
         assert!(matches!(
             a.check(&connect(r#"{"user":"bob","pass":"pw"}"#), "n"),
@@ -635,15 +650,15 @@ mod tests {
         assert!(done(a.check(&connect(r#"{"user":"bob","pass":"pw"}"#), "n")).is_ok());
         assert!(done(a.check(&connect(r#"{"user":"bob","pass":"px"}"#), "n")).is_err());
         assert_eq!(
-            done(a.check(&connect(r#"{"user":"carol","pass":"x"}"#), "n")),
-            Err(AuthError::UnknownUser("carol".into()))
+            done(a.check(&connect(r#"{"user":"carol","pass":"x"}"#), "n")).err(),
+            Some(AuthError::UnknownUser("carol".into()))
         );
         // No credentials at all: logged in as no_auth_user.
         assert!(done(a.check(&connect("{}"), "n")).is_ok());
         let e = AuthError::BadCredentials("alice".into()).to_string();
         assert!(!e.contains("s3cret") && !e.contains("nope"));
 
-        let t = Auth::new(&AuthOptions {
+        let t = compile(&AuthOptions {
             token: Some("tok".into()),
             ..Default::default()
         })
@@ -653,18 +668,20 @@ mod tests {
         assert!(done(t.check(&connect(r#"{"auth_token":"tik"}"#), "n")).is_err());
         assert!(done(t.check(&connect("{}"), "n")).is_err());
 
-        assert!(Auth::new(&AuthOptions {
+        assert!(compile(&AuthOptions {
             no_auth_user: Some("ghost".into()),
             ..o.clone()
         })
         .is_err());
-        assert!(Auth::new(&AuthOptions::default()).unwrap().is_none());
+        assert!(Auth::new(&AuthOptions::default(), &Accounts::default())
+            .unwrap()
+            .is_none());
     }
 
     #[test]
     fn nkey_signatures() {
         let kp = nkeys::KeyPair::new_user();
-        let a = Auth::new(&AuthOptions {
+        let a = compile(&AuthOptions {
             users: vec![UserOptions {
                 nkey: Some(kp.public_key()),
                 ..Default::default()

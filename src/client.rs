@@ -192,9 +192,42 @@ pub fn write_msg(
 /// The "no responders" status a requester gets when nobody is listening.
 pub const NO_RESPONDERS_HDR: &[u8] = b"NATS/1.0 503\r\n\r\n";
 
+/// A message (`hdr_len` bytes of header block, then the payload) with one more header
+/// line; returns the new header length and the message. A message without headers gets a
+/// `NATS/1.0` block of its own.
+pub fn add_header(hdr_len: usize, msg: &[u8], name: &[u8], value: &[u8]) -> (usize, Vec<u8>) {
+    let line_len = name.len() + 2 + value.len() + 2;
+    let mut out = Vec::with_capacity(msg.len() + line_len + 12);
+    let hdr_len = hdr_len.min(msg.len());
+    // A header block ends with an empty line; the new one goes just before it.
+    if hdr_len >= 4 && msg[..hdr_len].ends_with(b"\r\n\r\n") {
+        out.extend_from_slice(&msg[..hdr_len - 2]);
+    } else {
+        out.extend_from_slice(b"NATS/1.0\r\n");
+    }
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n\r\n");
+    let new_hdr = out.len();
+    out.extend_from_slice(&msg[hdr_len..]);
+    (new_hdr, out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn add_header_to_plain_and_header_messages() {
+        let (h, m) = add_header(0, b"hi", b"K", b"v");
+        assert_eq!(&m[..], b"NATS/1.0\r\nK: v\r\n\r\nhi");
+        assert_eq!(h, m.len() - 2);
+        let orig = b"NATS/1.0\r\nA: b\r\n\r\nhi";
+        let (h, m) = add_header(orig.len() - 2, orig, b"K", b"v");
+        assert_eq!(&m[..], b"NATS/1.0\r\nA: b\r\nK: v\r\n\r\nhi");
+        assert_eq!(h, m.len() - 2);
+    }
 
     #[test]
     fn connect_defaults_and_checks() {

@@ -24,6 +24,7 @@
 //! The thread-per-core runtime (glommio, pinning, the mesh, the acceptor) is the separate crate
 //! `tern-shards`, which knows nothing about NATS.
 
+pub mod accounts;
 pub mod auth;
 pub mod client;
 pub mod conf;

@@ -126,7 +126,10 @@ fn run(opts: Options, log: LogHandle) -> Result<(), String> {
     if let Some(f) = &opts.config_file {
         tracing::info!("Using configuration file: {}", f.display());
     }
-    if let Ok(Some(auth)) = tern::auth::Auth::new(&opts.auth) {
+    if let Ok(Some(auth)) = tern::auth::Auth::new(
+        &opts.auth,
+        &tern::accounts::Accounts::new(&opts.accounts).unwrap_or_default(),
+    ) {
         if auth.has_plaintext() {
             tracing::warn!("Plaintext passwords detected, use nkeys or bcrypt");
         }

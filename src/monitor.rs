@@ -90,6 +90,8 @@ struct Varz<'a> {
     subscriptions: u64,
     http_req_stats: BTreeMap<String, u64>,
     config_load_time: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    system_account: Option<&'a str>,
 }
 
 /// An answer: HTTP status and JSON (or HTML) body.
@@ -206,11 +208,7 @@ impl Monitor {
                 "leafnodes": 0,
                 "leafs": [],
             })),
-            "/accountz" => Reply::json(&json!({
-                "server_id": self.g.server_id,
-                "now": rfc3339(now),
-                "accounts": ["$G"],
-            })),
+            "/accountz" => self.accountz(now, &q),
             "/healthz" => Reply::json(&json!({ "status": "ok" })),
             _ => Reply::error(404, "404 page not found"),
         }
@@ -278,8 +276,66 @@ impl Monitor {
             subscriptions: subs,
             http_req_stats: lock(&self.req_stats).clone(),
             config_load_time: rfc3339(*lock(&self.config_load_time)),
+            system_account: self.system_account(),
         };
         serde_json::to_value(v).unwrap_or(Value::Null)
+    }
+
+    /// The system account's name, unless there is none.
+    fn system_account(&self) -> Option<&str> {
+        let a = &self.g.accounts;
+        a.system.map(|id| a.get(id).name.as_str())
+    }
+
+    /// `/accountz`: the account names, or with `acc=NAME` that account's details.
+    fn accountz(&self, now: SystemTime, q: &BTreeMap<String, String>) -> Reply {
+        let accounts = &self.g.accounts;
+        let mut v = json!({
+            "server_id": self.g.server_id,
+            "now": rfc3339(now),
+        });
+        if let Some(sys) = self.system_account() {
+            v["system_account"] = json!(sys);
+        }
+        let Some(name) = q.get("acc").filter(|n| !n.is_empty()) else {
+            let names: Vec<&str> = accounts.list.iter().map(|a| a.name.as_str()).collect();
+            v["accounts"] = json!(names);
+            return Reply::json(&v);
+        };
+        let Some(id) = accounts.id(name) else {
+            return Reply::error(400, &format!("Account {name} does not exist"));
+        };
+        let reports = self.gather(true);
+        let a = accounts.get(id);
+        let open = reports.iter().flat_map(|r| r.open.iter());
+        let clients = open.clone().filter(|c| c.account == a.name).count();
+        let stats = reports
+            .iter()
+            .filter_map(|r| r.accounts.get(id as usize))
+            .fold(crate::sublist::SublistStats::default(), |t, s| {
+                t.plus(s.clone())
+            });
+        let mut d = json!({
+            "account_name": a.name,
+            "update_time": rfc3339(self.g.started),
+            "expired": false,
+            "complete": true,
+            "jetstream_enabled": false,
+            "leafnode_connections": 0,
+            "client_connections": clients,
+            "subscriptions": stats.num_subscriptions,
+            "sublist_stats": sublist_stats_json(&stats),
+        });
+        let exports: Vec<Value> = a.exports.iter().map(export_json).collect();
+        if !exports.is_empty() {
+            d["exports"] = json!(exports);
+        }
+        let imports: Vec<Value> = a.imports.iter().map(import_json).collect();
+        if !imports.is_empty() {
+            d["imports"] = json!(imports);
+        }
+        v["account_detail"] = d;
+        Reply::json(&v)
     }
 
     /// Process CPU use since the previous call, in percent of one core.
@@ -382,6 +438,8 @@ pub struct ConnzQuery {
     pub limit: usize,
     pub cid: Option<u64>,
     pub state: ConnState,
+    /// `auth=1`: show each connection's user and account.
+    pub auth: bool,
 }
 
 fn param_usize(q: &BTreeMap<String, String>, k: &str, default: usize) -> Result<usize, String> {
@@ -449,6 +507,7 @@ impl ConnzQuery {
             limit: param_usize(q, "limit", DEFAULT_CONN_LIMIT)?,
             cid,
             state,
+            auth: q.get("auth").is_some_and(|v| is_true(v)),
         })
     }
 }
@@ -480,7 +539,7 @@ pub fn connz(server_id: &str, now: SystemTime, reports: &[ShardReport], q: &Conn
         .iter()
         .skip(q.offset)
         .take(q.limit)
-        .map(|c| conn_json(c, now, q.subs))
+        .map(|c| conn_json(c, now, q.subs, q.auth))
         .collect();
     json!({
         "server_id": server_id,
@@ -515,7 +574,7 @@ fn sort_conns(conns: &mut [&ConnInfo], sort: &str, now: SystemTime) {
     }
 }
 
-fn conn_json(c: &ConnInfo, now: SystemTime, subs: SubsShown) -> Value {
+fn conn_json(c: &ConnInfo, now: SystemTime, subs: SubsShown, auth: bool) -> Value {
     let end = c.stop.unwrap_or(now);
     let mut m = Map::new();
     m.insert("cid".into(), json!(c.cid));
@@ -561,6 +620,12 @@ fn conn_json(c: &ConnInfo, now: SystemTime, subs: SubsShown) -> Value {
             m.insert(k.into(), json!(v));
         }
     }
+    if auth {
+        if let Some(u) = &c.user {
+            m.insert("authorized_user".into(), json!(u));
+        }
+        m.insert("account".into(), json!(c.account));
+    }
     if !c.subs.is_empty() {
         match subs {
             SubsShown::None => {}
@@ -573,7 +638,15 @@ fn conn_json(c: &ConnInfo, now: SystemTime, subs: SubsShown) -> Value {
                     .subs
                     .iter()
                     .map(|s| {
-                        sub_detail(c.cid, &s.subject, s.queue.as_deref(), &s.sid, s.msgs, s.max)
+                        sub_detail(
+                            &c.account,
+                            c.cid,
+                            &s.subject,
+                            s.queue.as_deref(),
+                            &s.sid,
+                            s.msgs,
+                            s.max,
+                        )
                     })
                     .collect();
                 m.insert("subscriptions_list_detail".into(), json!(list));
@@ -584,6 +657,7 @@ fn conn_json(c: &ConnInfo, now: SystemTime, subs: SubsShown) -> Value {
 }
 
 fn sub_detail(
+    account: &str,
     cid: u64,
     subject: &str,
     queue: Option<&str>,
@@ -592,7 +666,7 @@ fn sub_detail(
     max: u64,
 ) -> Value {
     let mut m = Map::new();
-    m.insert("account".into(), json!("$G"));
+    m.insert("account".into(), json!(account));
     m.insert("subject".into(), json!(subject));
     if let Some(q) = queue {
         m.insert("qgroup".into(), json!(q));
@@ -603,6 +677,58 @@ fn sub_detail(
         m.insert("max".into(), json!(max));
     }
     m.insert("cid".into(), json!(cid));
+    Value::Object(m)
+}
+
+// ---------------------------------------------------------------------------
+// /accountz
+// ---------------------------------------------------------------------------
+
+fn export_json(e: &crate::accounts::ExportOptions) -> Value {
+    use crate::accounts::Kind;
+    let mut m = Map::new();
+    m.insert("subject".into(), json!(e.subject));
+    match e.kind {
+        Kind::Stream => m.insert("type".into(), json!("stream")),
+        Kind::Service => {
+            m.insert("type".into(), json!("service"));
+            m.insert("response_type".into(), json!(e.response_type.label()))
+        }
+    };
+    if !e.accounts.is_empty() {
+        m.insert("approved_accounts".into(), json!(e.accounts));
+    }
+    Value::Object(m)
+}
+
+fn import_json(i: &crate::accounts::ImportOptions) -> Value {
+    use crate::accounts::Kind;
+    let mut m = Map::new();
+    match i.kind {
+        Kind::Stream => {
+            m.insert("subject".into(), json!(i.subject));
+            m.insert("account".into(), json!(i.account));
+            let local = match (&i.prefix, &i.to) {
+                (Some(p), _) => format!("{p}.{}", i.subject),
+                (None, Some(to)) => to.clone(),
+                (None, None) => i.subject.clone(),
+            };
+            m.insert("local_subject".into(), json!(local));
+            m.insert("type".into(), json!("stream"));
+        }
+        // As nats-server 2.10 and later show it (2.9 had `subject` and `to` swapped).
+        Kind::Service => {
+            let local = i.to.as_ref().unwrap_or(&i.subject);
+            m.insert("subject".into(), json!(i.subject));
+            m.insert("account".into(), json!(i.account));
+            m.insert("to".into(), json!(local));
+            m.insert("local_subject".into(), json!(local));
+            m.insert("type".into(), json!("service"));
+        }
+    }
+    m.insert("invalid".into(), json!(false));
+    m.insert("share".into(), json!(false));
+    m.insert("tracking".into(), json!(false));
     Value::Object(m)
 }
 
@@ -639,20 +765,8 @@ impl SubszQuery {
     }
 }
 
-/// Builds the `/subsz` answer from the shards' reports.
-pub fn subsz(server_id: &str, now: SystemTime, reports: &[ShardReport], q: &SubszQuery) -> Value {
-    let mut st = crate::sublist::SublistStats::default();
-    for r in reports {
-        let s = &r.sublist;
-        st.num_subscriptions += s.num_subscriptions;
-        st.num_cache += s.num_cache;
-        st.num_inserts += s.num_inserts;
-        st.num_removes += s.num_removes;
-        st.num_matches += s.num_matches;
-        st.cache_hits += s.cache_hits;
-        st.max_fanout = st.max_fanout.max(s.max_fanout);
-        st.total_fanout += s.total_fanout;
-    }
+/// A subject index's counters as nats-server's `SublistStats` JSON.
+fn sublist_stats_json(st: &crate::sublist::SublistStats) -> Value {
     let hit_rate = if st.num_matches > 0 {
         st.cache_hits as f64 / st.num_matches as f64
     } else {
@@ -663,17 +777,31 @@ pub fn subsz(server_id: &str, now: SystemTime, reports: &[ShardReport], q: &Subs
     } else {
         0.0
     };
+    json!({
+        "num_subscriptions": st.num_subscriptions,
+        "num_cache": st.num_cache,
+        "num_inserts": st.num_inserts,
+        "num_removes": st.num_removes,
+        "num_matches": st.num_matches,
+        "cache_hit_rate": hit_rate,
+        "max_fanout": st.max_fanout,
+        "avg_fanout": avg_fanout,
+    })
+}
+
+/// Builds the `/subsz` answer from the shards' reports.
+pub fn subsz(server_id: &str, now: SystemTime, reports: &[ShardReport], q: &SubszQuery) -> Value {
+    let st = reports
+        .iter()
+        .fold(crate::sublist::SublistStats::default(), |t, r| {
+            t.plus(r.sublist.clone())
+        });
     let mut m = Map::new();
     m.insert("server_id".into(), json!(server_id));
     m.insert("now".into(), json!(rfc3339(now)));
-    m.insert("num_subscriptions".into(), json!(st.num_subscriptions));
-    m.insert("num_cache".into(), json!(st.num_cache));
-    m.insert("num_inserts".into(), json!(st.num_inserts));
-    m.insert("num_removes".into(), json!(st.num_removes));
-    m.insert("num_matches".into(), json!(st.num_matches));
-    m.insert("cache_hit_rate".into(), json!(hit_rate));
-    m.insert("max_fanout".into(), json!(st.max_fanout));
-    m.insert("avg_fanout".into(), json!(avg_fanout));
+    if let Value::Object(stats) = sublist_stats_json(&st) {
+        m.extend(stats);
+    }
     if q.subs {
         let mut all: Vec<Value> = Vec::new();
         for c in reports.iter().flat_map(|r| r.open.iter()) {
@@ -683,6 +811,7 @@ pub fn subsz(server_id: &str, now: SystemTime, reports: &[ShardReport], q: &Subs
                 });
                 if hit {
                     all.push(sub_detail(
+                        &c.account,
                         c.cid,
                         &s.subject,
                         s.queue.as_deref(),
@@ -867,6 +996,8 @@ mod tests {
                 msgs: 0,
                 max: 0,
             }],
+            account: "$G".into(),
+            user: None,
             name: String::new(),
             lang: "rust".into(),
             version: String::new(),

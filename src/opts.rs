@@ -124,6 +124,9 @@ pub struct Options {
     pub tls: Option<crate::tls::TlsOptions>,
     /// `authorization { ... }`, `no_auth_user` and `--user/--pass/--auth`.
     pub auth: crate::auth::AuthOptions,
+    /// `accounts { ... }`, `system_account`, `no_system_account` (the accounts' users are
+    /// in `auth`).
+    pub accounts: crate::accounts::AccountsOptions,
     /// The command line these options came from, so a reload can re-read the config file
     /// and apply the same flags on top of it, as nats-server does.
     pub args: Vec<String>,
@@ -161,6 +164,7 @@ impl Default for Options {
             lame_duck_duration: DEFAULT_LAME_DUCK_DURATION,
             lame_duck_grace_period: DEFAULT_LAME_DUCK_GRACE_PERIOD,
             auth: crate::auth::AuthOptions::default(),
+            accounts: crate::accounts::AccountsOptions::default(),
             tls: None,
             args: Vec::new(),
         }
@@ -819,6 +823,14 @@ pub fn check_reload(old: &Options, new: &Options) -> Result<(), OptsError> {
                 .to_string(),
         ));
     }
+    // nats-server reloads accounts too; Tern numbers its accounts once, at start-up. Their
+    // users are part of the authorization setup, which does reload.
+    if old.accounts != new.accounts {
+        return Err(OptsError::Invalid(
+            "config reload not supported for Accounts (Tern sets accounts, exports and imports at start-up)"
+                .to_string(),
+        ));
+    }
     // Reloadable: debug, trace, logtime, log_file, pid_file, ports_file_dir, max_connections,
     // max_payload, max_control_line, ping_interval, ping_max, write_deadline.
     Ok(())
@@ -965,10 +977,6 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 const UNSUPPORTED_KEYS: &[(&str, &str)] = &[
     ("https", "HTTPS monitoring"),
     ("https_port", "HTTPS monitoring"),
-    ("accounts", "accounts"),
-    ("system_account", "accounts"),
-    ("system", "accounts"),
-    ("no_system_account", "accounts"),
     ("operator", "operator mode"),
     ("operators", "operator mode"),
     ("trusted", "operator mode"),
@@ -1197,6 +1205,240 @@ fn parse_permissions(e: &Entry) -> Result<crate::auth::PermOptions, OptsError> {
     Ok(p)
 }
 
+/// `users: [ { user, password | nkey, permissions, account } ]`, for `authorization` or for
+/// the account named `account`.
+fn parse_users(
+    x: &Entry,
+    account: Option<&str>,
+    users: &mut Vec<crate::auth::UserOptions>,
+) -> Result<(), OptsError> {
+    let conf::Value::Array(list) = &x.item.value else {
+        return Err(x.wrong_type("a list of users"));
+    };
+    for item in list {
+        let ue = Entry {
+            key: "users",
+            key_pos: &item.pos,
+            item,
+        };
+        let mut u = crate::auth::UserOptions {
+            account: account.map(str::to_string),
+            ..Default::default()
+        };
+        for f in map_entries(&ue)? {
+            match f.key.to_ascii_lowercase().as_str() {
+                "user" | "username" => u.user = Some(f.string()?),
+                "password" | "pass" => u.password = Some(f.string()?),
+                "nkey" => u.nkey = Some(f.string()?),
+                "permissions" => u.permissions = Some(parse_permissions(&f)?),
+                _ => return Err(f.key_err(format!("unknown field {:?}", f.key))),
+            }
+        }
+        users.push(u);
+    }
+    Ok(())
+}
+
+/// `accounts { NAME: { users, exports, imports, default_permissions } }` (or a list of
+/// names). Users go to the authorization setup, bound to their account.
+fn parse_accounts(e: &Entry, o: &mut Options) -> Result<(), OptsError> {
+    use crate::accounts::AccountOptions;
+    if let conf::Value::Array(list) = &e.item.value {
+        for item in list {
+            let conf::Value::Str(name) = &item.value else {
+                return Err(e.wrong_type("a map of accounts or a list of names"));
+            };
+            o.accounts.accounts.push(AccountOptions {
+                name: name.clone(),
+                ..Default::default()
+            });
+        }
+        return Ok(());
+    }
+    for a in map_entries(e)? {
+        let mut acc = AccountOptions {
+            name: a.key.to_string(),
+            ..Default::default()
+        };
+        let mut users = Vec::new();
+        let mut default_permissions = None;
+        for x in map_entries(&a)? {
+            match x.key.to_ascii_lowercase().as_str() {
+                "users" => parse_users(&x, Some(a.key), &mut users)?,
+                "default_permissions" => default_permissions = Some(parse_permissions(&x)?),
+                "exports" => {
+                    for item in list_items(&x)? {
+                        acc.exports.push(parse_export(&item)?);
+                    }
+                }
+                "imports" => {
+                    for item in list_items(&x)? {
+                        acc.imports.push(parse_import(&item)?);
+                    }
+                }
+                "jetstream" | "js" => {
+                    return Err(x.key_err(
+                        "option \"jetstream\" needs JetStream, which Tern does not support yet"
+                            .to_string(),
+                    ))
+                }
+                "mappings" | "maps" => return Err(x.key_err(
+                    "option \"mappings\" needs subject mappings, which Tern does not support yet"
+                        .to_string(),
+                )),
+                "limits" | "max_connections" | "max_subscriptions" | "max_payload"
+                | "max_leafnodes" => {
+                    return Err(x.key_err(format!(
+                        "option {:?} needs account limits, which Tern does not support yet",
+                        x.key
+                    )))
+                }
+                _ => return Err(x.key_err(format!("unknown field {:?}", x.key))),
+            }
+        }
+        for mut u in users {
+            if u.permissions.is_none() {
+                u.permissions = default_permissions.clone();
+            }
+            o.auth.users.push(u);
+        }
+        o.accounts.accounts.push(acc);
+    }
+    crate::accounts::Accounts::new(&o.accounts).map_err(|m| e.key_err(m))?;
+    Ok(())
+}
+
+/// The entries of a list value, each positioned at its item.
+fn list_items<'a>(x: &Entry<'a>) -> Result<Vec<Entry<'a>>, OptsError> {
+    let conf::Value::Array(list) = &x.item.value else {
+        return Err(x.wrong_type("a list"));
+    };
+    Ok(list
+        .iter()
+        .map(|item| Entry {
+            key: x.key,
+            key_pos: &item.pos,
+            item,
+        })
+        .collect())
+}
+
+/// `{ stream | service: subject, accounts, response_type, response_threshold }`.
+fn parse_export(e: &Entry) -> Result<crate::accounts::ExportOptions, OptsError> {
+    use crate::accounts::{ExportOptions, Kind, ResponseType};
+    let mut kind = None;
+    let mut subject = String::new();
+    let mut accounts = Vec::new();
+    let mut response_type = ResponseType::Singleton;
+    let mut response_threshold = None;
+    for x in map_entries(e)? {
+        match x.key.to_ascii_lowercase().as_str() {
+            "stream" | "service" => {
+                if kind.is_some() {
+                    return Err(x.invalid("an export is a stream or a service, not both".into()));
+                }
+                kind = Some(if x.key.eq_ignore_ascii_case("stream") {
+                    Kind::Stream
+                } else {
+                    Kind::Service
+                });
+                subject = x.string()?;
+            }
+            "accounts" => accounts = string_list(&x)?,
+            "response" | "response_type" => {
+                response_type = match x.string()?.to_ascii_lowercase().as_str() {
+                    "single" | "singleton" => ResponseType::Singleton,
+                    "stream" => ResponseType::Stream,
+                    "chunk" | "chunked" => ResponseType::Chunked,
+                    other => return Err(x.invalid(format!("unknown response type: {other:?}"))),
+                }
+            }
+            "threshold" | "response_threshold" | "response_max_time" | "response_time" => {
+                response_threshold = Some(x.duration()?)
+            }
+            "latency" | "allow_trace" => {
+                return Err(x.key_err(format!(
+                    "option {:?} needs service latency tracking, which Tern does not support yet",
+                    x.key
+                )))
+            }
+            _ => return Err(x.key_err(format!("unknown field {:?}", x.key))),
+        }
+    }
+    let Some(kind) = kind else {
+        return Err(e.invalid("an export needs a stream or a service subject".into()));
+    };
+    if kind == Kind::Stream && response_type != ResponseType::Singleton {
+        return Err(e.invalid("a stream export has no response type".into()));
+    }
+    Ok(ExportOptions {
+        kind,
+        subject,
+        accounts,
+        response_type,
+        response_threshold,
+    })
+}
+
+/// `{ stream | service: { account, subject }, prefix, to }`.
+fn parse_import(e: &Entry) -> Result<crate::accounts::ImportOptions, OptsError> {
+    use crate::accounts::{ImportOptions, Kind};
+    let mut kind = None;
+    let (mut account, mut subject) = (String::new(), String::new());
+    let (mut to, mut prefix) = (None, None);
+    for x in map_entries(e)? {
+        match x.key.to_ascii_lowercase().as_str() {
+            "stream" | "service" => {
+                if kind.is_some() {
+                    return Err(x.invalid("an import is a stream or a service, not both".into()));
+                }
+                kind = Some(if x.key.eq_ignore_ascii_case("stream") {
+                    Kind::Stream
+                } else {
+                    Kind::Service
+                });
+                for f in map_entries(&x)? {
+                    match f.key.to_ascii_lowercase().as_str() {
+                        "account" => account = f.string()?,
+                        "subject" => subject = f.string()?,
+                        _ => return Err(f.key_err(format!("unknown field {:?}", f.key))),
+                    }
+                }
+            }
+            "prefix" => prefix = Some(x.string()?),
+            "to" => to = Some(x.string()?),
+            "share" => return Err(x.key_err(
+                "option \"share\" needs service latency tracking, which Tern does not support yet"
+                    .to_string(),
+            )),
+            _ => return Err(x.key_err(format!("unknown field {:?}", x.key))),
+        }
+    }
+    let Some(kind) = kind else {
+        return Err(e.invalid("an import needs a stream or a service".into()));
+    };
+    if account.is_empty() || subject.is_empty() {
+        return Err(e.invalid(format!(
+            "{} import needs an account and a subject",
+            if kind == Kind::Stream {
+                "a stream"
+            } else {
+                "a service"
+            }
+        )));
+    }
+    if kind == Kind::Service && prefix.is_some() {
+        return Err(e.invalid("a service import has no prefix (use \"to\")".into()));
+    }
+    Ok(ImportOptions {
+        kind,
+        account,
+        subject,
+        to,
+        prefix,
+    })
+}
+
 /// `authorization { token | user+password | users: [...], permissions, timeout }`.
 fn parse_authorization(e: &Entry, a: &mut crate::auth::AuthOptions) -> Result<(), OptsError> {
     for x in map_entries(e)? {
@@ -1209,35 +1451,7 @@ fn parse_authorization(e: &Entry, a: &mut crate::auth::AuthOptions) -> Result<()
             "timeout" => {
                 a.timeout = Some(x.timeout()?);
             }
-            "users" => {
-                let conf::Value::Array(list) = &x.item.value else {
-                    return Err(x.wrong_type("a list of users"));
-                };
-                for item in list {
-                    let ue = Entry {
-                        key: "users",
-                        key_pos: &item.pos,
-                        item,
-                    };
-                    let mut u = crate::auth::UserOptions::default();
-                    for f in map_entries(&ue)? {
-                        match f.key.to_ascii_lowercase().as_str() {
-                            "user" | "username" => u.user = Some(f.string()?),
-                            "password" | "pass" => u.password = Some(f.string()?),
-                            "nkey" => u.nkey = Some(f.string()?),
-                            "permissions" => u.permissions = Some(parse_permissions(&f)?),
-                            "account" => {
-                                return Err(f.key_err(
-                                    "option \"account\" needs accounts, which Tern does not support yet"
-                                        .to_string(),
-                                ))
-                            }
-                            _ => return Err(f.key_err(format!("unknown field {:?}", f.key))),
-                        }
-                    }
-                    a.users.push(u);
-                }
-            }
+            "users" => parse_users(&x, None, &mut a.users)?,
             "auth_callout" => {
                 return Err(x.key_err(
                     "option \"auth_callout\" needs auth callout, which Tern does not support yet"
@@ -1484,6 +1698,9 @@ impl Options {
                 "authorization" => parse_authorization(&e, &mut self.auth)?,
                 "tls" => self.tls = Some(parse_tls(&e)?),
                 "no_auth_user" => self.auth.no_auth_user = Some(e.string()?),
+                "accounts" => parse_accounts(&e, self)?,
+                "system_account" | "system" => self.accounts.system_account = Some(e.string()?),
+                "no_system_account" => self.accounts.no_system_account = e.boolean()?,
                 k if INERT_KEYS.contains(&k) => {}
                 k => {
                     if let Some((_, part)) = UNSUPPORTED_KEYS.iter().find(|(n, _)| *n == k) {
@@ -1538,7 +1755,9 @@ impl Options {
                 self.max_payload, self.max_pending
             )));
         }
-        crate::auth::Auth::new(&self.auth).map_err(OptsError::Invalid)?;
+        let accounts =
+            crate::accounts::Accounts::new(&self.accounts).map_err(OptsError::Invalid)?;
+        crate::auth::Auth::new(&self.auth, &accounts).map_err(OptsError::Invalid)?;
         if let Some(t) = &self.tls {
             crate::tls::server_config(t).map_err(OptsError::Invalid)?;
         }

@@ -12,7 +12,8 @@
 //! This module does I/O only through `tern_shards`; the protocol itself lives in `parser` and
 //! `client`.
 
-use crate::auth::{Auth, ClientPerms, Verdict};
+use crate::accounts::{AccId, Account, Accounts, ResponseType, ServiceRoute};
+use crate::auth::{Auth, ClientPerms, Grant, Verdict};
 use crate::client::{self, ConnectOpts};
 use crate::opts::Options;
 use crate::parser::{Op, ParseError, Parser, PubMsg};
@@ -54,6 +55,8 @@ pub struct Global {
     pub lame_duck: AtomicBool,
     /// The TLS configuration, built once at start-up; `None` for plaintext clients.
     pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// The accounts, numbered once at start-up (a reload may not change them).
+    pub accounts: Arc<Accounts>,
     next_cid: AtomicU64,
 }
 
@@ -68,6 +71,7 @@ impl Global {
             .server_name
             .clone()
             .unwrap_or_else(|| server_id.clone());
+        let accounts = Arc::new(Accounts::new(&opts.accounts).unwrap_or_default());
         Global {
             opts,
             server_id,
@@ -78,6 +82,7 @@ impl Global {
             connections: AtomicUsize::new(0),
             lame_duck: AtomicBool::new(false),
             tls,
+            accounts,
             next_cid: AtomicU64::new(1),
         }
     }
@@ -142,8 +147,9 @@ impl Global {
 
 /// One unit of traffic between shards.
 pub enum ShardOp {
-    /// The sender's local interest in (subject, queue) is now `weight` (0 = gone).
+    /// The sender's local interest in (account, subject, queue) is now `weight` (0 = gone).
     Interest {
+        account: AccId,
         subject: Bytes,
         queue: Option<Bytes>,
         weight: u32,
@@ -154,6 +160,7 @@ pub enum ShardOp {
     Ack(u64),
     /// A message to deliver locally, to plain subscribers and to one member of each named queue.
     Msg {
+        account: AccId,
         subject: Bytes,
         reply: Option<Bytes>,
         hdr_len: usize,
@@ -250,6 +257,9 @@ pub struct ConnInfo {
     pub in_bytes: u64,
     pub out_bytes: u64,
     pub subs: Vec<SubInfo>,
+    /// The account's name, and the user (name or nkey) it authenticated as.
+    pub account: String,
+    pub user: Option<String>,
     pub name: String,
     pub lang: String,
     pub version: String,
@@ -284,6 +294,8 @@ pub struct ShardReport {
     pub slow_consumers: u64,
     pub connections: usize,
     pub sublist: sublist::SublistStats,
+    /// Per account (indexed by [`AccId`]).
+    pub accounts: Vec<sublist::SublistStats>,
     /// Open connections (only when asked for).
     pub open: Vec<ConnInfo>,
     /// The most recently closed connections (only when asked for), oldest first.
@@ -327,6 +339,10 @@ struct Client {
     nonce: Option<String>,
     /// CONNECT has passed authentication (always true when none is configured).
     authed: Cell<bool>,
+    /// The account the client's user belongs to (`$G` until authenticated), and the user
+    /// name or nkey it authenticated as.
+    account: Cell<AccId>,
+    user: RefCell<Option<String>>,
     /// What this user may publish and subscribe to (`None`: everything).
     perms: RefCell<Option<ClientPerms>>,
     /// This user has subscribe deny entries, so deliveries are filtered.
@@ -367,7 +383,7 @@ impl Client {
     }
 
     /// The `/connz` view of this connection.
-    fn info(&self, subs: bool) -> ConnInfo {
+    fn info(&self, subs: bool, accounts: &Accounts) -> ConnInfo {
         let now = Instant::now();
         let wall = SystemTime::now();
         let counts = self.counts.get();
@@ -404,6 +420,8 @@ impl Client {
             } else {
                 Vec::new()
             },
+            account: accounts.get(self.account.get()).name.clone(),
+            user: self.user.borrow().clone(),
             name: o.name.clone(),
             lang: o.lang.clone(),
             version: o.version.clone(),
@@ -429,6 +447,7 @@ impl Client {
 /// A subscription; compared by identity.
 struct Subscription {
     client: Rc<Client>,
+    account: AccId,
     sid: Bytes,
     subject: Bytes,
     queue: Option<Bytes>,
@@ -454,10 +473,21 @@ struct RemoteRef {
     queue: Option<Bytes>,
 }
 
-/// A local (subject, queue) interest.
-type InterestKey = (Bytes, Option<Bytes>);
-/// Another shard's (shard, subject, queue) interest.
-type RemoteKey = (usize, Bytes, Option<Bytes>);
+/// A local (account, subject, queue) interest.
+type InterestKey = (AccId, Bytes, Option<Bytes>);
+/// Another shard's (shard, account, subject, queue) interest.
+type RemoteKey = (usize, AccId, Bytes, Option<Bytes>);
+
+/// A service request waiting for its response (nats-server's response service import): a
+/// response published in the exporting account to `_R_.<shard prefix>.<token>` goes to
+/// `reply` in account `to`.
+struct PendingResponse {
+    to: AccId,
+    reply: Bytes,
+    /// More than one response may come (`stream` and `chunked` exports).
+    many: bool,
+    deadline: Instant,
+}
 
 /// One shard of the server.
 struct Shard {
@@ -471,8 +501,16 @@ struct Shard {
     /// The number of shards, this one included.
     shards: usize,
     mesh: Rc<Mesh<MeshMsg>>,
-    subs: RefCell<Sublist<SubRef>>,
-    remote: RefCell<Sublist<RemoteRef>>,
+    /// Per account (indexed by [`AccId`]): the local subscriptions and the other shards'
+    /// interest.
+    subs: RefCell<Vec<Sublist<SubRef>>>,
+    remote: RefCell<Vec<Sublist<RemoteRef>>>,
+    /// `_R_.<random>.`: the reply prefix of the service requests this shard maps, so that
+    /// the responses come back to it.
+    resp_prefix: Bytes,
+    responses: RefCell<HashMap<Bytes, PendingResponse>>,
+    /// The mapped replies in the order they were made, to forget unanswered ones.
+    resp_expiry: RefCell<VecDeque<(Instant, Bytes)>>,
     remote_weights: RefCell<HashMap<RemoteKey, u32>>,
     interest: RefCell<HashMap<InterestKey, u32>>,
     outbox: RefCell<Vec<MeshMsg>>,
@@ -510,13 +548,19 @@ pub async fn shard_main(
     let shard = Rc::new(Shard {
         g: g.clone(),
         opts: RefCell::new(Arc::new(g.opts.clone())),
-        auth: RefCell::new(compile_auth(&g.opts)),
+        auth: RefCell::new(compile_auth(&g.opts, &g.accounts)),
         ctx: ctx.clone(),
         id: ctx.id(),
         shards: n,
         mesh: ctx.mesh().clone(),
-        subs: RefCell::new(Sublist::new()),
-        remote: RefCell::new(Sublist::new()),
+        subs: RefCell::new((0..g.accounts.len()).map(|_| Sublist::new()).collect()),
+        remote: RefCell::new((0..g.accounts.len()).map(|_| Sublist::new()).collect()),
+        resp_prefix: Bytes::from(format!(
+            "_R_.{}.",
+            crate::auth::nonce().get(..6).unwrap_or("0")
+        )),
+        responses: RefCell::new(HashMap::new()),
+        resp_expiry: RefCell::new(VecDeque::new()),
         remote_weights: RefCell::new(HashMap::new()),
         interest: RefCell::new(HashMap::new()),
         outbox: RefCell::new((0..n).map(|_| Vec::new()).collect()),
@@ -534,6 +578,15 @@ pub async fn shard_main(
         slow_consumers: Cell::new(0),
         closed: RefCell::new(VecDeque::new()),
     });
+    // Responses to the service requests this shard maps come back through interest in
+    // its reply prefix, in every account that exports a service.
+    for (id, a) in g.accounts.list.iter().enumerate() {
+        if a.exports_services {
+            let mut wildcard = BytesMut::from(&shard.resp_prefix[..]);
+            wildcard.extend_from_slice(b">");
+            shard.interest_changed(id as AccId, &wildcard.freeze(), &None, true);
+        }
+    }
     for rx in ctx.take_receivers() {
         rt::spawn(mesh_loop(shard.clone(), rx));
     }
@@ -585,8 +638,8 @@ pub async fn shard_main(
 }
 
 /// The authentication setup for `o` (already validated when the options were built).
-fn compile_auth(o: &Options) -> Option<Arc<Auth>> {
-    Auth::new(&o.auth).ok().flatten().map(Arc::new)
+fn compile_auth(o: &Options, accounts: &Accounts) -> Option<Arc<Auth>> {
+    Auth::new(&o.auth, accounts).ok().flatten().map(Arc::new)
 }
 
 /// Closes a connection that has not authenticated within the authorization timeout.
@@ -662,14 +715,13 @@ async fn read_plain(
 }
 
 /// Applies the outcome of an authentication check to `c`.
-fn finish_auth(
-    c: &Client,
-    r: Result<Option<Arc<crate::auth::Permissions>>, crate::auth::AuthError>,
-) -> Result<(), CloseReason> {
+fn finish_auth(c: &Client, r: Result<Grant, crate::auth::AuthError>) -> Result<(), CloseReason> {
     match r {
-        Ok(perms) => {
+        Ok(grant) => {
             c.authed.set(true);
-            if let Some(p) = perms {
+            c.account.set(grant.account);
+            *c.user.borrow_mut() = grant.user;
+            if let Some(p) = grant.perms {
                 c.filter_deliveries.set(p.has_sub_deny());
                 *c.perms.borrow_mut() = Some(ClientPerms::new(p));
             }
@@ -727,10 +779,11 @@ async fn mesh_loop(shard: Rc<Shard>, rx: MeshReceiver<MeshMsg>) {
         for op in batch {
             match op {
                 ShardOp::Interest {
+                    account,
                     subject,
                     queue,
                     weight,
-                } => shard.apply_remote_interest(from, subject, queue, weight),
+                } => shard.apply_remote_interest((from, account, subject, queue), weight),
                 ShardOp::Sync(seq) => ack = Some(seq),
                 ShardOp::Ack(seq) => {
                     let mut acked = shard.acked.borrow_mut();
@@ -740,12 +793,20 @@ async fn mesh_loop(shard: Rc<Shard>, rx: MeshReceiver<MeshMsg>) {
                     }
                 }
                 ShardOp::Msg {
+                    account,
                     subject,
                     reply,
                     hdr_len,
                     msg,
                     queues,
-                } => shard.deliver_forwarded(&subject, reply.as_deref(), hdr_len, &msg, &queues),
+                } => shard.deliver_forwarded(
+                    account,
+                    &subject,
+                    reply.as_deref(),
+                    hdr_len,
+                    &msg,
+                    &queues,
+                ),
             }
         }
         // Not `send_to`: an Ack needs no Sync of its own, or two shards would sync forever.
@@ -760,6 +821,8 @@ async fn mesh_loop(shard: Rc<Shard>, rx: MeshReceiver<MeshMsg>) {
 impl Shard {
     fn report(&self, conns: bool) -> ShardReport {
         let clients = self.clients.borrow();
+        let accounts: Vec<sublist::SublistStats> =
+            self.subs.borrow().iter().map(Sublist::stats).collect();
         let counts = clients
             .values()
             .fold(self.closed_counts.get(), |t, c| t.plus(c.counts.get()));
@@ -768,9 +831,16 @@ impl Shard {
             counts,
             slow_consumers: self.slow_consumers.get(),
             connections: clients.len(),
-            sublist: self.subs.borrow().stats(),
+            sublist: accounts.iter().cloned().fold(
+                sublist::SublistStats::default(),
+                sublist::SublistStats::plus,
+            ),
+            accounts,
             open: if conns {
-                clients.values().map(|c| c.info(true)).collect()
+                clients
+                    .values()
+                    .map(|c| c.info(true, &self.g.accounts))
+                    .collect()
             } else {
                 Vec::new()
             },
@@ -786,7 +856,7 @@ impl Shard {
     /// their next tick; a changed `max_payload` is announced to the clients with an INFO, as
     /// nats-server does.
     fn reload(&self, o: Arc<Options>) {
-        *self.auth.borrow_mut() = compile_auth(&o);
+        *self.auth.borrow_mut() = compile_auth(&o, &self.g.accounts);
         self.recheck_permissions();
         let old = self.opts.replace(o.clone());
         if old.max_payload != o.max_payload {
@@ -810,8 +880,8 @@ impl Shard {
                 Some(a) => match a.identity(&c.opts.borrow()) {
                     None => None,
                     Some(id) => match a.lookup(&id) {
-                        Some(p) => p,
-                        None => {
+                        Some(g) if g.account == c.account.get() => g.perms,
+                        _ => {
                             tracing::error!(
                                 "{} - cid:{} - user {id:?} removed by a reload",
                                 c.addr,
@@ -963,11 +1033,12 @@ impl Shard {
         .await;
     }
 
-    fn gossip(&self, subject: &Bytes, queue: &Option<Bytes>, weight: u32) {
+    fn gossip(&self, account: AccId, subject: &Bytes, queue: &Option<Bytes>, weight: u32) {
         for peer in (0..self.shards).filter(|&p| p != self.id) {
             self.send_to(
                 peer,
                 ShardOp::Interest {
+                    account,
                     subject: subject.clone(),
                     queue: queue.clone(),
                     weight,
@@ -976,11 +1047,17 @@ impl Shard {
         }
     }
 
-    fn interest_changed(&self, subject: &Bytes, queue: &Option<Bytes>, added: bool) {
+    fn interest_changed(
+        &self,
+        account: AccId,
+        subject: &Bytes,
+        queue: &Option<Bytes>,
+        added: bool,
+    ) {
         if self.shards == 1 {
             return;
         }
-        let key = (subject.clone(), queue.clone());
+        let key = (account, subject.clone(), queue.clone());
         let weight = {
             let mut m = self.interest.borrow_mut();
             let w = m.entry(key.clone()).or_insert(0);
@@ -997,46 +1074,48 @@ impl Shard {
         };
         // Plain interest is news only when it appears or disappears; queue weights always are.
         if queue.is_some() || (added && weight == 1) || (!added && weight == 0) {
-            self.gossip(subject, queue, weight);
+            self.gossip(account, subject, queue, weight);
         }
     }
 
-    fn apply_remote_interest(&self, from: usize, subject: Bytes, queue: Option<Bytes>, w: u32) {
-        let key = (from, subject, queue);
+    fn apply_remote_interest(&self, key: RemoteKey, w: u32) {
         let mut weights = self.remote_weights.borrow_mut();
-        let mut sl = self.remote.borrow_mut();
+        let mut remote = self.remote.borrow_mut();
+        let Some(sl) = remote.get_mut(key.1 as usize) else {
+            return;
+        };
         let entry = |weight| RemoteRef {
-            shard: from,
+            shard: key.0,
             weight,
-            queue: key.2.clone(),
+            queue: key.3.clone(),
         };
         if let Some(old) = weights.remove(&key) {
-            sl.remove(&key.1, key.2.as_deref(), &entry(old));
+            sl.remove(&key.2, key.3.as_deref(), &entry(old));
         }
-        if w > 0 && sl.insert(&key.1, key.2.as_deref(), entry(w)).is_ok() {
+        if w > 0 && sl.insert(&key.2, key.3.as_deref(), entry(w)).is_ok() {
             weights.insert(key, w);
         }
     }
 
     fn add_sub(&self, c: &Rc<Client>, subject: Bytes, queue: Option<Bytes>, sid: Bytes) {
+        let account = c.account.get();
         let sub = SubRef(Rc::new(Subscription {
             client: c.clone(),
+            account,
             sid: sid.clone(),
             subject: subject.clone(),
             queue: queue.clone(),
             max: Cell::new(0),
             delivered: Cell::new(0),
         }));
-        if self
-            .subs
-            .borrow_mut()
+        if self.subs.borrow_mut()[account as usize]
             .insert(&subject, queue.as_deref(), sub.clone())
             .is_err()
         {
             return;
         }
         c.subs.borrow_mut().insert(sid, sub);
-        self.interest_changed(&subject, &queue, true);
+        self.interest_changed(account, &subject, &queue, true);
     }
 
     fn remove_sub(&self, c: &Client, sid: &[u8]) {
@@ -1048,10 +1127,8 @@ impl Shard {
 
     fn unindex(&self, sub: &SubRef) {
         let s = &sub.0;
-        self.subs
-            .borrow_mut()
-            .remove(&s.subject, s.queue.as_deref(), sub);
-        self.interest_changed(&s.subject, &s.queue, false);
+        self.subs.borrow_mut()[s.account as usize].remove(&s.subject, s.queue.as_deref(), sub);
+        self.interest_changed(s.account, &s.subject, &s.queue, false);
     }
 
     fn close_client(&self, c: &Rc<Client>, reason: CloseReason) {
@@ -1072,7 +1149,7 @@ impl Shard {
             if closed.len() >= MAX_CLOSED_CLIENTS {
                 closed.pop_front();
             }
-            closed.push_back(c.info(true));
+            closed.push_back(c.info(true, &self.g.accounts));
         }
         let subs: Vec<SubRef> = c.subs.borrow_mut().drain().map(|(_, s)| s).collect();
         for s in &subs {
@@ -1186,18 +1263,133 @@ impl Shard {
         })
     }
 
-    /// Routes a message published by a client of this shard. Returns whether anyone
-    /// (here or on another shard) will receive it.
+    /// Routes a message published by a client of this shard: in its account, and through
+    /// the account's imports (streams others take from it, the service it calls). Returns
+    /// whether anyone (here or on another shard) will receive it.
     fn publish(&self, publisher: &Client, m: &PubMsg) -> bool {
-        let cid = publisher.cid;
+        let account = publisher.account.get();
+        let mut any = self.route(account, m, publisher.cid);
+        let accounts = self.g.accounts.clone();
+        let a = accounts.get(account);
+        if !a.stream_routes().is_empty() {
+            any |= self.route_streams(a, m, publisher.cid);
+        }
+        if let Some(si) = a.service_route(m.subject()) {
+            any |= self.service_request(publisher, si, m);
+        }
+        any
+    }
+
+    /// Delivers a message of account `a` to the accounts that import it as a stream, under
+    /// their subject for it.
+    fn route_streams(&self, a: &Account, m: &PubMsg, cid: u64) -> bool {
+        let mut any = false;
+        for r in a.stream_routes() {
+            if let Some(subject) = r.map(m.subject()) {
+                let mapped = PubMsg::from_parts(&subject, m.reply(), m.hdr_len, m.msg());
+                any |= self.route(r.to, &mapped, cid);
+            }
+        }
+        any
+    }
+
+    /// Sends a request through a service import into the exporting account, as nats-server
+    /// does: under the exported subject, with a `Nats-Request-Info` header naming the
+    /// requester's account, and with the reply mapped to `_R_.<prefix>.<token>` so that the
+    /// response comes back here and goes to the requester's reply subject.
+    fn service_request(&self, c: &Client, si: &ServiceRoute, m: &PubMsg) -> bool {
+        let now = Instant::now();
+        self.expire_responses(now);
+        let reply = m.reply().map(|r| {
+            let mut mapped = BytesMut::from(&self.resp_prefix[..]);
+            mapped.extend_from_slice(crate::auth::nonce().get(..8).unwrap_or("0").as_bytes());
+            let mapped = mapped.freeze();
+            let deadline = now + si.threshold;
+            self.responses.borrow_mut().insert(
+                mapped.clone(),
+                PendingResponse {
+                    to: c.account.get(),
+                    reply: Bytes::copy_from_slice(r),
+                    many: si.response != ResponseType::Singleton,
+                    deadline,
+                },
+            );
+            self.resp_expiry
+                .borrow_mut()
+                .push_back((deadline, mapped.clone()));
+            mapped
+        });
+        let name = &self.g.accounts.get(c.account.get()).name;
+        let info = match c.rtt.get() {
+            Some(rtt) => serde_json::json!({ "acc": name, "rtt": rtt.as_nanos() as u64 }),
+            None => serde_json::json!({ "acc": name }),
+        };
+        let (hdr_len, msg) = client::add_header(
+            m.hdr_len,
+            m.msg(),
+            b"Nats-Request-Info",
+            info.to_string().as_bytes(),
+        );
+        let request = PubMsg::from_parts(&si.map(m.subject()), reply.as_deref(), hdr_len, &msg);
+        self.route(si.to, &request, c.cid)
+    }
+
+    /// Forgets the mapped replies whose time is up.
+    fn expire_responses(&self, now: Instant) {
+        let mut expiry = self.resp_expiry.borrow_mut();
+        while expiry.front().is_some_and(|(d, _)| *d <= now) {
+            if let Some((_, key)) = expiry.pop_front() {
+                let mut responses = self.responses.borrow_mut();
+                if responses.get(&key).is_some_and(|p| p.deadline <= now) {
+                    responses.remove(&key);
+                }
+            }
+        }
+    }
+
+    /// If `subject` is a reply this shard mapped for a service request, carries the response
+    /// back to the requester's account and reply subject.
+    fn service_response(
+        &self,
+        subject: &[u8],
+        reply: Option<&[u8]>,
+        hdr_len: usize,
+        msg: &[u8],
+    ) -> bool {
+        let pending = {
+            let mut responses = self.responses.borrow_mut();
+            let Some(p) = responses.get(subject) else {
+                return false;
+            };
+            if p.deadline <= Instant::now() {
+                responses.remove(subject);
+                return false;
+            }
+            if p.many {
+                (p.to, p.reply.clone())
+            } else {
+                let p = responses.remove(subject).expect("present");
+                (p.to, p.reply)
+            }
+        };
+        let response = PubMsg::from_parts(&pending.1, reply, hdr_len, msg);
+        self.route(pending.0, &response, 0)
+    }
+
+    /// Routes a message within one account: to this shard's subscribers, and once to each
+    /// shard with interest (naming the queue groups it must serve there).
+    fn route(&self, account: AccId, m: &PubMsg, cid: u64) -> bool {
         let (subject, rep, hdr_len, msg) = (m.subject(), m.reply(), m.hdr_len, m.msg());
-        let local = self.subs.borrow_mut().matches(subject);
+        let local = self.subs.borrow_mut()[account as usize].matches(subject);
         let mut any = false;
         for s in &local.psubs {
             any |= self.deliver(s, subject, rep, hdr_len, msg, cid);
         }
+        if subject.starts_with(&self.resp_prefix) && self.g.accounts.get(account).exports_services {
+            any |= self.service_response(subject, rep, hdr_len, msg);
+        }
         // With one shard the remote table is empty and this reduces to local choices.
-        let remote = self.remote.borrow_mut().matches(subject);
+        let remote = self.remote.borrow_mut()[account as usize].matches(subject);
         let mut scratch = self.scratch.borrow_mut();
         for r in &remote.psubs {
             scratch[r.shard].0 = true;
@@ -1237,6 +1429,7 @@ impl Shard {
                 self.send_to(
                     peer,
                     ShardOp::Msg {
+                        account,
                         subject: m.subject_bytes(),
                         reply: m.reply_bytes(),
                         hdr_len,
@@ -1250,16 +1443,25 @@ impl Shard {
         any
     }
 
-    /// Delivers a message another shard forwarded: locally only, never forwarded again.
+    /// Delivers a message another shard forwarded: locally only, never forwarded again
+    /// (but a response to a service request this shard mapped goes on to the requester).
     fn deliver_forwarded(
         &self,
+        account: AccId,
         subject: &[u8],
         reply: Option<&[u8]>,
         hdr_len: usize,
         msg: &[u8],
         queues: &[Bytes],
     ) {
-        let local = self.subs.borrow_mut().matches(subject);
+        let Some(local) = self
+            .subs
+            .borrow_mut()
+            .get_mut(account as usize)
+            .map(|sl| sl.matches(subject))
+        else {
+            return;
+        };
         for s in &local.psubs {
             self.deliver(s, subject, reply, hdr_len, msg, 0);
         }
@@ -1267,6 +1469,9 @@ impl Shard {
             if let Some((_, members)) = local.qsubs.iter().find(|(n, _)| n[..] == q[..]) {
                 self.deliver_queue(members, subject, reply, hdr_len, msg, 0);
             }
+        }
+        if subject.starts_with(&self.resp_prefix) && self.g.accounts.get(account).exports_services {
+            self.service_response(subject, reply, hdr_len, msg);
         }
     }
 }
@@ -1349,6 +1554,8 @@ async fn client_main(shard: Rc<Shard>, conn: tern_shards::Conn) {
         rtt: Cell::new(None),
         reason: Cell::new(None),
         authed: Cell::new(auth.is_none()),
+        account: Cell::new(crate::accounts::GLOBAL),
+        user: RefCell::new(None),
         nonce,
         perms: RefCell::new(None),
         filter_deliveries: Cell::new(false),

@@ -104,6 +104,21 @@ fn has_no_empty_tokens(s: &[u8]) -> bool {
     !s.is_empty() && s.split(|&b| b == TSEP).all(|t| !t.is_empty())
 }
 
+/// Does every subject that subscription `sub` can match also match `filter`?
+pub fn subject_is_subset(filter: &[u8], sub: &[u8]) -> bool {
+    let mut f = filter.split(|&b| b == b'.');
+    let mut s = sub.split(|&b| b == b'.');
+    loop {
+        match (f.next(), s.next()) {
+            (None, None) => return true,
+            (Some(b">"), Some(_)) => return true,
+            (Some(b"*"), Some(t)) if t != b">" => {}
+            (Some(ft), Some(st)) if ft == st && ft != b"*" && ft != b">" => {}
+            _ => return false,
+        }
+    }
+}
+
 /// Naive reference matcher: does subscription `filter` match the published
 /// `subject`?
 ///
@@ -521,6 +536,22 @@ pub struct SublistStats {
     pub max_fanout: u64,
     /// Summed over cached subjects, for the average.
     pub total_fanout: u64,
+}
+
+impl SublistStats {
+    /// Two indexes' counters together (shards, accounts).
+    pub fn plus(self, o: SublistStats) -> SublistStats {
+        SublistStats {
+            num_subscriptions: self.num_subscriptions + o.num_subscriptions,
+            num_cache: self.num_cache + o.num_cache,
+            num_inserts: self.num_inserts + o.num_inserts,
+            num_removes: self.num_removes + o.num_removes,
+            num_matches: self.num_matches + o.num_matches,
+            cache_hits: self.cache_hits + o.cache_hits,
+            max_fanout: self.max_fanout.max(o.max_fanout),
+            total_fanout: self.total_fanout + o.total_fanout,
+        }
+    }
 }
 
 impl<T: Clone + PartialEq> Default for Sublist<T> {

@@ -265,9 +265,9 @@ fn example_configs_parse_or_name_the_missing_part() {
         ("cluster-c.conf", Some("clustering")),
         ("region1.conf", Some("clustering")),
         ("region1-jetstream.conf", Some("clustering")),
-        ("accounts.conf", Some("accounts")),
-        ("hub.conf", Some("accounts")),
-        ("leaf.conf", Some("accounts")),
+        ("accounts.conf", None),
+        ("hub.conf", Some("leafnodes")),
+        ("leaf.conf", Some("leafnodes")),
     ];
     for (file, missing) in expect {
         let out = std::process::Command::new(server_bin())

@@ -63,14 +63,6 @@ const ALLOWED_MISSING: &[(&str, &str)] = &[
         "varz.http_req_stats.",
         "per-path counts: depends on the requests made",
     ),
-    (
-        "varz.system_account",
-        "no system account yet (accounts are issue 5)",
-    ),
-    (
-        "accountz.system_account",
-        "no system account yet (accounts are issue 5)",
-    ),
 ];
 
 /// The scenario: a named client with a plain and a queue subscription, some traffic.
