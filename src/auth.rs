@@ -18,18 +18,39 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Default time a client has to send `CONNECT` when authentication is required.
 pub const DEFAULT_AUTH_TIMEOUT: Duration = Duration::from_secs(2);
 /// Entries a connection's publish-permission cache keeps (nats-server: 128).
 const PERM_CACHE_MAX: usize = 128;
+/// Replies a connection may answer under `allow_responses` before expired ones are pruned
+/// (nats-server: 4096).
+const REPLY_PERMS_PRUNE: usize = 4096;
+/// `allow_responses: true`: one response, within two minutes (nats-server's defaults).
+pub const DEFAULT_RESPONSE_PERMISSION: ResponsePermission = ResponsePermission {
+    max: 1,
+    expires: Duration::from_secs(120),
+};
 
 /// `permissions { publish, subscribe }` as configured, before compiling.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct PermOptions {
     pub publish: Option<RuleOptions>,
     pub subscribe: Option<RuleOptions>,
+    /// `allow_responses`: may publish to the reply subjects of the requests it receives.
+    pub allow_responses: Option<ResponsePermission>,
+}
+
+/// Responses left for one reply subject, and until when.
+type ReplyAllowance = (u32, Instant);
+
+/// How many responses a user may publish to each reply subject it received, and for how
+/// long.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ResponsePermission {
+    pub max: u32,
+    pub expires: Duration,
 }
 
 /// One direction's `allow`/`deny` lists. `allow: None` allows everything not denied.
@@ -440,6 +461,7 @@ impl Rule {
 pub struct Permissions {
     publish: Option<Rule>,
     subscribe: Option<Rule>,
+    responses: Option<ResponsePermission>,
 }
 
 fn queue_matches(filter: &Option<Vec<u8>>, queue: Option<&[u8]>) -> bool {
@@ -452,10 +474,25 @@ fn queue_matches(filter: &Option<Vec<u8>>, queue: Option<&[u8]>) -> bool {
 
 impl Permissions {
     pub fn new(o: &PermOptions) -> Result<Permissions, String> {
+        // allow_responses without publish rules denies every other publish.
+        let deny_all = RuleOptions {
+            allow: Some(Vec::new()),
+            deny: Vec::new(),
+        };
+        let publish = match (&o.publish, &o.allow_responses) {
+            (None, Some(_)) => Some(&deny_all),
+            (p, _) => p.as_ref(),
+        };
         Ok(Permissions {
-            publish: o.publish.as_ref().map(Rule::new).transpose()?,
+            publish: publish.map(Rule::new).transpose()?,
             subscribe: o.subscribe.as_ref().map(Rule::new).transpose()?,
+            responses: o.allow_responses,
         })
+    }
+
+    /// Whether received reply subjects must be remembered (`allow_responses`).
+    pub fn tracks_replies(&self) -> bool {
+        self.responses.is_some()
     }
 
     /// May this user publish to `subject` (a literal subject)?
@@ -513,6 +550,8 @@ impl Permissions {
 pub struct ClientPerms {
     pub perms: Arc<Permissions>,
     pub_cache: RefCell<HashMap<Box<[u8]>, bool>>,
+    /// `allow_responses`: reply subjects received, with the responses left and the deadline.
+    replies: RefCell<HashMap<Box<[u8]>, ReplyAllowance>>,
 }
 
 impl ClientPerms {
@@ -520,7 +559,46 @@ impl ClientPerms {
         ClientPerms {
             perms,
             pub_cache: RefCell::new(HashMap::new()),
+            replies: RefCell::new(HashMap::new()),
         }
+    }
+
+    /// Remembers a reply subject of a message delivered to this user, which it may then
+    /// answer (`allow_responses`).
+    pub fn track_reply(&self, reply: &[u8], now: Instant) {
+        let Some(rp) = self.perms.responses else {
+            return;
+        };
+        let mut replies = self.replies.borrow_mut();
+        if replies.len() >= REPLY_PERMS_PRUNE {
+            replies.retain(|_, (_, deadline)| *deadline > now);
+        }
+        replies.insert(Box::from(reply), (rp.max, now + rp.expires));
+    }
+
+    /// May this user publish to `subject` now: by its rules, or as a response it may still
+    /// send (which uses it up)?
+    pub fn may_publish(&self, subject: &[u8]) -> bool {
+        if self.can_publish(subject) {
+            return true;
+        }
+        let mut replies = self.replies.borrow_mut();
+        if replies.is_empty() {
+            return false;
+        }
+        let now = Instant::now();
+        let Some((left, deadline)) = replies.get_mut(subject) else {
+            return false;
+        };
+        if *deadline <= now {
+            replies.remove(subject);
+            return false;
+        }
+        *left = left.saturating_sub(1);
+        if *left == 0 {
+            replies.remove(subject);
+        }
+        true
     }
 
     pub fn can_publish(&self, subject: &[u8]) -> bool {
@@ -568,6 +646,7 @@ mod tests {
         let p = Permissions::new(&PermOptions {
             publish: rule(Some(&["orders.>", "status"]), &["orders.secret"]),
             subscribe: None,
+            allow_responses: None,
         })
         .unwrap();
         assert!(p.can_publish(b"orders.new"));
@@ -581,6 +660,28 @@ mod tests {
     }
 
     #[test]
+    fn response_permissions() {
+        let p = Permissions::new(&PermOptions {
+            allow_responses: Some(ResponsePermission {
+                max: 2,
+                expires: Duration::from_secs(60),
+            }),
+            ..Default::default()
+        })
+        .unwrap();
+        let c = ClientPerms::new(Arc::new(p));
+        assert!(
+            !c.may_publish(b"anything"),
+            "allow_responses alone denies publish"
+        );
+        c.track_reply(b"_INBOX.1", Instant::now());
+        c.track_reply(b"_INBOX.2", Instant::now() - Duration::from_secs(61));
+        assert!(c.may_publish(b"_INBOX.1") && c.may_publish(b"_INBOX.1"));
+        assert!(!c.may_publish(b"_INBOX.1"), "max responses used");
+        assert!(!c.may_publish(b"_INBOX.2"), "expired");
+    }
+
+    #[test]
     fn subscribe_permissions() {
         let p = Permissions::new(&PermOptions {
             publish: None,
@@ -588,6 +689,7 @@ mod tests {
                 Some(&["feed.>", "jobs.* workers"]),
                 &["feed.private", "feed.q.x q1"],
             ),
+            allow_responses: None,
         })
         .unwrap();
         assert!(p.can_subscribe(b"feed.a", None));

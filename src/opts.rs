@@ -1196,8 +1196,8 @@ fn parse_permissions(e: &Entry) -> Result<crate::auth::PermOptions, OptsError> {
         match x.key.to_ascii_lowercase().as_str() {
             "publish" | "pub" => p.publish = Some(parse_rule(&x)?),
             "subscribe" | "sub" => p.subscribe = Some(parse_rule(&x)?),
-            "allow_responses" | "allow_responses_max" => {
-                return Err(x.key_err("allow_responses is not supported by Tern yet".to_string()))
+            "allow_responses" | "allow_response" => {
+                p.allow_responses = parse_allow_responses(&x)?;
             }
             _ => return Err(x.key_err(format!("unknown field {:?}", x.key))),
         }
@@ -1437,6 +1437,34 @@ fn parse_import(e: &Entry) -> Result<crate::accounts::ImportOptions, OptsError> 
         to,
         prefix,
     })
+}
+
+/// `allow_responses: true | false | { max, expires }`.
+fn parse_allow_responses(x: &Entry) -> Result<Option<crate::auth::ResponsePermission>, OptsError> {
+    let mut rp = crate::auth::DEFAULT_RESPONSE_PERMISSION;
+    match &x.item.value {
+        conf::Value::Bool(false) => return Ok(None),
+        conf::Value::Bool(true) => {}
+        conf::Value::Map(_) => {
+            for f in map_entries(x)? {
+                match f.key.to_ascii_lowercase().as_str() {
+                    "max" | "max_msgs" | "max_messages" | "max_responses" => {
+                        let n = f.size()?;
+                        rp.max = u32::try_from(n.max(1)).unwrap_or(u32::MAX);
+                    }
+                    "expires" | "expiration" | "ttl" => {
+                        let d = f.duration()?;
+                        if !d.is_zero() {
+                            rp.expires = d;
+                        }
+                    }
+                    _ => return Err(f.key_err(format!("unknown field {:?}", f.key))),
+                }
+            }
+        }
+        _ => return Err(x.wrong_type("a boolean or a map")),
+    }
+    Ok(Some(rp))
 }
 
 /// `authorization { token | user+password | users: [...], permissions, timeout }`.

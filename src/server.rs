@@ -345,8 +345,9 @@ struct Client {
     user: RefCell<Option<String>>,
     /// What this user may publish and subscribe to (`None`: everything).
     perms: RefCell<Option<ClientPerms>>,
-    /// This user has subscribe deny entries, so deliveries are filtered.
-    filter_deliveries: Cell<bool>,
+    /// This user's permissions look at deliveries: subscribe deny entries filter them, and
+    /// `allow_responses` remembers their reply subjects.
+    check_deliveries: Cell<bool>,
     /// The TLS session, when the server requires TLS. The reader feeds it ciphertext and
     /// takes plaintext out; the writer puts plaintext in and sends the records.
     tls: Option<RefCell<rustls::ServerConnection>>,
@@ -357,6 +358,16 @@ struct Client {
 }
 
 impl Client {
+    /// Takes a user's permissions (`None`: everything allowed).
+    fn set_perms(&self, perms: Option<Arc<crate::auth::Permissions>>) {
+        self.check_deliveries.set(
+            perms
+                .as_ref()
+                .is_some_and(|p| p.has_sub_deny() || p.tracks_replies()),
+        );
+        *self.perms.borrow_mut() = perms.map(ClientPerms::new);
+    }
+
     fn write(&self, b: &[u8]) {
         self.out.borrow_mut().extend_from_slice(b);
     }
@@ -721,10 +732,7 @@ fn finish_auth(c: &Client, r: Result<Grant, crate::auth::AuthError>) -> Result<(
             c.authed.set(true);
             c.account.set(grant.account);
             *c.user.borrow_mut() = grant.user;
-            if let Some(p) = grant.perms {
-                c.filter_deliveries.set(p.has_sub_deny());
-                *c.perms.borrow_mut() = Some(ClientPerms::new(p));
-            }
+            c.set_perms(grant.perms);
             Ok(())
         }
         Err(e) => {
@@ -895,9 +903,7 @@ impl Shard {
                     },
                 },
             };
-            c.filter_deliveries
-                .set(perms.as_ref().is_some_and(|p| p.has_sub_deny()));
-            *c.perms.borrow_mut() = perms.clone().map(ClientPerms::new);
+            c.set_perms(perms.clone());
             let Some(p) = perms else { continue };
             let denied: Vec<(Bytes, Bytes)> = c
                 .subs
@@ -1179,17 +1185,19 @@ impl Shard {
         if c.closed.get() || (publisher == c.cid && !c.echo.get()) {
             return false;
         }
-        if c.filter_deliveries.get()
-            && c.perms
-                .borrow()
-                .as_ref()
-                .is_some_and(|p| p.perms.deny_delivery(subject))
-        {
-            return false;
-        }
         let max = s.max.get();
         if max > 0 && s.delivered.get() >= max {
             return false;
+        }
+        if c.check_deliveries.get() {
+            if let Some(p) = c.perms.borrow().as_ref() {
+                if p.perms.deny_delivery(subject) {
+                    return false;
+                }
+                if let Some(r) = reply {
+                    p.track_reply(r, Instant::now());
+                }
+            }
         }
         s.delivered.set(s.delivered.get() + 1);
         if crate::log::trace_on() {
@@ -1558,7 +1566,7 @@ async fn client_main(shard: Rc<Shard>, conn: tern_shards::Conn) {
         user: RefCell::new(None),
         nonce,
         perms: RefCell::new(None),
-        filter_deliveries: Cell::new(false),
+        check_deliveries: Cell::new(false),
         tls_plain_once: Cell::new(tls.is_some() && !handshake_first),
         tls,
         tls_failed: Cell::new(false),
@@ -1769,7 +1777,7 @@ fn handle_op(shard: &Rc<Shard>, c: &Rc<Client>, op: Op) -> Next {
         Op::Pub(m) => {
             c.count_in(m.msg().len());
             if let Some(p) = &*c.perms.borrow() {
-                if !p.can_publish(m.subject()) {
+                if !p.may_publish(m.subject()) {
                     let subject = String::from_utf8_lossy(m.subject());
                     tracing::error!(
                         "{} - cid:{} - Publish Violation - Subject {subject:?}",

@@ -222,3 +222,63 @@ fn a_reload_applies_to_connected_clients() {
     let subjects: Vec<&str> = got.iter().map(|m| m.subject.as_str()).collect();
     assert_eq!(subjects, ["a.b"], "{got:?}");
 }
+
+/// `allow_responses`: a user may publish to the reply subjects of the requests it received
+/// (once by default, `max` times within `expires` when given), and nothing else unless its
+/// publish rules allow it.
+#[test]
+fn allow_responses_permits_answering_requests_only() {
+    let conf = ConfFile::new(
+        "allowresp",
+        "r.conf",
+        "authorization {\n  users: [\n    {user: cli, password: pw}\n    {user: svc, password: pw, permissions: {subscribe: \"req.>\", allow_responses: true}}\n    {user: svc2, password: pw, permissions: {publish: \"log.>\", subscribe: \"req.>\", allow_responses: {max: 2, expires: \"1s\"}}}\n  ]\n}\n",
+    );
+    let s = Server::start(&["-c", conf.arg()]);
+    let mut cli = accepted(&s, r#"{"verbose":false,"user":"cli","pass":"pw"}"#);
+    let mut svc = accepted(&s, r#"{"verbose":false,"user":"svc","pass":"pw"}"#);
+    let mut svc2 = accepted(&s, r#"{"verbose":false,"user":"svc2","pass":"pw"}"#);
+    svc.send(b"SUB req.> 1\r\nPUB other 1\r\nx\r\nPING\r\n");
+    assert_eq!(
+        svc.read_line(),
+        "-ERR 'Permissions Violation for Publish to \"other\"'"
+    );
+    svc.expect(b"PONG\r\n");
+    svc2.send(b"SUB req.> 1\r\nPING\r\n");
+    svc2.expect(b"PONG\r\n");
+    cli.send(b"SUB _INBOX.> 1\r\nPUB req.a _INBOX.1 1\r\nq\r\nPING\r\n");
+    cli.expect(b"PONG\r\n");
+    assert_eq!(svc.read_msg().reply.as_deref(), Some("_INBOX.1"));
+    assert_eq!(svc2.read_msg().reply.as_deref(), Some("_INBOX.1"));
+    // svc: one response; the second is refused and never delivered.
+    svc.send(b"PUB _INBOX.1 2\r\nr1\r\nPUB _INBOX.1 2\r\nr2\r\nPING\r\n");
+    assert_eq!(
+        svc.read_line(),
+        "-ERR 'Permissions Violation for Publish to \"_INBOX.1\"'"
+    );
+    svc.expect(b"PONG\r\n");
+    // svc2: two responses, then refused; its own publish rule still works.
+    svc2.send(b"PUB _INBOX.1 2\r\nr3\r\nPUB _INBOX.1 2\r\nr4\r\nPUB _INBOX.1 2\r\nr5\r\nPUB log.x 1\r\nl\r\nPING\r\n");
+    assert_eq!(
+        svc2.read_line(),
+        "-ERR 'Permissions Violation for Publish to \"_INBOX.1\"'"
+    );
+    svc2.expect(b"PONG\r\n");
+    let got: Vec<Vec<u8>> = cli
+        .msgs_until_pong()
+        .into_iter()
+        .map(|m| m.payload)
+        .collect();
+    assert_eq!(got, [b"r1".to_vec(), b"r3".to_vec(), b"r4".to_vec()]);
+    // The permission expires.
+    cli.send(b"PUB req.b _INBOX.2 1\r\nq\r\nPING\r\n");
+    cli.expect(b"PONG\r\n");
+    assert_eq!(svc2.read_msg().reply.as_deref(), Some("_INBOX.2"));
+    std::thread::sleep(std::time::Duration::from_millis(1300));
+    svc2.send(b"PUB _INBOX.2 2\r\nr6\r\nPING\r\n");
+    assert_eq!(
+        svc2.read_line(),
+        "-ERR 'Permissions Violation for Publish to \"_INBOX.2\"'"
+    );
+    svc2.expect(b"PONG\r\n");
+    assert_eq!(cli.msgs_until_pong(), vec![]);
+}
