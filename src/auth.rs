@@ -325,6 +325,29 @@ impl Auth {
             .or_else(|| self.nkeys.get(id).cloned())
     }
 
+    /// `verify_and_map`: the user a verified client certificate names, trying its
+    /// `identities` in order (see `tls::cert_identities`); a user given as a distinguished
+    /// name also matches the certificate's subject with its attributes in another order.
+    pub fn check_mapped(&self, identities: &[String]) -> Result<Grant, AuthError> {
+        for id in identities {
+            if let Some((_, grant)) = self.users.get(id) {
+                return Ok(grant.clone());
+            }
+        }
+        if let Some(subject) = identities.last() {
+            let found = self
+                .users
+                .iter()
+                .find(|(name, _)| crate::tls::same_dn(name, subject));
+            if let Some((_, (_, grant))) = found {
+                return Ok(grant.clone());
+            }
+        }
+        Err(AuthError::UnknownUser(
+            identities.last().cloned().unwrap_or_default(),
+        ))
+    }
+
     /// Checks a client's `CONNECT` against the configuration. `nonce` is what this
     /// connection's INFO carried.
     pub fn check(&self, c: &ConnectOpts, nonce: &str) -> Verdict {

@@ -122,6 +122,8 @@ pub struct Options {
     pub lame_duck_grace_period: Duration,
     /// `tls { ... }` and the `--tls*` flags; `None` means plaintext clients.
     pub tls: Option<crate::tls::TlsOptions>,
+    /// With `tls`: clients may also connect without TLS (INFO says `tls_available`).
+    pub allow_non_tls: bool,
     /// `authorization { ... }`, `no_auth_user` and `--user/--pass/--auth`.
     pub auth: crate::auth::AuthOptions,
     /// `accounts { ... }`, `system_account`, `no_system_account` (the accounts' users are
@@ -166,6 +168,7 @@ impl Default for Options {
             auth: crate::auth::AuthOptions::default(),
             accounts: crate::accounts::AccountsOptions::default(),
             tls: None,
+            allow_non_tls: false,
             args: Vec::new(),
         }
     }
@@ -985,7 +988,6 @@ const UNSUPPORTED_KEYS: &[(&str, &str)] = &[
     ("resolver_tls", "operator mode"),
     ("resolver_preload", "operator mode"),
     ("resolver_pinned_accounts", "operator mode"),
-    ("allow_non_tls", "TLS with optional plaintext"),
     ("ocsp", "TLS"),
     ("ocsp_cache", "TLS"),
     ("cluster", "clustering"),
@@ -1492,7 +1494,7 @@ fn parse_authorization(e: &Entry, a: &mut crate::auth::AuthOptions) -> Result<()
     Ok(())
 }
 
-/// `tls { cert_file, key_file, ca_file, verify, timeout, handshake_first }`.
+/// `tls { cert_file, key_file, ca_file, verify, verify_and_map, timeout, handshake_first }`.
 fn parse_tls(e: &Entry) -> Result<crate::tls::TlsOptions, OptsError> {
     let mut t = crate::tls::TlsOptions::default();
     for x in map_entries(e)? {
@@ -1501,6 +1503,7 @@ fn parse_tls(e: &Entry) -> Result<crate::tls::TlsOptions, OptsError> {
             "key_file" => t.key_file = Some(x.path()?),
             "ca_file" => t.ca_file = Some(x.path()?),
             "verify" => t.verify = x.boolean()?,
+            "verify_and_map" => t.verify_and_map = x.boolean()?,
             "timeout" => t.timeout = Some(x.timeout()?),
             "handshake_first" | "first" | "immediate" => {
                 t.handshake_first = match &x.item.value {
@@ -1513,8 +1516,7 @@ fn parse_tls(e: &Entry) -> Result<crate::tls::TlsOptions, OptsError> {
                     }
                 }
             }
-            "verify_and_map"
-            | "verify_cert_and_check_known_urls"
+            "verify_cert_and_check_known_urls"
             | "pinned_certs"
             | "ocsp_peer"
             | "cert_store"
@@ -1725,6 +1727,7 @@ impl Options {
                 "spin_before_park" => self.spin_before_park = e.duration()?,
                 "authorization" => parse_authorization(&e, &mut self.auth)?,
                 "tls" => self.tls = Some(parse_tls(&e)?),
+                "allow_non_tls" => self.allow_non_tls = e.boolean()?,
                 "no_auth_user" => self.auth.no_auth_user = Some(e.string()?),
                 "accounts" => parse_accounts(&e, self)?,
                 "system_account" | "system" => self.accounts.system_account = Some(e.string()?),

@@ -114,6 +114,8 @@ impl Global {
             tls_required: bool,
             #[serde(skip_serializing_if = "std::ops::Not::not")]
             tls_verify: bool,
+            #[serde(skip_serializing_if = "std::ops::Not::not")]
+            tls_available: bool,
             #[serde(skip_serializing_if = "Option::is_none")]
             nonce: Option<&'a str>,
             #[serde(skip_serializing_if = "std::ops::Not::not")]
@@ -132,8 +134,10 @@ impl Global {
             client_id: cid,
             client_ip: ip,
             auth_required: o.auth.is_configured(),
-            tls_required: self.tls.is_some(),
-            tls_verify: self.tls.is_some() && o.tls.as_ref().is_some_and(|t| t.verify),
+            tls_required: self.tls.is_some() && !o.allow_non_tls,
+            tls_verify: self.tls.is_some()
+                && o.tls.as_ref().is_some_and(|t| t.verify || t.verify_and_map),
+            tls_available: self.tls.is_some() && o.allow_non_tls,
             nonce,
             ldm: self.lame_duck.load(Ordering::Relaxed),
         };
@@ -355,9 +359,35 @@ struct Client {
     tls_plain_once: Cell<bool>,
     /// The handshake timed out: nothing more goes through the session.
     tls_failed: Cell<bool>,
+    /// `allow_non_tls`: the client's first byte (a TLS handshake record, or not) has yet to
+    /// say whether it speaks TLS; and it chose plaintext.
+    tls_undecided: Cell<bool>,
+    tls_off: Cell<bool>,
 }
 
 impl Client {
+    /// The TLS session, unless the client chose plaintext (`allow_non_tls`).
+    fn session(&self) -> Option<&RefCell<rustls::ServerConnection>> {
+        self.tls.as_ref().filter(|_| !self.tls_off.get())
+    }
+
+    /// The names its verified certificate may map it to (`verify_and_map`).
+    fn cert_identities(&self) -> Vec<String> {
+        self.session()
+            .and_then(|t| {
+                t.borrow()
+                    .peer_certificates()
+                    .and_then(|certs| certs.first())
+                    .map(|der| crate::tls::cert_identities(der))
+            })
+            .unwrap_or_default()
+    }
+
+    /// In the TLS handshake (a client still choosing, under `allow_non_tls`, is not).
+    fn handshaking(&self) -> bool {
+        !self.tls_undecided.get() && self.session().is_some_and(|t| t.borrow().is_handshaking())
+    }
+
     /// Takes a user's permissions (`None`: everything allowed).
     fn set_perms(&self, perms: Option<Arc<crate::auth::Permissions>>) {
         self.check_deliveries.set(
@@ -667,8 +697,7 @@ async fn auth_timer(shard: Rc<Shard>, c: Rc<Client>, timeout: Duration) {
 /// 2.15 alike) closes it without a word, since there is no session to send an error in.
 async fn tls_timer(shard: Rc<Shard>, c: Rc<Client>, timeout: Duration) {
     rt::sleep(timeout).await;
-    let handshaking = c.tls.as_ref().is_some_and(|t| t.borrow().is_handshaking());
-    if handshaking && !c.closed.get() {
+    if c.handshaking() && !c.closed.get() {
         tracing::error!("{} - cid:{} - TLS handshake timeout", c.addr, c.cid);
         c.tls_failed.set(true);
         c.discard.set(true);
@@ -688,9 +717,27 @@ async fn read_plain(
     cipher: &mut Vec<u8>,
 ) -> std::io::Result<usize> {
     use std::io::{ErrorKind, Read};
-    let Some(tls) = &c.tls else {
+    let Some(tls) = c.session() else {
+        if !cipher.is_empty() {
+            // Plaintext read while telling TLS from plaintext (`allow_non_tls`).
+            return Ok(take_buffered(cipher, dst));
+        }
         return reader.read(dst).await;
     };
+    if c.tls_undecided.get() {
+        // A TLS client opens with a handshake record (type 22); a plaintext one with CONNECT.
+        cipher.resize(16 * 1024 + 512, 0);
+        let n = reader.read(cipher).await?;
+        cipher.truncate(n);
+        if n == 0 {
+            return Ok(0);
+        }
+        c.tls_undecided.set(false);
+        if cipher[0] != 0x16 {
+            c.tls_off.set(true);
+            return Ok(take_buffered(cipher, dst));
+        }
+    }
     loop {
         match tls.borrow_mut().reader().read(dst) {
             Ok(n) => return Ok(n),
@@ -723,6 +770,14 @@ async fn read_plain(
             c.wake_writer();
         }
     }
+}
+
+/// Moves what fits of `buffered` into `dst`.
+fn take_buffered(buffered: &mut Vec<u8>, dst: &mut [u8]) -> usize {
+    let n = buffered.len().min(dst.len());
+    dst[..n].copy_from_slice(&buffered[..n]);
+    buffered.drain(..n);
+    n
 }
 
 /// Applies the outcome of an authentication check to `c`.
@@ -1534,6 +1589,7 @@ async fn client_main(shard: Rc<Shard>, conn: tern_shards::Conn) {
         None => None,
     };
     let handshake_first = o.tls.as_ref().is_some_and(|t| t.handshake_first);
+    let allow_non_tls = tls.is_some() && o.allow_non_tls && !handshake_first;
     let client = Rc::new(Client {
         cid,
         out: RefCell::new(BytesMut::with_capacity(1024)),
@@ -1570,6 +1626,8 @@ async fn client_main(shard: Rc<Shard>, conn: tern_shards::Conn) {
         tls_plain_once: Cell::new(tls.is_some() && !handshake_first),
         tls,
         tls_failed: Cell::new(false),
+        tls_undecided: Cell::new(allow_non_tls),
+        tls_off: Cell::new(false),
     });
     client.write(&g.info_line(&o, cid, &ip, client.nonce.as_deref()));
     rt::spawn(writer_task(shard.clone(), client.clone(), writer));
@@ -1622,7 +1680,7 @@ async fn read_loop(shard: &Rc<Shard>, c: &Rc<Client>, mut reader: ConnReader) ->
         buf.resize(start + read_size, 0);
         let n = match read_plain(c, &mut reader, &mut buf[start..], &mut cipher).await {
             Ok(0) => return CloseReason::ClientClosed,
-            Err(e) if c.tls.as_ref().is_some_and(|t| t.borrow().is_handshaking()) => {
+            Err(e) if c.handshaking() => {
                 tracing::error!("{} - cid:{} - TLS handshake error: {e}", c.addr, c.cid);
                 return CloseReason::TlsHandshakeError;
             }
@@ -1740,7 +1798,19 @@ fn handle_op(shard: &Rc<Shard>, c: &Rc<Client>, op: Op) -> Next {
                 } else {
                     shard.auth.borrow().clone()
                 };
-                let verdict = auth.map(|a| a.check(&o, c.nonce.as_deref().unwrap_or("")));
+                let map_cert = shard
+                    .opts
+                    .borrow()
+                    .tls
+                    .as_ref()
+                    .is_some_and(|t| t.verify_and_map);
+                let verdict = auth.map(|a| {
+                    if map_cert {
+                        Verdict::Done(a.check_mapped(&c.cert_identities()))
+                    } else {
+                        a.check(&o, c.nonce.as_deref().unwrap_or(""))
+                    }
+                });
                 *c.opts.borrow_mut() = o;
                 // nats-server measures the RTT soon after CONNECT: the first PING comes early.
                 let first = shard
@@ -1928,7 +1998,7 @@ async fn writer_task(shard: Rc<Shard>, c: Rc<Client>, mut w: ConnWriter) {
             break;
         }
         let mut data = std::mem::replace(&mut *c.out.borrow_mut(), spare);
-        if let Some(tls) = c.tls.as_ref().filter(|_| !c.tls_failed.get()) {
+        if let Some(tls) = c.session().filter(|_| !c.tls_failed.get()) {
             if !c.tls_plain_once.replace(false) {
                 // Plaintext in, TLS records out (handshake records included).
                 let mut t = tls.borrow_mut();

@@ -3,7 +3,8 @@
 //!
 //! The record layer itself runs on the shard that owns the connection (`server` drives a
 //! `rustls::ServerConnection` between the socket and the protocol parser); this module only
-//! reads the PEM files and builds the shared, immutable `ServerConfig`, once at start-up.
+//! reads the PEM files and builds the shared, immutable `ServerConfig`, once at start-up, and
+//! names the identities a client certificate may be mapped to (`verify_and_map`).
 
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -23,6 +24,8 @@ pub struct TlsOptions {
     pub ca_file: Option<PathBuf>,
     /// Require and check client certificates against `ca_file`.
     pub verify: bool,
+    /// `verify`, and the certificate names the user (no password).
+    pub verify_and_map: bool,
     pub timeout: Option<Duration>,
     /// TLS before the INFO line (no plaintext INFO first).
     pub handshake_first: bool,
@@ -62,7 +65,7 @@ pub fn server_config(o: &TlsOptions) -> Result<Arc<rustls::ServerConfig>, String
     let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
         .map_err(|e| e.to_string())?;
-    let builder = if o.verify {
+    let builder = if o.verify || o.verify_and_map {
         let ca = o
             .ca_file
             .as_deref()
@@ -85,4 +88,135 @@ pub fn server_config(o: &TlsOptions) -> Result<Arc<rustls::ServerConfig>, String
         .with_single_cert(certs, key)
         .map_err(|e| format!("certificate and key do not match: {e}"))?;
     Ok(Arc::new(config))
+}
+
+/// The names a client certificate may be mapped to a user by, in nats-server's order: its
+/// e-mail addresses, DNS names and URIs (subject alternative names), then its subject as
+/// Go prints an RDN sequence (`CN=alice,OU=Eng,O=Acme,C=US`: last RDN first). Empty if the
+/// certificate cannot be parsed.
+pub fn cert_identities(der: &[u8]) -> Vec<String> {
+    use x509_parser::extensions::GeneralName;
+    let Ok((_, cert)) = x509_parser::parse_x509_certificate(der) else {
+        return Vec::new();
+    };
+    let mut emails = Vec::new();
+    let mut dns = Vec::new();
+    let mut uris = Vec::new();
+    if let Ok(Some(san)) = cert.subject_alternative_name() {
+        for name in &san.value.general_names {
+            match name {
+                GeneralName::RFC822Name(e) => emails.push(e.to_string()),
+                GeneralName::DNSName(d) => dns.push(d.to_string()),
+                GeneralName::URI(u) => uris.push(u.to_string()),
+                _ => {}
+            }
+        }
+    }
+    let mut out = emails;
+    out.extend(dns);
+    out.extend(uris);
+    out.push(rdn_string(cert.subject()));
+    out
+}
+
+/// A distinguished name as Go's `pkix.RDNSequence.String` writes it.
+fn rdn_string(name: &x509_parser::x509::X509Name) -> String {
+    let rdns: Vec<String> = name
+        .iter()
+        .map(|rdn| {
+            rdn.iter()
+                .map(|atv| {
+                    let oid = atv.attr_type().to_id_string();
+                    let key = match oid.as_str() {
+                        "2.5.4.6" => "C",
+                        "2.5.4.10" => "O",
+                        "2.5.4.11" => "OU",
+                        "2.5.4.3" => "CN",
+                        "2.5.4.5" => "SERIALNUMBER",
+                        "2.5.4.7" => "L",
+                        "2.5.4.8" => "ST",
+                        "2.5.4.9" => "STREET",
+                        "2.5.4.17" => "POSTALCODE",
+                        other => other,
+                    };
+                    let value = atv.as_str().map(escape_rdn_value).unwrap_or_else(|_| {
+                        let hex: String = atv
+                            .attr_value()
+                            .data
+                            .iter()
+                            .map(|b| format!("{b:02x}"))
+                            .collect();
+                        format!("#{hex}")
+                    });
+                    format!("{key}={value}")
+                })
+                .collect::<Vec<_>>()
+                .join("+")
+        })
+        .collect();
+    rdns.into_iter().rev().collect::<Vec<_>>().join(",")
+}
+
+/// Escapes an attribute value as RFC 4514 (and Go) do.
+fn escape_rdn_value(v: &str) -> String {
+    let mut out = String::with_capacity(v.len());
+    let last = v.chars().count().saturating_sub(1);
+    for (i, ch) in v.chars().enumerate() {
+        let special = matches!(ch, ',' | '+' | '"' | '\\' | '<' | '>' | ';')
+            || (i == 0 && (ch == ' ' || ch == '#'))
+            || (i == last && ch == ' ');
+        if special {
+            out.push('\\');
+        }
+        out.push(ch);
+    }
+    out
+}
+
+/// Whether two distinguished names hold the same attributes, in any order (nats-server
+/// matches a mapped user's DN this way too).
+pub fn same_dn(a: &str, b: &str) -> bool {
+    fn parts(s: &str) -> Option<Vec<String>> {
+        if !s.contains('=') {
+            return None;
+        }
+        let mut v: Vec<String> = s.split([',', '+']).map(|p| p.trim().to_string()).collect();
+        v.sort();
+        Some(v)
+    }
+    matches!((parts(a), parts(b)), (Some(x), Some(y)) if x == y)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn identities_of_a_client_certificate() {
+        use rcgen::{CertificateParams, DnType, KeyPair, SanType};
+        let key = KeyPair::generate().unwrap();
+        let mut p = CertificateParams::new(vec!["alice.acme.io".to_string()]).unwrap();
+        p.subject_alt_names
+            .push(SanType::Rfc822Name("alice@acme.io".try_into().unwrap()));
+        p.distinguished_name = rcgen::DistinguishedName::new();
+        p.distinguished_name.push(DnType::CountryName, "US");
+        p.distinguished_name
+            .push(DnType::OrganizationName, "Acme, Inc");
+        p.distinguished_name
+            .push(DnType::OrganizationalUnitName, "Eng");
+        p.distinguished_name.push(DnType::CommonName, "alice");
+        let cert = p.self_signed(&key).unwrap();
+        let ids = cert_identities(cert.der());
+        assert_eq!(
+            ids,
+            [
+                "alice@acme.io",
+                "alice.acme.io",
+                "CN=alice,OU=Eng,O=Acme\\, Inc,C=US"
+            ]
+        );
+        assert!(same_dn("CN=alice,OU=Eng,C=US", "C=US, OU=Eng, CN=alice"));
+        assert!(!same_dn("CN=alice", "CN=bob") && !same_dn("alice", "alice"));
+        assert!(cert_identities(b"junk").is_empty());
+    }
 }

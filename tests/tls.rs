@@ -26,16 +26,30 @@ fn pki(tag: &str) -> Pki {
     let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     let ca = ca_params.self_signed(&ca_key).unwrap();
-    let leaf = |names: Vec<String>| {
+    let leaf = |names: Vec<String>, client: bool| {
         let key = KeyPair::generate().unwrap();
-        let cert = CertificateParams::new(names)
-            .unwrap()
-            .signed_by(&key, &ca, &ca_key)
-            .unwrap();
+        let mut params = CertificateParams::new(names).unwrap();
+        if client {
+            // What verify_and_map can map: an e-mail address and the subject.
+            params.subject_alt_names.push(rcgen::SanType::Rfc822Name(
+                "alice@acme.io".try_into().unwrap(),
+            ));
+            params.distinguished_name = rcgen::DistinguishedName::new();
+            params
+                .distinguished_name
+                .push(rcgen::DnType::CountryName, "US");
+            params
+                .distinguished_name
+                .push(rcgen::DnType::OrganizationName, "Acme");
+            params
+                .distinguished_name
+                .push(rcgen::DnType::CommonName, "alice");
+        }
+        let cert = params.signed_by(&key, &ca, &ca_key).unwrap();
         (cert.pem(), key.serialize_pem())
     };
-    let (server_pem, server_key) = leaf(vec!["127.0.0.1".into(), "localhost".into()]);
-    let (client_pem, client_key) = leaf(vec!["client.example".into()]);
+    let (server_pem, server_key) = leaf(vec!["127.0.0.1".into(), "localhost".into()], false);
+    let (client_pem, client_key) = leaf(vec!["client.example".into()], true);
     let write = |name: &str, text: &str| {
         let p = dir.dir.join(name);
         std::fs::write(&p, text).unwrap();
@@ -55,6 +69,11 @@ impl Pki {
     /// A server configured with a `tls {}` block naming this PKI's server certificate and
     /// key, plus `extra` lines inside the block.
     fn server_with(&self, extra: &str) -> (ConfFile, Server) {
+        self.server_with_top(extra, "")
+    }
+
+    /// As [`Pki::server_with`], with `top` lines outside the `tls {}` block.
+    fn server_with_top(&self, extra: &str, top: &str) -> (ConfFile, Server) {
         // Tests run in parallel: each config gets its own directory.
         static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -62,7 +81,7 @@ impl Pki {
             &format!("tls-conf-{n}"),
             "tls.conf",
             &format!(
-                "tls {{\n  cert_file: \"{}\"\n  key_file: \"{}\"\n{extra}}}\n",
+                "{top}\ntls {{\n  cert_file: \"{}\"\n  key_file: \"{}\"\n{extra}}}\n",
                 self.cert.display(),
                 self.key.display()
             ),
@@ -258,4 +277,61 @@ async fn bulk_traffic_over_tls_arrives_whole_and_in_order() {
     }
     drop(publisher.await.unwrap());
     drop(p.dir);
+}
+
+/// `allow_non_tls`: the INFO offers TLS (`tls_available`) without requiring it, and TLS and
+/// plaintext clients share the server.
+#[tokio::test]
+async fn allow_non_tls_serves_tls_and_plaintext_clients() {
+    let p = pki("tlsoptional");
+    let (_conf, s) = p.server_with_top("", "allow_non_tls: true");
+    let mut plain = s.raw();
+    assert_eq!(plain.info["tls_available"], true);
+    assert!(plain.info.get("tls_required").is_none(), "{}", plain.info);
+    plain.send(b"CONNECT {\"verbose\":false}\r\nSUB mixed 1\r\nPING\r\n");
+    plain.expect(b"PONG\r\n");
+    let c = tls_client(&s, &p, false).await.expect("TLS connect");
+    round_trip(&c).await;
+    c.publish("mixed", "from tls".into()).await.unwrap();
+    c.flush().await.unwrap();
+    let m = plain.read_msg();
+    assert_eq!(m.payload, b"from tls");
+}
+
+/// `verify_and_map`: the client certificate names the user (its e-mail address, or its
+/// subject as an RDN sequence); a certificate that names nobody is refused.
+#[tokio::test]
+async fn verify_and_map_maps_the_certificate_to_a_user() {
+    let p = pki("tlsmap");
+    let tls = format!(
+        "  ca_file: \"{}\"\n  verify_and_map: true\n",
+        p.ca.display()
+    );
+    for user in ["alice@acme.io", "CN=alice,O=Acme,C=US"] {
+        let (_conf, s) = p.server_with_top(
+            &tls,
+            &format!(
+                "authorization {{ users: [{{user: \"{user}\"}}, {{user: other, password: pw}}] }}"
+            ),
+        );
+        let c = tls_client(&s, &p, true)
+            .await
+            .unwrap_or_else(|e| panic!("mapped to {user}: {e}"));
+        round_trip(&c).await;
+    }
+    let (_conf, s) = p.server_with_top(&tls, "authorization { users: [{user: \"bob@acme.io\"}] }");
+    let r = tokio::time::timeout(
+        Duration::from_secs(10),
+        async_nats::ConnectOptions::new()
+            .require_tls(true)
+            .add_root_certificates(p.ca.clone())
+            .add_client_certificate(p.client_cert.clone(), p.client_key.clone())
+            .connection_timeout(Duration::from_secs(3))
+            .connect(format!("tls://127.0.0.1:{}", s.port)),
+    )
+    .await;
+    assert!(
+        !matches!(r, Ok(Ok(_))),
+        "a certificate that maps to no user must not get in"
+    );
 }
