@@ -7,6 +7,10 @@
 //!   `MSG`/`HMSG`/`-ERR` bytes.
 //! - [`sublist`]: subject validation and the per-shard subject index with queue groups and a
 //!   bounded, lazily invalidated match cache (sans-IO).
+//! - [`accounts`]: the accounts, their exports and imports, and the subject rewriting an
+//!   import implies (sans-IO).
+//! - [`events`]: the system account's advisories and the `$SYS.REQ.SERVER...` requests
+//!   (sans-IO).
 //! - [`auth`]: who may connect (token, users with passwords or nkeys, `no_auth_user`) and
 //!   what each user may publish and subscribe to (sans-IO).
 //! - [`conf`]: nats-server's config file format, parsed into positioned values (sans-IO but
@@ -28,6 +32,7 @@ pub mod accounts;
 pub mod auth;
 pub mod client;
 pub mod conf;
+pub mod events;
 pub mod log;
 pub mod monitor;
 pub mod opts;

@@ -177,6 +177,15 @@ fn run(opts: Options, log: LogHandle) -> Result<(), String> {
     let global = Arc::new(Global::new(opts, id, local.port()));
     let inbox = Arc::new(Inbox::<Admin>::new(shards).map_err(|e| e.to_string())?);
     let monitor = Arc::new(Monitor::new(global.clone(), inbox.clone()));
+    {
+        // System account requests are answered from the monitoring figures.
+        let weak = Arc::downgrade(&monitor);
+        let api: tern::server::SysApi = Arc::new(move |kind: &str, query: &str| {
+            weak.upgrade()
+                .map_or(serde_json::Value::Null, |m| m.sys_request(kind, query))
+        });
+        let _ = global.sys_api.set(api);
+    }
     if let Some(addr) = http {
         let bound = tern::monitor::start(monitor.clone(), addr)
             .map_err(|e| format!("can't listen to the monitor port: {e}"))?;

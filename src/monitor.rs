@@ -173,6 +173,55 @@ impl Monitor {
             .into_owned()
             .collect();
         *lock(&self.req_stats).entry(path.to_string()).or_insert(0) += 1;
+        self.endpoint(path, &q)
+    }
+
+    /// Answers a system account request (`$SYS.REQ.SERVER.PING.VARZ` and the like): `kind`
+    /// names the endpoint, `query` holds the request's options.
+    pub fn sys_request(&self, kind: &str, query: &str) -> Value {
+        if kind == "STATSZ" {
+            return self.statsz();
+        }
+        let q: BTreeMap<String, String> = form_urlencoded::parse(query.as_bytes())
+            .into_owned()
+            .collect();
+        let reply = self.endpoint(&format!("/{}", kind.to_ascii_lowercase()), &q);
+        if reply.status == 200 {
+            serde_json::from_str(&reply.body).unwrap_or(Value::Null)
+        } else {
+            json!({ "error": { "code": reply.status, "description": reply.body } })
+        }
+    }
+
+    /// The `statsz` part of a STATSZ message.
+    fn statsz(&self) -> Value {
+        let reports = self.gather(false);
+        let mut counts = Counts::default();
+        let (mut slow, mut subs, mut conns) = (0u64, 0u64, 0usize);
+        for r in &reports {
+            counts = counts.plus(r.counts);
+            slow += r.slow_consumers;
+            subs += r.sublist.num_subscriptions;
+            conns += r.connections;
+        }
+        json!({
+            "start": rfc3339(self.g.started),
+            "mem": rss_bytes(),
+            "cores": std::thread::available_parallelism().map_or(1, |n| n.get()),
+            "cpu": self.cpu_percent(),
+            "connections": conns,
+            "total_connections": self.g.total_connections(),
+            "active_accounts": self.g.active_accounts(),
+            "subscriptions": subs,
+            "sent": { "msgs": counts.out_msgs, "bytes": counts.out_bytes },
+            "received": { "msgs": counts.in_msgs, "bytes": counts.in_bytes },
+            "slow_consumers": slow,
+            "active_servers": 1,
+        })
+    }
+
+    /// One endpoint's answer.
+    fn endpoint(&self, path: &str, q: &BTreeMap<String, String>) -> Reply {
         let now = SystemTime::now();
         match path {
             "/" => Reply {
@@ -181,11 +230,11 @@ impl Monitor {
                 html: true,
             },
             "/varz" => Reply::json(&self.varz(now)),
-            "/connz" => match ConnzQuery::parse(&q) {
+            "/connz" => match ConnzQuery::parse(q) {
                 Ok(cq) => Reply::json(&connz(&self.g.server_id, now, &self.gather(true), &cq)),
                 Err(e) => Reply::error(400, &e),
             },
-            "/subsz" | "/subscriptionsz" => match SubszQuery::parse(&q) {
+            "/subsz" | "/subscriptionsz" => match SubszQuery::parse(q) {
                 Ok(sq) => Reply::json(&subsz(&self.g.server_id, now, &self.gather(sq.subs), &sq)),
                 Err(e) => Reply::error(400, &e),
             },
@@ -208,7 +257,7 @@ impl Monitor {
                 "leafnodes": 0,
                 "leafs": [],
             })),
-            "/accountz" => self.accountz(now, &q),
+            "/accountz" => self.accountz(now, q),
             "/healthz" => Reply::json(&json!({ "status": "ok" })),
             _ => Reply::error(404, "404 page not found"),
         }

@@ -15,6 +15,7 @@
 use crate::accounts::{AccId, Account, Accounts, ResponseType, ServiceRoute};
 use crate::auth::{Auth, ClientPerms, Grant, Verdict};
 use crate::client::{self, ConnectOpts};
+use crate::events;
 use crate::opts::Options;
 use crate::parser::{Op, ParseError, Parser, PubMsg};
 use crate::sublist::{self, Sublist};
@@ -24,7 +25,7 @@ use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::task::{Poll, Waker};
 use std::time::{Duration, Instant, SystemTime};
 use tern_shards::{rt, ConnReader, ConnWriter, InboxReceiver, Mesh, MeshReceiver, ShardCtx};
@@ -57,8 +58,19 @@ pub struct Global {
     pub tls: Option<Arc<rustls::ServerConfig>>,
     /// The accounts, numbered once at start-up (a reload may not change them).
     pub accounts: Arc<Accounts>,
+    /// Connected clients per account (for the system account's `account_connections`).
+    account_conns: Vec<AtomicU64>,
+    /// The sequence number of the system account's events.
+    event_seq: AtomicU64,
+    /// Answers system account requests (`$SYS.REQ.SERVER...`) off the shards: set by the
+    /// binary to the monitoring module.
+    pub sys_api: OnceLock<SysApi>,
     next_cid: AtomicU64,
 }
+
+/// Answers a `$SYS.REQ.SERVER...` request: the endpoint (`VARZ`, ...) and its options as a
+/// query string. It blocks (it asks every shard), so it runs on a helper thread.
+pub type SysApi = Arc<dyn Fn(&str, &str) -> serde_json::Value + Send + Sync>;
 
 impl Global {
     pub fn new(opts: Options, server_id: String, port: u16) -> Global {
@@ -82,8 +94,29 @@ impl Global {
             connections: AtomicUsize::new(0),
             lame_duck: AtomicBool::new(false),
             tls,
+            account_conns: (0..accounts.len()).map(|_| AtomicU64::new(0)).collect(),
             accounts,
+            event_seq: AtomicU64::new(0),
+            sys_api: OnceLock::new(),
             next_cid: AtomicU64::new(1),
+        }
+    }
+
+    /// Accounts with a client connected.
+    pub fn active_accounts(&self) -> usize {
+        self.account_conns
+            .iter()
+            .filter(|n| n.load(Ordering::Relaxed) > 0)
+            .count()
+    }
+
+    /// The server as the system account's events name it, with the next sequence number.
+    fn event_server(&self) -> events::ServerInfo<'_> {
+        events::ServerInfo {
+            name: &self.server_name,
+            host: &self.opts.host,
+            id: &self.server_id,
+            seq: self.event_seq.fetch_add(1, Ordering::Relaxed) + 1,
         }
     }
 
@@ -343,6 +376,9 @@ struct Client {
     nonce: Option<String>,
     /// CONNECT has passed authentication (always true when none is configured).
     authed: Cell<bool>,
+    /// CONNECT has been accepted: the client counts in its account and its going away is
+    /// announced in the system account.
+    connected: Cell<bool>,
     /// The account the client's user belongs to (`$G` until authenticated), and the user
     /// name or nkey it authenticated as.
     account: Cell<AccId>,
@@ -781,13 +817,18 @@ fn take_buffered(buffered: &mut Vec<u8>, dst: &mut [u8]) -> usize {
 }
 
 /// Applies the outcome of an authentication check to `c`.
-fn finish_auth(c: &Client, r: Result<Grant, crate::auth::AuthError>) -> Result<(), CloseReason> {
+fn finish_auth(
+    shard: &Shard,
+    c: &Client,
+    r: Result<Grant, crate::auth::AuthError>,
+) -> Result<(), CloseReason> {
     match r {
         Ok(grant) => {
             c.authed.set(true);
             c.account.set(grant.account);
             *c.user.borrow_mut() = grant.user;
             c.set_perms(grant.perms);
+            shard.client_connected(c);
             Ok(())
         }
         Err(e) => {
@@ -1216,6 +1257,9 @@ impl Shard {
         for s in &subs {
             self.unindex(s);
         }
+        if c.connected.replace(false) {
+            self.client_disconnected(c, reason);
+        }
         if self.clients.borrow_mut().remove(&c.cid).is_some() {
             self.g.connections.fetch_sub(1, Ordering::Relaxed);
         }
@@ -1324,6 +1368,139 @@ impl Shard {
             let m = &members[(start + i) % members.len()];
             self.deliver(m, subject, reply, hdr_len, msg, publisher)
         })
+    }
+
+    /// Whether anyone (here or on another shard) listens to `subject` in `account`.
+    fn has_interest(&self, account: AccId, subject: &[u8]) -> bool {
+        self.subs.borrow_mut()[account as usize].has_interest(subject)
+            || self.remote.borrow_mut()[account as usize].has_interest(subject)
+    }
+
+    /// Publishes an event in the system account, if there is one and anyone listens (the
+    /// JSON is only built then).
+    fn system_event(&self, build: impl FnOnce(&Global) -> Vec<(String, serde_json::Value)>) {
+        let Some(sys) = self.g.accounts.system else {
+            return;
+        };
+        for (subject, body) in build(&self.g) {
+            if self.has_interest(sys, subject.as_bytes()) {
+                let body = body.to_string();
+                let m = PubMsg::from_parts(subject.as_bytes(), None, 0, body.as_bytes());
+                self.route(sys, &m, 0);
+            }
+        }
+    }
+
+    fn client_info<'a>(
+        &'a self,
+        c: &'a Client,
+        opts: &'a ConnectOpts,
+        user: Option<&'a str>,
+    ) -> events::ClientInfo<'a> {
+        events::ClientInfo {
+            start: c.start,
+            stop: c.closed.get().then(SystemTime::now),
+            host: c.peer.map(|p| p.ip().to_string()).unwrap_or_default(),
+            id: c.cid,
+            account: &self.g.accounts.get(c.account.get()).name,
+            user,
+            name: &opts.name,
+            lang: &opts.lang,
+            version: &opts.version,
+            rtt: c.rtt.get(),
+        }
+    }
+
+    /// CONNECT accepted: the client counts in its account, and the system account hears it.
+    fn client_connected(&self, c: &Client) {
+        if c.connected.replace(true) {
+            return;
+        }
+        let acc = c.account.get();
+        let n = self.g.account_conns[acc as usize].fetch_add(1, Ordering::Relaxed) + 1;
+        let opts = c.opts.borrow();
+        let user = c.user.borrow();
+        let info = self.client_info(c, &opts, user.as_deref());
+        self.system_event(|g| {
+            let now = SystemTime::now();
+            let mut out = vec![events::client_connect(&g.event_server(), &info, now)];
+            out.extend(events::account_connections(
+                &g.event_server(),
+                info.account,
+                n,
+                n,
+                now,
+            ));
+            out
+        });
+    }
+
+    /// A connected client went away.
+    fn client_disconnected(&self, c: &Client, reason: CloseReason) {
+        let acc = c.account.get();
+        let n = self.g.account_conns[acc as usize]
+            .fetch_sub(1, Ordering::Relaxed)
+            .saturating_sub(1);
+        let opts = c.opts.borrow();
+        let user = c.user.borrow();
+        let info = self.client_info(c, &opts, user.as_deref());
+        let k = c.counts.get();
+        self.system_event(|g| {
+            let now = SystemTime::now();
+            // Sent and received as the client sees them: what it published, what it got.
+            let mut out = vec![events::client_disconnect(
+                &g.event_server(),
+                &info,
+                events::data_stats(k.in_msgs, k.in_bytes),
+                events::data_stats(k.out_msgs, k.out_bytes),
+                reason.text(),
+                now,
+            )];
+            out.extend(events::account_connections(
+                &g.event_server(),
+                info.account,
+                n,
+                n,
+                now,
+            ));
+            out
+        });
+    }
+
+    /// A request to the server in the system account (`$SYS.REQ.SERVER.PING`, ...): the
+    /// answer is gathered off the shard, then published to `reply`. Returns whether it is one.
+    fn system_request(self: &Rc<Self>, account: AccId, m: &PubMsg) -> bool {
+        if Some(account) != self.g.accounts.system {
+            return false;
+        }
+        let (Ok(subject), Some(reply)) = (std::str::from_utf8(m.subject()), m.reply_bytes()) else {
+            return false;
+        };
+        let Some(kind) = events::server_request(subject, &self.g.server_id) else {
+            return false;
+        };
+        let Some(api) = self.g.sys_api.get().cloned() else {
+            return false;
+        };
+        let (kind, query) = (
+            kind.to_string(),
+            events::options_query(m.msg()[m.hdr_len..].as_ref()),
+        );
+        let shard = self.clone();
+        rt::spawn(async move {
+            let data = rt::spawn_blocking({
+                let kind = kind.clone();
+                move || api(&kind, &query)
+            })
+            .await;
+            let key = if kind == "STATSZ" { "statsz" } else { "data" };
+            let body =
+                events::response(&shard.g.event_server(), key, data, SystemTime::now()).to_string();
+            let m = PubMsg::from_parts(&reply, None, 0, body.as_bytes());
+            shard.route(account, &m, 0);
+            shard.flush();
+        });
+        true
     }
 
     /// Routes a message published by a client of this shard: in its account, and through
@@ -1618,6 +1795,7 @@ async fn client_main(shard: Rc<Shard>, conn: tern_shards::Conn) {
         rtt: Cell::new(None),
         reason: Cell::new(None),
         authed: Cell::new(auth.is_none()),
+        connected: Cell::new(false),
         account: Cell::new(crate::accounts::GLOBAL),
         user: RefCell::new(None),
         nonce,
@@ -1721,7 +1899,7 @@ async fn read_loop(shard: &Rc<Shard>, c: &Rc<Client>, mut reader: ConnReader) ->
                         if c.closed.get() {
                             return c.reason.get().unwrap_or(CloseReason::ClientClosed);
                         }
-                        if let Err(reason) = finish_auth(c, r) {
+                        if let Err(reason) = finish_auth(shard, c, r) {
                             return reason;
                         }
                         if verbose {
@@ -1826,11 +2004,14 @@ fn handle_op(shard: &Rc<Shard>, c: &Rc<Client>, op: Op) -> Next {
                 match verdict {
                     Some(Verdict::Bcrypt(p)) => return Next::Verify(p, verbose),
                     Some(Verdict::Done(r)) => {
-                        if let Err(reason) = finish_auth(c, r) {
+                        if let Err(reason) = finish_auth(shard, c, r) {
                             return Next::Close(reason);
                         }
                     }
-                    None => c.authed.set(true),
+                    None => {
+                        c.authed.set(true);
+                        shard.client_connected(c);
+                    }
                 }
                 if verbose {
                     c.write(client::OK);
@@ -1867,7 +2048,7 @@ fn handle_op(shard: &Rc<Shard>, c: &Rc<Client>, op: Op) -> Next {
             if verbose {
                 c.write(client::OK);
             }
-            let delivered = shard.publish(c, &m);
+            let delivered = shard.publish(c, &m) | shard.system_request(c.account.get(), &m);
             if let Some(reply) = m.reply() {
                 if !delivered && c.opts.borrow().no_responders {
                     no_responders(shard, c, reply);

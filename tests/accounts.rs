@@ -357,3 +357,61 @@ fn a_reload_that_moves_a_user_to_another_account_closes_it() {
     m.ping_pong();
     assert_eq!(a.msgs_until_pong(), vec![], "m is in B now");
 }
+
+/// The system account: connect and disconnect advisories for every account's clients, and
+/// the server answers `$SYS.REQ.SERVER.PING` (STATSZ) and `$SYS.REQ.SERVER.PING.<ENDPOINT>`
+/// with its monitoring figures, to system account users only.
+#[test]
+fn the_system_account_hears_events_and_asks_the_server() {
+    let conf = ConfFile::new(
+        "sysacc",
+        "sys.conf",
+        "accounts {\n  SYS: { users: [{user: sys, password: sys}] }\n  A: { users: [{user: a, password: a}] }\n}\nsystem_account: SYS\n",
+    );
+    let s = Server::start_sharded(2, &["-c", conf.arg()]);
+    let mut sys = login(&s, "sys", "sys");
+    let server_id = sys.info["server_id"].as_str().unwrap().to_string();
+    sys.send(
+        b"SUB $SYS.ACCOUNT.A.CONNECT 1\r\nSUB $SYS.ACCOUNT.A.DISCONNECT 2\r\nSUB _INBOX.sys 3\r\n",
+    );
+    sys.ping_pong();
+    let mut a = login(&s, "a", "a");
+    let m = sys.read_msg();
+    assert_eq!(m.subject, "$SYS.ACCOUNT.A.CONNECT");
+    let v: serde_json::Value = serde_json::from_slice(&m.payload).unwrap();
+    assert_eq!(v["type"], "io.nats.server.advisory.v1.client_connect");
+    assert_eq!(v["client"]["acc"], "A");
+    assert_eq!(v["client"]["user"], "a");
+    assert_eq!(v["server"]["id"], server_id.as_str());
+    a.send(b"PUB x 2\r\nhi\r\n");
+    a.ping_pong();
+    drop(a);
+    let m = sys.read_msg();
+    assert_eq!(m.subject, "$SYS.ACCOUNT.A.DISCONNECT");
+    let v: serde_json::Value = serde_json::from_slice(&m.payload).unwrap();
+    assert_eq!(v["type"], "io.nats.server.advisory.v1.client_disconnect");
+    assert_eq!(v["reason"], "Client Closed");
+    // As the client sees it: it sent one message.
+    assert_eq!(v["sent"]["msgs"], 1, "{v}");
+
+    sys.send(b"PUB $SYS.REQ.SERVER.PING _INBOX.sys 0\r\n\r\n");
+    let m = sys.read_msg();
+    assert_eq!(m.subject, "_INBOX.sys");
+    let v: serde_json::Value = serde_json::from_slice(&m.payload).unwrap();
+    assert_eq!(v["server"]["id"], server_id.as_str());
+    assert_eq!(v["statsz"]["connections"], 1, "{v}");
+    let ask = format!("PUB $SYS.REQ.SERVER.{server_id}.VARZ _INBOX.sys 0\r\n\r\n");
+    sys.send(ask.as_bytes());
+    let v: serde_json::Value = serde_json::from_slice(&sys.read_msg().payload).unwrap();
+    assert_eq!(v["data"]["server_id"], server_id.as_str());
+    assert_eq!(v["data"]["system_account"], "SYS");
+    sys.send(b"PUB $SYS.REQ.SERVER.PING.CONNZ _INBOX.sys 2\r\n{}\r\n");
+    let v: serde_json::Value = serde_json::from_slice(&sys.read_msg().payload).unwrap();
+    assert_eq!(v["data"]["num_connections"], 1, "{v}");
+
+    // Another account's $SYS subjects are its own: nobody answers there.
+    let mut other = login(&s, "a", "a");
+    other.send(b"SUB _INBOX.a 1\r\nPUB $SYS.REQ.SERVER.PING _INBOX.a 0\r\n\r\n");
+    other.ping_pong();
+    other.expect_nothing(std::time::Duration::from_millis(300));
+}
