@@ -1509,8 +1509,7 @@ impl Shard {
     fn publish(&self, publisher: &Client, m: &PubMsg) -> bool {
         let account = publisher.account.get();
         let mut any = self.route(account, m, publisher.cid);
-        let accounts = self.g.accounts.clone();
-        let a = accounts.get(account);
+        let a = self.g.accounts.get(account);
         if !a.stream_routes().is_empty() {
             any |= self.route_streams(a, m, publisher.cid);
         }
@@ -1625,7 +1624,7 @@ impl Shard {
         for s in &local.psubs {
             any |= self.deliver(s, subject, rep, hdr_len, msg, cid);
         }
-        if subject.starts_with(&self.resp_prefix) && self.g.accounts.get(account).exports_services {
+        if self.g.accounts.get(account).exports_services && subject.starts_with(&self.resp_prefix) {
             any |= self.service_response(subject, rep, hdr_len, msg);
         }
         // With one shard the remote table is empty and this reduces to local choices.
@@ -1710,7 +1709,7 @@ impl Shard {
                 self.deliver_queue(members, subject, reply, hdr_len, msg, 0);
             }
         }
-        if subject.starts_with(&self.resp_prefix) && self.g.accounts.get(account).exports_services {
+        if self.g.accounts.get(account).exports_services && subject.starts_with(&self.resp_prefix) {
             self.service_response(subject, reply, hdr_len, msg);
         }
     }

@@ -415,3 +415,29 @@ fn the_system_account_hears_events_and_asks_the_server() {
     other.ping_pong();
     other.expect_nothing(std::time::Duration::from_millis(300));
 }
+
+/// `no_auth_user` may name a user of an account: clients without credentials land there.
+#[test]
+fn no_auth_user_in_an_account() {
+    let conf = ConfFile::new(
+        "accnoauth",
+        "n.conf",
+        "accounts {\n  A: { users: [{user: a, password: a}] }\n  B: { users: [{user: b, password: b}] }\n}\nno_auth_user: b\n",
+    );
+    let s = Server::start(&["-c", conf.arg()]);
+    let mut anon = s.raw();
+    anon.send(b"CONNECT {\"verbose\":false}\r\nSUB t 1\r\nPING\r\n");
+    anon.expect(b"PONG\r\n");
+    let mut a = login(&s, "a", "a");
+    let mut b = login(&s, "b", "b");
+    a.send(b"PUB t 1\r\na\r\n");
+    a.ping_pong();
+    b.send(b"PUB t 1\r\nb\r\n");
+    b.ping_pong();
+    let got: Vec<Vec<u8>> = anon
+        .msgs_until_pong()
+        .into_iter()
+        .map(|m| m.payload)
+        .collect();
+    assert_eq!(got, [b"b".to_vec()]);
+}
