@@ -37,6 +37,7 @@ pub mod log;
 pub mod monitor;
 pub mod opts;
 pub mod parser;
+pub mod route;
 pub mod server;
 pub mod sublist;
 pub mod tls;

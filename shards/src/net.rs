@@ -1,6 +1,7 @@
 //! A TCP connection owned by one shard, split into a read half and a write half so that one
 //! task can read while another writes (glommio keeps separate read and write sources per
-//! socket, so the two never contend).
+//! socket, so the two never contend); outgoing connections ([`connect`]); and a listener a
+//! shard accepts on by itself ([`Listener`], for ports other than the client port).
 
 use futures_lite::{AsyncRead, AsyncWrite};
 use std::cell::RefCell;
@@ -78,5 +79,35 @@ impl ConnWriter {
         unsafe {
             libc::shutdown(fd, libc::SHUT_RDWR);
         }
+    }
+}
+
+/// Connects to `addr` from the current shard, within `timeout`.
+pub async fn connect(addr: SocketAddr, timeout: std::time::Duration) -> io::Result<Conn> {
+    let stream = Stream::connect_timeout(addr, timeout)
+        .await
+        .map_err(io::Error::from)?;
+    Ok(Conn::new(stream))
+}
+
+/// A listening socket served by one shard (the client port is spread over the shards by
+/// the pool instead).
+pub struct Listener(glommio::net::TcpListener);
+
+impl Listener {
+    /// Takes over a bound, listening socket (see `bind_listener`) on the current shard.
+    pub fn from_std(l: std::net::TcpListener) -> io::Result<Listener> {
+        use std::os::unix::io::{FromRawFd, IntoRawFd};
+        l.set_nonblocking(true)?;
+        // SAFETY: the descriptor comes from a listening TcpListener whose ownership moves here.
+        Ok(Listener(unsafe {
+            glommio::net::TcpListener::from_raw_fd(l.into_raw_fd())
+        }))
+    }
+
+    /// The next connection.
+    pub async fn accept(&self) -> io::Result<Conn> {
+        let stream = self.0.accept().await.map_err(io::Error::from)?;
+        Ok(Conn::new(stream))
     }
 }

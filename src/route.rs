@@ -1,0 +1,537 @@
+//! The route (cluster) protocol (nats-server's `route.go`), sans-IO.
+//!
+//! This module owns the route wire format: the route `INFO` and `CONNECT` JSON, the parser
+//! for what a peer sends (`RS+`, `RS-`, `RMSG`, `HMSG`, their leafnode-origin forms `LS+`,
+//! `LS-`, `LMSG`, `PING`, `PONG`, `INFO`, `CONNECT`, `-ERR`, `+OK`), and the encoder for what
+//! Tern sends. Tern presents itself as a no-pool peer without compression (reference 2.5,
+//! 2.6): one connection per remote server, the account named in every message. It does not
+//! touch sockets or shards: `server` drives route connections with it.
+
+use bytes::{Buf, Bytes, BytesMut};
+use serde::{Deserialize, Serialize};
+
+/// The route protocol version Tern speaks (`RouteProtoV2`).
+pub const ROUTE_PROTO: u8 = 2;
+
+/// A route `INFO`: what each side says about itself.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct RouteInfo {
+    pub server_id: String,
+    pub server_name: String,
+    pub version: String,
+    pub proto: u8,
+    pub host: String,
+    pub port: u16,
+    pub headers: bool,
+    pub max_payload: u32,
+    pub cluster: String,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub auth_required: bool,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub connect_urls: Vec<String>,
+    /// `nats-route://host:port/`: where other servers reach this one (gossip).
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub ip: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub nonce: String,
+    /// Lame duck mode: the peer is going away.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub ldm: bool,
+    /// 2.10 pooling: Tern never sends it (a no-pool peer); a peer's value is ignored.
+    #[serde(skip_serializing)]
+    pub route_pool_size: i64,
+    /// 2.10 pinned-account routes, which a no-pool peer refuses.
+    #[serde(skip_serializing)]
+    pub route_account: String,
+}
+
+/// A route `CONNECT`. Never has `lang` (that marks a client on the route port).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct RouteConnect {
+    pub echo: bool,
+    pub verbose: bool,
+    pub pedantic: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pass: Option<String>,
+    pub tls_required: bool,
+    pub headers: bool,
+    /// The server's ID (not its name).
+    pub name: String,
+    pub cluster: String,
+    /// Set by clients that dial the route port by mistake.
+    #[serde(skip_serializing)]
+    pub lang: String,
+    /// Set by gateways that dial the route port by mistake.
+    #[serde(skip_serializing)]
+    pub gateway: String,
+}
+
+/// One operation from a route peer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RouteOp {
+    Info(Bytes),
+    Connect(Bytes),
+    Ping,
+    Pong,
+    Ok,
+    Err(String),
+    /// `RS+ acc subject [queue weight]` (and `LS+`, whose origin cluster is dropped).
+    Sub {
+        account: Bytes,
+        subject: Bytes,
+        queue: Option<(Bytes, u32)>,
+    },
+    /// `RS- acc subject [queue]` (and `LS-`).
+    Unsub {
+        account: Bytes,
+        subject: Bytes,
+        queue: Option<Bytes>,
+    },
+    /// `RMSG`/`HMSG`/`LMSG`: a message for this server's subscribers, and the queue groups
+    /// the sender picked this server to serve.
+    Msg {
+        account: Bytes,
+        subject: Bytes,
+        reply: Option<Bytes>,
+        queues: Vec<Bytes>,
+        hdr_len: usize,
+        msg: Bytes,
+    },
+}
+
+/// What a peer sent that Tern cannot take; the route is closed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RouteError {
+    /// A control line longer than the limit.
+    ControlLine,
+    /// A message larger than the limit.
+    Payload,
+    /// A verb or arguments that do not parse.
+    Protocol(String),
+}
+
+impl std::fmt::Display for RouteError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RouteError::ControlLine => f.write_str("Maximum Control Line Exceeded"),
+            RouteError::Payload => f.write_str("Maximum Payload Violation"),
+            RouteError::Protocol(l) => write!(f, "Unknown Protocol Operation: {l:?}"),
+        }
+    }
+}
+
+impl std::error::Error for RouteError {}
+
+/// An incremental parser of a route's byte stream.
+pub struct RouteParser {
+    max_control_line: usize,
+    max_payload: usize,
+    /// A message whose control line has been read, waiting for its payload.
+    pending: Option<PendingMsg>,
+}
+
+struct PendingMsg {
+    account: Bytes,
+    subject: Bytes,
+    reply: Option<Bytes>,
+    queues: Vec<Bytes>,
+    hdr_len: usize,
+    total: usize,
+}
+
+fn tokens(line: &Bytes) -> Vec<Bytes> {
+    let mut out = Vec::new();
+    let mut start = None;
+    for (i, &b) in line.iter().enumerate() {
+        let sep = b == b' ' || b == b'\t';
+        match (sep, start) {
+            (false, None) => start = Some(i),
+            (true, Some(s)) => {
+                out.push(line.slice(s..i));
+                start = None;
+            }
+            _ => {}
+        }
+    }
+    if let Some(s) = start {
+        out.push(line.slice(s..));
+    }
+    out
+}
+
+fn number(b: &[u8]) -> Option<usize> {
+    if b.is_empty() || b.len() > 12 || !b.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(b).ok()?.parse().ok()
+}
+
+impl RouteParser {
+    pub fn new(max_control_line: usize, max_payload: usize) -> RouteParser {
+        RouteParser {
+            max_control_line,
+            max_payload,
+            pending: None,
+        }
+    }
+
+    /// The next whole operation in `buf` (consumed from it), or `None` until more arrives.
+    pub fn next(&mut self, buf: &mut BytesMut) -> Result<Option<RouteOp>, RouteError> {
+        loop {
+            if let Some(p) = &self.pending {
+                if buf.len() < p.total + 2 {
+                    return Ok(None);
+                }
+                let p = self.pending.take().expect("checked");
+                let msg = buf.split_to(p.total).freeze();
+                buf.advance(2);
+                return Ok(Some(RouteOp::Msg {
+                    account: p.account,
+                    subject: p.subject,
+                    reply: p.reply,
+                    queues: p.queues,
+                    hdr_len: p.hdr_len,
+                    msg,
+                }));
+            }
+            let Some(nl) = memchr::memchr(b'\n', buf) else {
+                if buf.len() > self.max_control_line {
+                    return Err(RouteError::ControlLine);
+                }
+                return Ok(None);
+            };
+            if nl > self.max_control_line {
+                return Err(RouteError::ControlLine);
+            }
+            let mut line = buf.split_to(nl + 1).freeze();
+            line.truncate(nl);
+            if line.last() == Some(&b'\r') {
+                line.truncate(nl - 1);
+            }
+            if line.iter().all(|b| b.is_ascii_whitespace()) {
+                continue;
+            }
+            let toks = tokens(&line);
+            let verb = toks[0].to_ascii_uppercase();
+            let bad = || RouteError::Protocol(String::from_utf8_lossy(&line).into_owned());
+            let rest_after = |t: &Bytes| -> Bytes {
+                let start = t.as_ptr() as usize - line.as_ptr() as usize + t.len();
+                let s = line.slice(start..);
+                let skip = s.iter().take_while(|b| **b == b' ' || **b == b'\t').count();
+                s.slice(skip..)
+            };
+            match verb.as_slice() {
+                b"PING" => return Ok(Some(RouteOp::Ping)),
+                b"PONG" => return Ok(Some(RouteOp::Pong)),
+                b"+OK" => return Ok(Some(RouteOp::Ok)),
+                b"-ERR" => {
+                    let text = rest_after(&toks[0]);
+                    let text = String::from_utf8_lossy(&text);
+                    return Ok(Some(RouteOp::Err(text.trim_matches('\'').to_string())));
+                }
+                b"INFO" => return Ok(Some(RouteOp::Info(rest_after(&toks[0])))),
+                b"CONNECT" => return Ok(Some(RouteOp::Connect(rest_after(&toks[0])))),
+                b"RS+" | b"LS+" => {
+                    // LS+ carries the origin cluster first.
+                    let args = if verb.as_slice() == b"LS+" {
+                        &toks[2..]
+                    } else {
+                        &toks[1..]
+                    };
+                    let (account, subject, queue) = match args {
+                        [a, s] => (a, s, None),
+                        [a, s, q] => (a, s, Some((q.clone(), 1))),
+                        [a, s, q, w] => {
+                            (a, s, Some((q.clone(), number(w).ok_or_else(bad)? as u32)))
+                        }
+                        _ => return Err(bad()),
+                    };
+                    return Ok(Some(RouteOp::Sub {
+                        account: account.clone(),
+                        subject: subject.clone(),
+                        queue,
+                    }));
+                }
+                b"RS-" | b"LS-" => {
+                    let args = &toks[1..];
+                    // LS- may carry the origin cluster (2.10 peers with lnocu).
+                    let args = if verb.as_slice() == b"LS-" && args.len() >= 3 {
+                        &args[1..]
+                    } else {
+                        args
+                    };
+                    let (account, subject, queue) = match args {
+                        [a, s] => (a, s, None),
+                        [a, s, q, ..] => (a, s, Some(q.clone())),
+                        _ => return Err(bad()),
+                    };
+                    return Ok(Some(RouteOp::Unsub {
+                        account: account.clone(),
+                        subject: subject.clone(),
+                        queue,
+                    }));
+                }
+                b"RMSG" | b"HMSG" | b"LMSG" => {
+                    let lmsg = verb.as_slice() == b"LMSG";
+                    let headers = verb.as_slice() != b"RMSG";
+                    let args = if lmsg { &toks[2..] } else { &toks[1..] };
+                    let sizes = if headers { 2 } else { 1 };
+                    if args.len() < 2 + sizes {
+                        return Err(bad());
+                    }
+                    let (head, tail) = args.split_at(args.len() - sizes);
+                    let (hdr_len, total) = if headers {
+                        (
+                            number(&tail[0]).ok_or_else(bad)?,
+                            number(&tail[1]).ok_or_else(bad)?,
+                        )
+                    } else {
+                        (0, number(&tail[0]).ok_or_else(bad)?)
+                    };
+                    if hdr_len > total {
+                        return Err(bad());
+                    }
+                    if total > self.max_payload {
+                        return Err(RouteError::Payload);
+                    }
+                    let (account, subject) = (head[0].clone(), head[1].clone());
+                    let (reply, queues) = match &head[2..] {
+                        [] => (None, Vec::new()),
+                        [r] => (Some(r.clone()), Vec::new()),
+                        [m, r, qs @ ..] if m.as_ref() == b"+" => (Some(r.clone()), qs.to_vec()),
+                        [m, qs @ ..] if m.as_ref() == b"|" => (None, qs.to_vec()),
+                        _ => return Err(bad()),
+                    };
+                    self.pending = Some(PendingMsg {
+                        account,
+                        subject,
+                        reply,
+                        queues,
+                        hdr_len,
+                        total,
+                    });
+                }
+                _ => return Err(bad()),
+            }
+        }
+    }
+}
+
+/// Appends `RS+ acc subject[ queue weight]`.
+pub fn write_sub(out: &mut BytesMut, account: &[u8], subject: &[u8], queue: Option<(&[u8], u32)>) {
+    out.extend_from_slice(b"RS+ ");
+    out.extend_from_slice(account);
+    out.extend_from_slice(b" ");
+    out.extend_from_slice(subject);
+    if let Some((q, w)) = queue {
+        out.extend_from_slice(b" ");
+        out.extend_from_slice(q);
+        out.extend_from_slice(b" ");
+        out.extend_from_slice(itoa::Buffer::new().format(w).as_bytes());
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Appends `RS- acc subject[ queue]`.
+pub fn write_unsub(out: &mut BytesMut, account: &[u8], subject: &[u8], queue: Option<&[u8]>) {
+    out.extend_from_slice(b"RS- ");
+    out.extend_from_slice(account);
+    out.extend_from_slice(b" ");
+    out.extend_from_slice(subject);
+    if let Some(q) = queue {
+        out.extend_from_slice(b" ");
+        out.extend_from_slice(q);
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Appends an `RMSG` (or `HMSG` when the message has headers and the peer takes them; a
+/// peer without header support gets the payload alone).
+#[allow(clippy::too_many_arguments)]
+pub fn write_msg(
+    out: &mut BytesMut,
+    account: &[u8],
+    subject: &[u8],
+    reply: Option<&[u8]>,
+    queues: &[Bytes],
+    hdr_len: usize,
+    msg: &[u8],
+    peer_headers: bool,
+) {
+    let hdr_len = hdr_len.min(msg.len());
+    let (with_headers, body) = if hdr_len > 0 && peer_headers {
+        (true, msg)
+    } else {
+        (false, &msg[hdr_len..])
+    };
+    out.extend_from_slice(if with_headers { b"HMSG " } else { b"RMSG " });
+    out.extend_from_slice(account);
+    out.extend_from_slice(b" ");
+    out.extend_from_slice(subject);
+    match (reply, queues.is_empty()) {
+        (Some(r), true) => {
+            out.extend_from_slice(b" ");
+            out.extend_from_slice(r);
+        }
+        (None, true) => {}
+        (r, false) => {
+            match r {
+                Some(r) => {
+                    out.extend_from_slice(b" + ");
+                    out.extend_from_slice(r);
+                }
+                None => out.extend_from_slice(b" |"),
+            }
+            for q in queues {
+                out.extend_from_slice(b" ");
+                out.extend_from_slice(q);
+            }
+        }
+    }
+    let mut n = itoa::Buffer::new();
+    if with_headers {
+        out.extend_from_slice(b" ");
+        out.extend_from_slice(n.format(hdr_len).as_bytes());
+    }
+    out.extend_from_slice(b" ");
+    out.extend_from_slice(n.format(body.len()).as_bytes());
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(body);
+    out.extend_from_slice(b"\r\n");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse_all(input: &[u8]) -> Vec<RouteOp> {
+        let mut p = RouteParser::new(4096, 1 << 20);
+        let mut buf = BytesMut::new();
+        let mut out = Vec::new();
+        // Byte by byte: the parser must cope with any split.
+        for &b in input {
+            buf.extend_from_slice(&[b]);
+            while let Some(op) = p.next(&mut buf).unwrap() {
+                out.push(op);
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn parses_interest_and_messages() {
+        let ops = parse_all(
+            b"RS+ $G foo\r\nRS+ $G bar q 3\r\nRS- $G bar q\r\nLS+ leafc $G x.y\r\nLS- leafc $G x.y\r\n\
+              RMSG $G foo 5\r\nhello\r\nRMSG $G foo r.1 2\r\nhi\r\nRMSG $G bar | q1 q2 1\r\nx\r\n\
+              RMSG $G bar + r.2 q1 1\r\ny\r\nHMSG $G h 12 14\r\nNATS/1.0\r\n\r\nhi\r\n\
+              LMSG leafc $G l.1 | q 0 2\r\nok\r\nPING\r\nPONG\r\n-ERR 'oops'\r\n",
+        );
+        let b = |s: &str| Bytes::copy_from_slice(s.as_bytes());
+        assert_eq!(
+            ops[0],
+            RouteOp::Sub {
+                account: b("$G"),
+                subject: b("foo"),
+                queue: None
+            }
+        );
+        assert_eq!(
+            ops[1],
+            RouteOp::Sub {
+                account: b("$G"),
+                subject: b("bar"),
+                queue: Some((b("q"), 3))
+            }
+        );
+        assert_eq!(
+            ops[2],
+            RouteOp::Unsub {
+                account: b("$G"),
+                subject: b("bar"),
+                queue: Some(b("q"))
+            }
+        );
+        assert!(matches!(&ops[3], RouteOp::Sub { subject, .. } if subject == "x.y"));
+        assert!(matches!(&ops[4], RouteOp::Unsub { subject, queue: None, .. } if subject == "x.y"));
+        let msg = |i: usize| match &ops[i] {
+            RouteOp::Msg {
+                subject,
+                reply,
+                queues,
+                hdr_len,
+                msg,
+                ..
+            } => (
+                subject.clone(),
+                reply.clone(),
+                queues.clone(),
+                *hdr_len,
+                msg.clone(),
+            ),
+            o => panic!("{o:?}"),
+        };
+        assert_eq!(msg(5), (b("foo"), None, vec![], 0, b("hello")));
+        assert_eq!(msg(6), (b("foo"), Some(b("r.1")), vec![], 0, b("hi")));
+        assert_eq!(msg(7), (b("bar"), None, vec![b("q1"), b("q2")], 0, b("x")));
+        assert_eq!(msg(8), (b("bar"), Some(b("r.2")), vec![b("q1")], 0, b("y")));
+        assert_eq!(msg(9).3, 12);
+        assert_eq!(msg(10), (b("l.1"), None, vec![b("q")], 0, b("ok")));
+        assert_eq!(
+            ops[11..],
+            [RouteOp::Ping, RouteOp::Pong, RouteOp::Err("oops".into())]
+        );
+    }
+
+    #[test]
+    fn encodes_what_it_parses() {
+        let mut out = BytesMut::new();
+        write_sub(&mut out, b"$G", b"a.*", None);
+        write_sub(&mut out, b"A", b"b", Some((b"q", 2)));
+        write_unsub(&mut out, b"A", b"b", Some(b"q"));
+        let q = [Bytes::from_static(b"q1")];
+        write_msg(&mut out, b"$G", b"s", Some(b"r"), &q, 0, b"data", true);
+        write_msg(
+            &mut out,
+            b"$G",
+            b"s",
+            None,
+            &[],
+            12,
+            b"NATS/1.0\r\n\r\nhi",
+            true,
+        );
+        write_msg(
+            &mut out,
+            b"$G",
+            b"s",
+            None,
+            &[],
+            12,
+            b"NATS/1.0\r\n\r\nhi",
+            false,
+        );
+        assert_eq!(
+            &out[..],
+            &b"RS+ $G a.*\r\nRS+ A b q 2\r\nRS- A b q\r\nRMSG $G s + r q1 4\r\ndata\r\n\
+               HMSG $G s 12 14\r\nNATS/1.0\r\n\r\nhi\r\nRMSG $G s 2\r\nhi\r\n"[..]
+        );
+        assert_eq!(parse_all(&out).len(), 6);
+    }
+
+    #[test]
+    fn refuses_garbage_and_limits() {
+        let mut p = RouteParser::new(64, 10);
+        let mut buf = BytesMut::from(&b"BOGUS x\r\n"[..]);
+        assert!(matches!(p.next(&mut buf), Err(RouteError::Protocol(_))));
+        let mut buf = BytesMut::from(&b"RMSG $G foo 11\r\n"[..]);
+        assert_eq!(p.next(&mut buf), Err(RouteError::Payload));
+        let mut buf = BytesMut::from(&[b'x'; 100][..]);
+        assert_eq!(p.next(&mut buf), Err(RouteError::ControlLine));
+        let mut buf = BytesMut::from(&b"RMSG $G\r\n"[..]);
+        assert!(p.next(&mut buf).is_err());
+    }
+}
