@@ -174,7 +174,27 @@ fn run(opts: Options, log: LogHandle) -> Result<(), String> {
         }
         None => None,
     };
+    // The cluster port, served by shard 0.
+    let route_listener = match &opts.cluster {
+        Some(c) => {
+            let host = c.host.as_deref().unwrap_or(&opts.host);
+            let addr = resolve(host, c.port)?;
+            let l = tern_shards::bind_listener(addr, false)
+                .map_err(|e| format!("can't listen to the route port: {e}"))?;
+            let bound = l.local_addr().map_err(|e| e.to_string())?;
+            tracing::info!(
+                "Cluster name is {}",
+                c.name.as_deref().unwrap_or("(dynamic)")
+            );
+            tracing::info!("Listening for route connections on {bound}");
+            Some(l)
+        }
+        None => None,
+    };
     let global = Arc::new(Global::new(opts, id, local.port()));
+    if let Ok(mut slot) = global.route_listener.lock() {
+        *slot = route_listener;
+    }
     let inbox = Arc::new(Inbox::<Admin>::new(shards).map_err(|e| e.to_string())?);
     let monitor = Arc::new(Monitor::new(global.clone(), inbox.clone()));
     {

@@ -238,13 +238,7 @@ impl Monitor {
                 Ok(sq) => Reply::json(&subsz(&self.g.server_id, now, &self.gather(sq.subs), &sq)),
                 Err(e) => Reply::error(400, &e),
             },
-            "/routez" => Reply::json(&json!({
-                "server_id": self.g.server_id,
-                "server_name": self.g.server_name,
-                "now": rfc3339(now),
-                "num_routes": 0,
-                "routes": [],
-            })),
+            "/routez" => Reply::json(&self.routez(now)),
             "/gatewayz" => Reply::json(&json!({
                 "server_id": self.g.server_id,
                 "now": rfc3339(now),
@@ -277,6 +271,30 @@ impl Monitor {
         let http = *lock(&self.http_addr);
         let cpu = self.cpu_percent();
         let empty = Map::new();
+        let cluster_report = reports.iter().find_map(|r| r.cluster.clone());
+        let cluster = match (&o.cluster, &cluster_report) {
+            (Some(c), Some(r)) => {
+                let mut m = Map::new();
+                m.insert("name".into(), json!(r.name));
+                let addr = c.host.clone().unwrap_or_else(|| o.host.clone());
+                m.insert("addr".into(), json!(addr));
+                m.insert("cluster_port".into(), json!(r.port));
+                let auth_timeout = c.auth_timeout.map_or(2.0, |d| d.as_secs_f64());
+                m.insert("auth_timeout".into(), json!(auth_timeout));
+                let urls: Vec<String> = c
+                    .routes
+                    .iter()
+                    .map(|u| format!("{}:{}", u.host, u.port))
+                    .collect();
+                if !urls.is_empty() {
+                    m.insert("urls".into(), json!(urls));
+                }
+                m.insert("tls_timeout".into(), json!(2.0));
+                m
+            }
+            _ => Map::new(),
+        };
+        let routes = cluster_report.as_ref().map_or(0, |r| r.routes.len() as u32);
         let v = Varz {
             server_id: &self.g.server_id,
             server_name: &self.g.server_name,
@@ -297,7 +315,7 @@ impl Monitor {
             max_control_line: o.max_control_line,
             max_payload: o.max_payload,
             max_pending: o.max_pending,
-            cluster: &empty,
+            cluster: &cluster,
             gateway: &empty,
             leaf: &empty,
             mqtt: &empty,
@@ -314,8 +332,8 @@ impl Monitor {
             cpu,
             connections,
             total_connections: self.g.total_connections(),
-            routes: 0,
-            remotes: 0,
+            routes,
+            remotes: routes,
             leafnodes: 0,
             in_msgs: counts.in_msgs,
             out_msgs: counts.out_msgs,
@@ -328,6 +346,44 @@ impl Monitor {
             system_account: self.system_account(),
         };
         serde_json::to_value(v).unwrap_or(Value::Null)
+    }
+
+    /// `/routez`: the routes of the shard that owns them.
+    fn routez(&self, now: SystemTime) -> Value {
+        let cluster = self.gather(false).into_iter().find_map(|r| r.cluster);
+        let routes: Vec<Value> = cluster
+            .iter()
+            .flat_map(|c| c.routes.iter())
+            .map(|r| {
+                json!({
+                    "rid": r.rid,
+                    "remote_id": r.remote_id,
+                    "remote_name": r.remote_name,
+                    "did_solicit": r.did_solicit,
+                    "is_configured": r.did_solicit,
+                    "ip": r.addr.map(|a| a.ip().to_string()).unwrap_or_default(),
+                    "port": r.addr.map_or(0, |a| a.port()),
+                    "start": rfc3339(r.start),
+                    "last_activity": rfc3339(now),
+                    "rtt": "0s",
+                    "uptime": uptime(now.duration_since(r.start).unwrap_or_default()),
+                    "idle": "0s",
+                    "pending_size": r.pending,
+                    "in_msgs": r.counts.in_msgs,
+                    "out_msgs": r.counts.out_msgs,
+                    "in_bytes": r.counts.in_bytes,
+                    "out_bytes": r.counts.out_bytes,
+                    "subscriptions": r.subscriptions,
+                })
+            })
+            .collect();
+        json!({
+            "server_id": self.g.server_id,
+            "server_name": self.g.server_name,
+            "now": rfc3339(now),
+            "num_routes": routes.len(),
+            "routes": routes,
+        })
     }
 
     /// The system account's name, unless there is none.

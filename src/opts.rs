@@ -124,6 +124,8 @@ pub struct Options {
     pub tls: Option<crate::tls::TlsOptions>,
     /// With `tls`: clients may also connect without TLS (INFO says `tls_available`).
     pub allow_non_tls: bool,
+    /// `cluster { ... }` and the route flags; `None`: no cluster port, no routes.
+    pub cluster: Option<crate::route::ClusterOptions>,
     /// `authorization { ... }`, `no_auth_user` and `--user/--pass/--auth`.
     pub auth: crate::auth::AuthOptions,
     /// `accounts { ... }`, `system_account`, `no_system_account` (the accounts' users are
@@ -169,6 +171,7 @@ impl Default for Options {
             accounts: crate::accounts::AccountsOptions::default(),
             tls: None,
             allow_non_tls: false,
+            cluster: None,
             args: Vec::new(),
         }
     }
@@ -348,6 +351,12 @@ enum Target {
     TlsCert,
     TlsKey,
     TlsCaCert,
+    Routes,
+    ClusterListen,
+    ClusterName,
+    ClusterAdvertise,
+    ConnectRetries,
+    NoAdvertise,
     /// Accepted and ignored, any string (as `nats-server` without the feature).
     IgnoredStr,
     /// Accepted and ignored, must be an integer.
@@ -413,19 +422,20 @@ static FLAGS: &[FlagDef] = &[
     def(&["tlskey"], Kind::Value, Target::TlsKey),
     def(&["tlscacert"], Kind::Value, Target::TlsCaCert),
     // Cluster options.
+    def(&["routes"], Kind::Value, Target::Routes),
     def(
-        &[
-            "routes",
-            "cluster",
-            "cluster_name",
-            "cluster_listen",
-            "cluster_advertise",
-            "connect_retries",
-        ],
+        &["cluster", "cluster_listen"],
         Kind::Value,
-        Target::Unsupported,
+        Target::ClusterListen,
     ),
-    def(&["no_advertise"], Kind::Bool, Target::Unsupported),
+    def(&["cluster_name"], Kind::Value, Target::ClusterName),
+    def(
+        &["cluster_advertise"],
+        Kind::Value,
+        Target::ClusterAdvertise,
+    ),
+    def(&["connect_retries"], Kind::Value, Target::ConnectRetries),
+    def(&["no_advertise"], Kind::Bool, Target::NoAdvertise),
     // Profiling options.
     def(&["profile"], Kind::Value, Target::Unsupported),
     // Common options.
@@ -467,6 +477,12 @@ enum Setting {
     TlsCert(PathBuf),
     TlsKey(PathBuf),
     TlsCaCert(PathBuf),
+    Routes(Vec<crate::route::RouteUrl>),
+    ClusterListen(crate::route::RouteUrl),
+    ClusterName(String),
+    ClusterAdvertise(String),
+    ConnectRetries(u32),
+    NoAdvertise(bool),
 }
 
 impl Setting {
@@ -499,6 +515,30 @@ impl Setting {
             Setting::TlsCert(v) => o.tls.get_or_insert_with(Default::default).cert_file = Some(v),
             Setting::TlsKey(v) => o.tls.get_or_insert_with(Default::default).key_file = Some(v),
             Setting::TlsCaCert(v) => o.tls.get_or_insert_with(Default::default).ca_file = Some(v),
+            Setting::Routes(v) => o.cluster.get_or_insert_with(Default::default).routes = v,
+            Setting::ClusterListen(u) => {
+                let c = o.cluster.get_or_insert_with(Default::default);
+                c.host = Some(u.host);
+                c.port = u.port;
+                if u.user.is_some() {
+                    c.user = u.user;
+                    c.password = u.pass;
+                }
+            }
+            Setting::ClusterName(v) => {
+                o.cluster.get_or_insert_with(Default::default).name = Some(v)
+            }
+            Setting::ClusterAdvertise(v) => {
+                o.cluster.get_or_insert_with(Default::default).advertise = Some(v)
+            }
+            Setting::ConnectRetries(v) => {
+                o.cluster
+                    .get_or_insert_with(Default::default)
+                    .connect_retries = v
+            }
+            Setting::NoAdvertise(v) => {
+                o.cluster.get_or_insert_with(Default::default).no_advertise = v
+            }
         }
     }
 }
@@ -626,6 +666,7 @@ pub fn parse_args<I: IntoIterator<Item = String>>(args: I) -> Result<Command, Op
                 Target::ReusePort => settings.push(Setting::ReusePort(on)),
                 Target::Tls => settings.push(Setting::Tls(on)),
                 Target::TlsVerify => settings.push(Setting::TlsVerify(on)),
+                Target::NoAdvertise => settings.push(Setting::NoAdvertise(on)),
                 _ => {}
             }
             continue;
@@ -679,6 +720,29 @@ pub fn parse_args<I: IntoIterator<Item = String>>(args: I) -> Result<Command, Op
             }
             Target::IgnoredInt => {
                 parse_go_int(&value).map_err(|r| invalid(&value, r))?;
+            }
+            Target::Routes => {
+                let urls = value
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|u| !u.is_empty())
+                    .map(crate::route::RouteUrl::parse)
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|e| invalid(&value, &e))?;
+                settings.push(Setting::Routes(urls));
+            }
+            Target::ClusterListen => {
+                // `-1` as the port picks a free one, as in nats-server.
+                let v = value.replace(":-1", ":0");
+                let u = crate::route::RouteUrl::parse(&v).map_err(|e| invalid(&value, &e))?;
+                settings.push(Setting::ClusterListen(u));
+            }
+            Target::ClusterName => settings.push(Setting::ClusterName(value)),
+            Target::ClusterAdvertise => settings.push(Setting::ClusterAdvertise(value)),
+            Target::ConnectRetries => {
+                let n = parse_go_int(&value).map_err(|r| invalid(&value, r))?;
+                let n = u32::try_from(n).map_err(|_| invalid(&value, "value out of range"))?;
+                settings.push(Setting::ConnectRetries(n));
             }
             _ => {}
         }
@@ -832,6 +896,11 @@ pub fn check_reload(old: &Options, new: &Options) -> Result<(), OptsError> {
         return Err(OptsError::Invalid(
             "config reload not supported for Accounts (Tern sets accounts, exports and imports at start-up)"
                 .to_string(),
+        ));
+    }
+    if old.cluster != new.cluster {
+        return Err(OptsError::Invalid(
+            "config reload not supported for Cluster (Tern sets routes at start-up)".to_string(),
         ));
     }
     // Reloadable: debug, trace, logtime, log_file, pid_file, ports_file_dir, max_connections,
@@ -990,7 +1059,6 @@ const UNSUPPORTED_KEYS: &[(&str, &str)] = &[
     ("resolver_pinned_accounts", "operator mode"),
     ("ocsp", "TLS"),
     ("ocsp_cache", "TLS"),
-    ("cluster", "clustering"),
     ("gateway", "gateways"),
     ("leafnodes", "leafnodes"),
     ("leaf", "leafnodes"),
@@ -1494,6 +1562,98 @@ fn parse_authorization(e: &Entry, a: &mut crate::auth::AuthOptions) -> Result<()
     Ok(())
 }
 
+/// `cluster { name, listen | host + port, routes, advertise, no_advertise, connect_retries,
+/// authorization { user, password, timeout } }`.
+fn parse_cluster(e: &Entry) -> Result<crate::route::ClusterOptions, OptsError> {
+    use crate::route::{RouteUrl, DEFAULT_ROUTE_PORT};
+    let mut c = crate::route::ClusterOptions {
+        port: DEFAULT_ROUTE_PORT,
+        ..Default::default()
+    };
+    // A cluster port: -1 picks a free one, 0 means the default.
+    let port = |x: &Entry, v: i64| match v {
+        -1 => Ok(0),
+        0 => Ok(DEFAULT_ROUTE_PORT),
+        1..=65535 => Ok(v as u16),
+        _ => Err(x.invalid(format!("{v} is not a port"))),
+    };
+    for x in map_entries(e)? {
+        match x.key.to_ascii_lowercase().as_str() {
+            "name" => c.name = Some(x.string()?),
+            "host" | "net" => c.host = Some(x.string()?),
+            "port" => match &x.item.value {
+                conf::Value::Int(v) => c.port = port(&x, *v)?,
+                _ => return Err(x.wrong_type("a port number")),
+            },
+            "listen" => match &x.item.value {
+                conf::Value::Int(v) => c.port = port(&x, *v)?,
+                _ => {
+                    let s = x.string()?;
+                    let (h, p) = s
+                        .rsplit_once(':')
+                        .ok_or_else(|| x.invalid(format!("{s:?} is not host:port")))?;
+                    let p: i64 = p
+                        .parse()
+                        .map_err(|_| x.invalid(format!("bad port in {s:?}")))?;
+                    c.port = port(&x, p)?;
+                    let h = h.trim_start_matches('[').trim_end_matches(']');
+                    if !h.is_empty() {
+                        c.host = Some(h.to_string());
+                    }
+                }
+            },
+            "routes" => {
+                c.routes = string_list(&x)?
+                    .iter()
+                    .map(|u| RouteUrl::parse(u))
+                    .collect::<Result<_, _>>()
+                    .map_err(|m| x.invalid(m))?
+            }
+            "advertise" | "cluster_advertise" => c.advertise = Some(x.string()?),
+            "no_advertise" => c.no_advertise = x.boolean()?,
+            "connect_retries" => {
+                c.connect_retries = u32::try_from(x.size()?).map_err(|_| x.invalid("too big".into()))?
+            }
+            "authorization" => {
+                for f in map_entries(&x)? {
+                    match f.key.to_ascii_lowercase().as_str() {
+                        "user" | "username" => c.user = Some(f.string()?),
+                        "password" | "pass" => c.password = Some(f.string()?),
+                        "timeout" => c.auth_timeout = Some(f.timeout()?),
+                        _ => return Err(f.key_err(format!(
+                            "cluster authorization option {:?} is not supported by Tern yet",
+                            f.key
+                        ))),
+                    }
+                }
+            }
+            // Tern is a no-pool peer without compression (reference 2.5, 2.6): the values
+            // that ask for exactly that are accepted.
+            "pool_size" => match &x.item.value {
+                conf::Value::Int(v) if *v <= 0 => {}
+                _ => return Err(x.key_err(
+                    "cluster pool_size other than -1 is not supported by Tern yet (it is a no-pool peer)".to_string(),
+                )),
+            },
+            "compression" => match &x.item.value {
+                conf::Value::Str(m) if m == "off" || m == "accept" || m == "disabled" => {}
+                conf::Value::Bool(false) => {}
+                _ => return Err(x.key_err(
+                    "route compression is not supported by Tern yet (use \"off\")".to_string(),
+                )),
+            },
+            "tls" | "permissions" | "accounts" | "ping_interval" | "ping_max" => {
+                return Err(x.key_err(format!(
+                    "cluster option {:?} is not supported by Tern yet",
+                    x.key
+                )))
+            }
+            _ => return Err(x.key_err(format!("unknown field {:?}", x.key))),
+        }
+    }
+    Ok(c)
+}
+
 /// `tls { cert_file, key_file, ca_file, verify, verify_and_map, timeout, handshake_first }`.
 fn parse_tls(e: &Entry) -> Result<crate::tls::TlsOptions, OptsError> {
     let mut t = crate::tls::TlsOptions::default();
@@ -1728,6 +1888,7 @@ impl Options {
                 "authorization" => parse_authorization(&e, &mut self.auth)?,
                 "tls" => self.tls = Some(parse_tls(&e)?),
                 "allow_non_tls" => self.allow_non_tls = e.boolean()?,
+                "cluster" => self.cluster = Some(parse_cluster(&e)?),
                 "no_auth_user" => self.auth.no_auth_user = Some(e.string()?),
                 "accounts" => parse_accounts(&e, self)?,
                 "system_account" | "system" => self.accounts.system_account = Some(e.string()?),
@@ -1792,6 +1953,13 @@ impl Options {
         if let Some(t) = &self.tls {
             crate::tls::server_config(t).map_err(OptsError::Invalid)?;
         }
+        if let Some(name) = self.cluster.as_ref().and_then(|c| c.name.as_ref()) {
+            if name.contains([' ', '\n', '\r', '\t']) {
+                return Err(OptsError::Invalid(
+                    "cluster name cannot contain spaces or new lines".to_string(),
+                ));
+            }
+        }
         if self.shards == Some(0) {
             return Err(OptsError::Invalid("shards must be at least 1".to_string()));
         }
@@ -1836,9 +2004,16 @@ mod tests {
 
     impl TempConf {
         fn new(text: &str) -> Self {
+            Self::with_ext(text, "toml")
+        }
+        /// A file in nats-server's format.
+        fn conf(text: &str) -> Self {
+            Self::with_ext(text, "conf")
+        }
+        fn with_ext(text: &str, ext: &str) -> Self {
             static N: AtomicUsize = AtomicUsize::new(0);
             let name = format!(
-                "tern-opts-{}-{}.toml",
+                "tern-opts-{}-{}.{ext}",
                 std::process::id(),
                 N.fetch_add(1, Ordering::Relaxed)
             );
@@ -2013,13 +2188,46 @@ mod tests {
     }
 
     #[test]
+    fn cluster_flags_and_block() {
+        let o = run(&[
+            "--cluster",
+            "nats://ru:rp@127.0.0.1:-1",
+            "--cluster_name",
+            "C1",
+            "--routes",
+            "nats://127.0.0.1:6223, nats-route://u:p@h2:6224",
+            "--no_advertise",
+        ]);
+        let c = o.cluster.unwrap();
+        assert_eq!((c.host.as_deref(), c.port), (Some("127.0.0.1"), 0));
+        assert_eq!(
+            (c.user.as_deref(), c.password.as_deref()),
+            (Some("ru"), Some("rp"))
+        );
+        assert_eq!(c.name.as_deref(), Some("C1"));
+        assert!(c.no_advertise);
+        assert_eq!(c.routes.len(), 2);
+        assert_eq!(c.routes[1].user.as_deref(), Some("u"));
+        let f = TempConf::conf(
+            "cluster {\n  name: C2\n  listen: 127.0.0.1:-1\n  routes: [nats://a:1]\n  authorization { user: x, password: y, timeout: 1 }\n  pool_size: -1\n  compression: off\n}\n",
+        );
+        let c = run(&["-c", &f.arg()]).cluster.unwrap();
+        assert_eq!(
+            (c.name.as_deref(), c.port, c.routes.len()),
+            (Some("C2"), 0, 1)
+        );
+        let f = TempConf::conf("cluster {\n  pool_size: 3\n}\n");
+        assert!(err(&["-c", &f.arg()]).contains("pool_size"));
+        let f = TempConf::conf("cluster {\n  name: \"a b\"\n}\n");
+        assert!(err(&["-c", &f.arg()]).contains("cluster name cannot contain spaces"));
+    }
+
+    #[test]
     fn unsupported_flags_refused() {
         for (arg, name) in [
             (&["--ms", "8222"][..], "ms"),
             (&["--https_port=8222"], "https_port"),
             (&["-js"], "js"),
-            (&["--cluster", "nats://x:1"], "cluster"),
-            (&["--routes", "a"], "routes"),
             (&["--help_tls"], "help_tls"),
         ] {
             let e = parse_args(args(arg)).expect_err("must be refused");
@@ -2237,10 +2445,10 @@ spin_before_park = "0s"
         let msg = err(&["-c", &f.arg()]);
         assert_eq!(msg, format!("{}:2:1: unknown field \"bogus\"", f.arg()));
 
-        let e = conf_err("debug = true\n[cluster]\nport = 6222\n");
+        let e = conf_err("debug = true\n[gateway]\nport = 7222\n");
         assert_eq!(
             e.to_string(),
-            "tern.toml:2:2: option \"cluster\" needs clustering, which Tern does not support yet"
+            "tern.toml:2:2: option \"gateway\" needs gateways, which Tern does not support yet"
         );
     }
 

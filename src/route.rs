@@ -12,6 +12,74 @@ use serde::{Deserialize, Serialize};
 
 /// The route protocol version Tern speaks (`RouteProtoV2`).
 pub const ROUTE_PROTO: u8 = 2;
+/// nats-server's default cluster port.
+pub const DEFAULT_ROUTE_PORT: u16 = 6222;
+
+/// `cluster { ... }` and the `--cluster*`/`--routes` flags.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct ClusterOptions {
+    pub name: Option<String>,
+    /// Where to listen for routes (`None`: the client host).
+    pub host: Option<String>,
+    /// 0 picks a free port.
+    pub port: u16,
+    /// The explicit routes: dialled, and re-dialled forever.
+    pub routes: Vec<RouteUrl>,
+    /// `host:port` to tell other servers instead of the listen address.
+    pub advertise: Option<String>,
+    pub no_advertise: bool,
+    /// How often a route learnt by gossip is re-dialled (0: once).
+    pub connect_retries: u32,
+    /// `authorization { user, password, timeout }`: what route peers must present.
+    pub user: Option<String>,
+    pub password: Option<String>,
+    pub auth_timeout: Option<std::time::Duration>,
+}
+
+/// A route URL: `nats-route://[user:pass@]host:port`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteUrl {
+    pub host: String,
+    pub port: u16,
+    pub user: Option<String>,
+    pub pass: Option<String>,
+}
+
+impl RouteUrl {
+    /// Parses `[scheme://][user[:pass]@]host[:port]`.
+    pub fn parse(s: &str) -> Result<RouteUrl, String> {
+        let rest = s.split_once("://").map_or(s, |(_, r)| r);
+        let rest = rest.trim_end_matches('/');
+        let (auth, hostport) = match rest.rsplit_once('@') {
+            Some((a, h)) => (Some(a), h),
+            None => (None, rest),
+        };
+        let (user, pass) = match auth {
+            Some(a) => match a.split_once(':') {
+                Some((u, p)) => (Some(u.to_string()), Some(p.to_string())),
+                None => (Some(a.to_string()), None),
+            },
+            None => (None, None),
+        };
+        let (host, port) = match hostport.rsplit_once(':') {
+            Some((h, p)) if !h.ends_with(']') || h.starts_with('[') => (
+                h.trim_start_matches('[').trim_end_matches(']'),
+                p.parse::<u16>()
+                    .map_err(|_| format!("bad port in route URL {s:?}"))?,
+            ),
+            _ => (hostport, DEFAULT_ROUTE_PORT),
+        };
+        if host.is_empty() {
+            return Err(format!("no host in route URL {s:?}"));
+        }
+        Ok(RouteUrl {
+            host: host.to_string(),
+            port,
+            user,
+            pass,
+        })
+    }
+}
 
 /// A route `INFO`: what each side says about itself.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
@@ -520,6 +588,26 @@ mod tests {
                HMSG $G s 12 14\r\nNATS/1.0\r\n\r\nhi\r\nRMSG $G s 2\r\nhi\r\n"[..]
         );
         assert_eq!(parse_all(&out).len(), 6);
+    }
+
+    #[test]
+    fn route_urls() {
+        let u = RouteUrl::parse("nats-route://ruser:T0p@127.0.0.1:6223").unwrap();
+        assert_eq!(
+            (
+                u.host.as_str(),
+                u.port,
+                u.user.as_deref(),
+                u.pass.as_deref()
+            ),
+            ("127.0.0.1", 6223, Some("ruser"), Some("T0p"))
+        );
+        assert_eq!(
+            RouteUrl::parse("nats://a.b").unwrap().port,
+            DEFAULT_ROUTE_PORT
+        );
+        assert_eq!(RouteUrl::parse("[::1]:7000").unwrap().host, "::1");
+        assert!(RouteUrl::parse("nats://:1").is_err());
     }
 
     #[test]

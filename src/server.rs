@@ -25,10 +25,12 @@ use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{Poll, Waker};
 use std::time::{Duration, Instant, SystemTime};
 use tern_shards::{rt, ConnReader, ConnWriter, InboxReceiver, Mesh, MeshReceiver, ShardCtx};
+
+mod routes;
 
 /// Smallest and largest read buffer (nats-server's dynamic read buffer bounds).
 const READ_MIN: usize = 512;
@@ -65,6 +67,8 @@ pub struct Global {
     /// Answers system account requests (`$SYS.REQ.SERVER...`) off the shards: set by the
     /// binary to the monitoring module.
     pub sys_api: OnceLock<SysApi>,
+    /// The cluster port, bound by the binary; shard 0 takes it and serves the routes.
+    pub route_listener: Mutex<Option<std::net::TcpListener>>,
     next_cid: AtomicU64,
 }
 
@@ -98,6 +102,7 @@ impl Global {
             accounts,
             event_seq: AtomicU64::new(0),
             sys_api: OnceLock::new(),
+            route_listener: Mutex::new(None),
             next_cid: AtomicU64::new(1),
         }
     }
@@ -323,6 +328,28 @@ impl Counts {
     }
 }
 
+/// One route, as `/routez` reports it.
+#[derive(Debug, Clone)]
+pub struct RouteReport {
+    pub rid: u64,
+    pub remote_id: String,
+    pub remote_name: String,
+    pub did_solicit: bool,
+    pub addr: Option<SocketAddr>,
+    pub start: SystemTime,
+    pub counts: Counts,
+    pub subscriptions: usize,
+    pub pending: usize,
+}
+
+/// The cluster, as `/varz` and `/routez` report it.
+#[derive(Debug, Clone, Default)]
+pub struct ClusterReport {
+    pub name: String,
+    pub port: u16,
+    pub routes: Vec<RouteReport>,
+}
+
 /// What a shard answers to [`Admin::Report`].
 #[derive(Debug, Clone, Default)]
 pub struct ShardReport {
@@ -337,6 +364,8 @@ pub struct ShardReport {
     pub open: Vec<ConnInfo>,
     /// The most recently closed connections (only when asked for), oldest first.
     pub closed: Vec<ConnInfo>,
+    /// The shard that owns the routes: the cluster.
+    pub cluster: Option<ClusterReport>,
 }
 
 /// A client connection on this shard.
@@ -613,6 +642,8 @@ struct Shard {
     slow_consumers: Cell<u64>,
     /// The last closed connections, oldest first, for `/connz?state=closed`.
     closed: RefCell<VecDeque<ConnInfo>>,
+    /// Shard 0 of a clustered server: the routes.
+    cluster: Option<Rc<routes::Cluster>>,
 }
 
 /// Runs one shard until shutdown.
@@ -622,6 +653,15 @@ pub async fn shard_main(
     inbox: Option<InboxReceiver<Admin>>,
 ) {
     let n = ctx.count();
+    let route_listener = if ctx.id() == 0 {
+        g.route_listener.lock().ok().and_then(|mut l| l.take())
+    } else {
+        None
+    };
+    let cluster = route_listener
+        .as_ref()
+        .and_then(|l| l.local_addr().ok())
+        .and_then(|addr| routes::Cluster::new(&g, addr));
     let shard = Rc::new(Shard {
         g: g.clone(),
         opts: RefCell::new(Arc::new(g.opts.clone())),
@@ -654,7 +694,11 @@ pub async fn shard_main(
         closed_counts: Cell::new(Counts::default()),
         slow_consumers: Cell::new(0),
         closed: RefCell::new(VecDeque::new()),
+        cluster,
     });
+    if let Some(l) = route_listener {
+        shard.start_cluster(l);
+    }
     // Responses to the service requests this shard maps come back through interest in
     // its reply prefix, in every account that exports a service.
     for (id, a) in g.accounts.list.iter().enumerate() {
@@ -953,6 +997,7 @@ impl Shard {
             } else {
                 Vec::new()
             },
+            cluster: self.cluster.as_ref().map(|cl| cl.report()),
         }
     }
 
@@ -1149,6 +1194,7 @@ impl Shard {
         }
     }
 
+    /// A local subscription came or went: the other shards and the routes hear of it.
     fn interest_changed(
         &self,
         account: AccId,
@@ -1156,46 +1202,62 @@ impl Shard {
         queue: &Option<Bytes>,
         added: bool,
     ) {
-        if self.shards == 1 {
+        let delta = if added { 1 } else { -1 };
+        if self.cluster.is_some() {
+            self.cluster_interest((account, subject.clone(), queue.clone()), delta);
+        }
+        self.interest_delta(account, subject, queue, delta);
+    }
+
+    /// This shard's interest in (account, subject, queue) changed by `delta` members (or
+    /// queue weight): gossips it to the other shards.
+    fn interest_delta(&self, account: AccId, subject: &Bytes, queue: &Option<Bytes>, delta: i64) {
+        if self.shards == 1 || delta == 0 {
             return;
         }
         let key = (account, subject.clone(), queue.clone());
-        let weight = {
+        let (before, weight) = {
             let mut m = self.interest.borrow_mut();
             let w = m.entry(key.clone()).or_insert(0);
-            if added {
-                *w += 1;
-            } else {
-                *w = w.saturating_sub(1);
-            }
+            let before = *w;
+            *w = (i64::from(*w) + delta).max(0) as u32;
             let w = *w;
             if w == 0 {
                 m.remove(&key);
             }
-            w
+            (before, w)
         };
         // Plain interest is news only when it appears or disappears; queue weights always are.
-        if queue.is_some() || (added && weight == 1) || (!added && weight == 0) {
+        if queue.is_some() || (before == 0) != (weight == 0) {
             self.gossip(account, subject, queue, weight);
         }
     }
 
     fn apply_remote_interest(&self, key: RemoteKey, w: u32) {
-        let mut weights = self.remote_weights.borrow_mut();
-        let mut remote = self.remote.borrow_mut();
-        let Some(sl) = remote.get_mut(key.1 as usize) else {
-            return;
+        let old = {
+            let mut weights = self.remote_weights.borrow_mut();
+            let mut remote = self.remote.borrow_mut();
+            let Some(sl) = remote.get_mut(key.1 as usize) else {
+                return;
+            };
+            let entry = |weight| RemoteRef {
+                shard: key.0,
+                weight,
+                queue: key.3.clone(),
+            };
+            let old = weights.remove(&key);
+            if let Some(old) = old {
+                sl.remove(&key.2, key.3.as_deref(), &entry(old));
+            }
+            if w > 0 && sl.insert(&key.2, key.3.as_deref(), entry(w)).is_ok() {
+                weights.insert(key.clone(), w);
+            }
+            old.unwrap_or(0)
         };
-        let entry = |weight| RemoteRef {
-            shard: key.0,
-            weight,
-            queue: key.3.clone(),
-        };
-        if let Some(old) = weights.remove(&key) {
-            sl.remove(&key.2, key.3.as_deref(), &entry(old));
-        }
-        if w > 0 && sl.insert(&key.2, key.3.as_deref(), entry(w)).is_ok() {
-            weights.insert(key, w);
+        // The routes hear of the other shards' clients through the shard that owns them.
+        if self.cluster.is_some() {
+            let delta = i64::from(w) - i64::from(old);
+            self.cluster_interest((key.1, key.2, key.3), delta);
         }
     }
 
@@ -1616,9 +1678,30 @@ impl Shard {
     }
 
     /// Routes a message within one account: to this shard's subscribers, and once to each
-    /// shard with interest (naming the queue groups it must serve there).
+    /// shard with interest (naming the queue groups it must serve there), and on the shard
+    /// that owns the routes, once to each interested route.
     fn route(&self, account: AccId, m: &PubMsg, cid: u64) -> bool {
+        self.route_scoped(account, m, cid, None, true)
+    }
+
+    /// [`Shard::route`], limited to the queue groups `only` names (a message from a route
+    /// serves those), and without the routes unless `to_routes` (the one-hop rule).
+    fn route_scoped(
+        &self,
+        account: AccId,
+        m: &PubMsg,
+        cid: u64,
+        only: Option<&[Bytes]>,
+        to_routes: bool,
+    ) -> bool {
         let (subject, rep, hdr_len, msg) = (m.subject(), m.reply(), m.hdr_len, m.msg());
+        let wanted = |name: &[u8]| only.is_none_or(|qs| qs.iter().any(|q| &q[..] == name));
+        let mut rsend = routes::RouteSends::default();
+        let rmatch = if to_routes {
+            self.cluster.as_ref().map(|cl| cl.matches(account, subject))
+        } else {
+            None
+        };
         let local = self.subs.borrow_mut()[account as usize].matches(subject);
         let mut any = false;
         for s in &local.psubs {
@@ -1633,7 +1716,7 @@ impl Shard {
         for r in &remote.psubs {
             scratch[r.shard].0 = true;
         }
-        for (name, members) in &local.qsubs {
+        for (name, members) in local.qsubs.iter().filter(|(n, _)| wanted(n)) {
             let eligible = members
                 .iter()
                 .filter(|m| {
@@ -1646,21 +1729,51 @@ impl Shard {
                 .find(|(n, _)| n == name)
                 .map_or(&[][..], |(_, m)| &m[..]);
             let rweight: usize = rmembers.iter().map(|r| r.weight as usize).sum();
-            let pick = self.next_rand(eligible + rweight);
+            // Members on this server come first; other servers' only when there are none.
+            let cweight = match &rmatch {
+                Some(r) if eligible + rweight == 0 => routes::queue_weight(r, name),
+                _ => 0,
+            };
+            let pick = self.next_rand(eligible + rweight + cweight);
             if pick < eligible {
                 any |= self.deliver_queue(members, subject, rep, hdr_len, msg, cid);
-            } else if let Some(r) = pick_weighted(rmembers, pick - eligible) {
-                scratch[r.shard].1.extend(r.queue.clone());
+            } else if pick < eligible + rweight {
+                if let Some(r) = pick_weighted(rmembers, pick - eligible) {
+                    scratch[r.shard].1.extend(r.queue.clone());
+                }
+            } else if let Some(r) = &rmatch {
+                rsend.pick_queue(r, name, pick - eligible - rweight);
             }
         }
-        for (name, rmembers) in &remote.qsubs {
+        for (name, rmembers) in remote.qsubs.iter().filter(|(n, _)| wanted(n)) {
             if local.qsubs.iter().any(|(n, _)| n == name) {
                 continue;
             }
             let rweight: usize = rmembers.iter().map(|r| r.weight as usize).sum();
-            if let Some(r) = pick_weighted(rmembers, self.next_rand(rweight)) {
-                scratch[r.shard].1.extend(r.queue.clone());
+            let cweight = match &rmatch {
+                Some(r) if rweight == 0 => routes::queue_weight(r, name),
+                _ => 0,
+            };
+            let pick = self.next_rand(rweight + cweight);
+            if pick < rweight {
+                if let Some(r) = pick_weighted(rmembers, pick) {
+                    scratch[r.shard].1.extend(r.queue.clone());
+                }
+            } else if let Some(r) = &rmatch {
+                rsend.pick_queue(r, name, pick - rweight);
             }
+        }
+        if let Some(r) = &rmatch {
+            let taken = |n: &[u8]| {
+                local.qsubs.iter().any(|(l, _)| &l[..] == n)
+                    || remote.qsubs.iter().any(|(l, _)| &l[..] == n)
+            };
+            for (name, _) in r.qsubs.iter().filter(|(n, _)| wanted(n) && !taken(n)) {
+                let pick = self.next_rand(routes::queue_weight(r, name));
+                rsend.pick_queue(r, name, pick);
+            }
+            rsend.plain(r);
+            any |= rsend.send(self, account, subject, rep, hdr_len, msg);
         }
         for (peer, (plain, queues)) in scratch.iter_mut().enumerate() {
             if *plain || !queues.is_empty() {
@@ -1704,13 +1817,34 @@ impl Shard {
         for s in &local.psubs {
             self.deliver(s, subject, reply, hdr_len, msg, 0);
         }
+        // The shard that owns the routes passes a client's message on to them too: its
+        // share of a queue group counts the routes' members.
+        let rmatch = self.cluster.as_ref().map(|cl| cl.matches(account, subject));
+        let mut rsend = routes::RouteSends::default();
         for q in queues {
-            if let Some((_, members)) = local.qsubs.iter().find(|(n, _)| n[..] == q[..]) {
+            let members = local
+                .qsubs
+                .iter()
+                .find(|(n, _)| n[..] == q[..])
+                .map_or(&[][..], |(_, m)| &m[..]);
+            // A member here first; a route's only when there is none.
+            let cweight = match &rmatch {
+                Some(r) if members.is_empty() => routes::queue_weight(r, q),
+                _ => 0,
+            };
+            let pick = self.next_rand(members.len() + cweight);
+            if pick < members.len() || cweight == 0 {
                 self.deliver_queue(members, subject, reply, hdr_len, msg, 0);
+            } else if let Some(r) = &rmatch {
+                rsend.pick_queue(r, q, pick - members.len());
             }
         }
         if self.g.accounts.get(account).exports_services && subject.starts_with(&self.resp_prefix) {
             self.service_response(subject, reply, hdr_len, msg);
+        }
+        if let Some(r) = &rmatch {
+            rsend.plain(r);
+            rsend.send(self, account, subject, reply, hdr_len, msg);
         }
     }
 }

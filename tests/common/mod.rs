@@ -126,10 +126,19 @@ impl Server {
     /// The monitoring port, from the `Starting http monitor on host:port` log line (start the
     /// server with `-m -1` or an `http` config key).
     pub fn http_port(&self) -> u16 {
-        let needle = "Starting http monitor on ";
+        self.logged_port("Starting http monitor on ")
+    }
+
+    /// The cluster port, from the `Listening for route connections on host:port` log line.
+    pub fn route_port(&self) -> u16 {
+        self.logged_port("Listening for route connections on ")
+    }
+
+    /// The port at the end of the log line that contains `needle`.
+    pub fn logged_port(&self, needle: &str) -> u16 {
         assert!(
-            self.log_contains(needle),
-            "no monitoring listener in the log"
+            self.wait_for_log(needle, TIMEOUT),
+            "no {needle:?} in the log"
         );
         self.logs()
             .iter()
@@ -142,7 +151,7 @@ impl Server {
                     .parse()
                     .ok()
             })
-            .expect("monitoring port in the log")
+            .expect("a port in the log")
     }
 
     /// GETs `path` from the monitoring port: (status, body).

@@ -1,0 +1,722 @@
+//! Route connections (cluster links) on the shard that owns them (nats-server's `route.go`,
+//! the I/O half; the wire format is `crate::route`).
+//!
+//! Shard 0 owns every route: it accepts on the cluster port and dials the configured routes
+//! (forever, one second apart). A route's interest joins shard 0's interest, which the
+//! other shards learn by the usual gossip, so they forward matching messages to shard 0; shard
+//! 0 then sends each message once to every interested route (an `RMSG` naming the queue
+//! groups the route must serve). What a route sends is delivered here and on the other
+//! shards, never to another route (the one-hop rule). The interest sent to routes is the
+//! server's own clients' interest (shard 0's clients plus the other shards'), never what
+//! routes told us.
+
+use super::*;
+use crate::route::{self, RouteConnect, RouteInfo, RouteOp, RouteParser, RouteUrl};
+use crate::sublist::SublistResult;
+
+/// How long a dial may take, and the pause between attempts at an explicit route.
+const DIAL_TIMEOUT: Duration = Duration::from_secs(2);
+const RETRY: Duration = Duration::from_secs(1);
+
+/// One route connection.
+pub(super) struct Route {
+    rid: u64,
+    addr: String,
+    out: RefCell<BytesMut>,
+    waker: Cell<Option<Waker>>,
+    closed: Cell<bool>,
+    /// Past the handshake: counted in the cluster, sends and takes interest.
+    registered: Cell<bool>,
+    /// The peer's INFO.
+    remote: RefCell<RouteInfo>,
+    /// We dialled it (the other side accepted).
+    solicited: bool,
+    /// The peer said CONNECT (an accepted route must, first).
+    connected: Cell<bool>,
+    /// The peer's interest: (account, subject, queue) → weight (1 for plain).
+    subs: RefCell<HashMap<InterestKey, u32>>,
+    peer: Option<SocketAddr>,
+    start: SystemTime,
+    /// Messages from the peer (in) and to it (out).
+    counts: Cell<Counts>,
+}
+
+impl Route {
+    fn write(&self, b: &[u8]) {
+        self.out.borrow_mut().extend_from_slice(b);
+        if let Some(w) = self.waker.take() {
+            w.wake();
+        }
+    }
+
+    fn close(&self) {
+        self.closed.set(true);
+        if let Some(w) = self.waker.take() {
+            w.wake();
+        }
+    }
+}
+
+/// A route's interest in one (subject, queue), as the routes' subject index holds it.
+#[derive(Clone)]
+pub(super) struct RouteSub {
+    route: Rc<Route>,
+    queue: Option<Bytes>,
+    weight: u32,
+}
+
+impl PartialEq for RouteSub {
+    fn eq(&self, o: &Self) -> bool {
+        self.route.rid == o.route.rid && self.queue == o.queue
+    }
+}
+
+/// The cluster, on the shard that owns the routes.
+pub(super) struct Cluster {
+    opts: route::ClusterOptions,
+    name: RefCell<String>,
+    /// No name was configured: adopt the first peer's.
+    dynamic: Cell<bool>,
+    /// Where other servers reach this one, as `host:port`.
+    listen: SocketAddr,
+    routes: RefCell<Vec<Rc<Route>>>,
+    /// Per account: the routes' interest.
+    subs: RefCell<Vec<Sublist<RouteSub>>>,
+    /// This server's clients' interest, as sent to routes: (account, subject, queue) → weight.
+    interest: RefCell<HashMap<InterestKey, u32>>,
+    next_rid: Cell<u64>,
+}
+
+impl Cluster {
+    pub(super) fn new(g: &Global, listen: SocketAddr) -> Option<Rc<Cluster>> {
+        let opts = g.opts.cluster.clone()?;
+        let dynamic = opts.name.is_none();
+        let name = opts.name.clone().unwrap_or_else(crate::auth::nonce);
+        Some(Rc::new(Cluster {
+            opts,
+            name: RefCell::new(name),
+            dynamic: Cell::new(dynamic),
+            listen,
+            routes: RefCell::new(Vec::new()),
+            subs: RefCell::new((0..g.accounts.len()).map(|_| Sublist::new()).collect()),
+            interest: RefCell::new(HashMap::new()),
+            next_rid: Cell::new(1),
+        }))
+    }
+
+    /// The routes interested in `subject` in `account`.
+    pub(super) fn matches(&self, account: AccId, subject: &[u8]) -> Rc<SublistResult<RouteSub>> {
+        self.subs.borrow_mut()[account as usize].matches(subject)
+    }
+
+    /// The cluster for `/varz` and `/routez`.
+    pub(super) fn report(&self) -> ClusterReport {
+        ClusterReport {
+            name: self.name.borrow().clone(),
+            port: self.listen.port(),
+            routes: self
+                .registered()
+                .iter()
+                .map(|r| {
+                    let remote = r.remote.borrow();
+                    RouteReport {
+                        rid: r.rid,
+                        remote_id: remote.server_id.clone(),
+                        remote_name: remote.server_name.clone(),
+                        did_solicit: r.solicited,
+                        addr: r.peer,
+                        start: r.start,
+                        counts: r.counts.get(),
+                        subscriptions: r.subs.borrow().len(),
+                        pending: r.out.borrow().len(),
+                    }
+                })
+                .collect(),
+        }
+    }
+
+    fn registered(&self) -> Vec<Rc<Route>> {
+        self.routes
+            .borrow()
+            .iter()
+            .filter(|r| r.registered.get() && !r.closed.get())
+            .cloned()
+            .collect()
+    }
+}
+
+/// The total weight of the routes' members of queue group `name`.
+pub(super) fn queue_weight(r: &SublistResult<RouteSub>, name: &[u8]) -> usize {
+    r.qsubs
+        .iter()
+        .find(|(n, _)| &n[..] == name)
+        .map_or(0, |(_, m)| m.iter().map(|s| s.weight as usize).sum())
+}
+
+/// What one message sends to which route: plain interest, and the queue groups picked there.
+#[derive(Default)]
+pub(super) struct RouteSends {
+    to: Vec<(Rc<Route>, bool, Vec<Bytes>)>,
+}
+
+impl RouteSends {
+    fn entry(&mut self, route: &Rc<Route>) -> &mut (Rc<Route>, bool, Vec<Bytes>) {
+        let i = match self.to.iter().position(|(r, _, _)| r.rid == route.rid) {
+            Some(i) => i,
+            None => {
+                self.to.push((route.clone(), false, Vec::new()));
+                self.to.len() - 1
+            }
+        };
+        &mut self.to[i]
+    }
+
+    /// The route member of queue group `name` whose weight range holds `pick`.
+    pub(super) fn pick_queue(&mut self, r: &SublistResult<RouteSub>, name: &[u8], mut pick: usize) {
+        let Some((_, members)) = r.qsubs.iter().find(|(n, _)| &n[..] == name) else {
+            return;
+        };
+        for m in members {
+            if pick < m.weight as usize {
+                let q = m.queue.clone().unwrap_or_default();
+                self.entry(&m.route).2.push(q);
+                return;
+            }
+            pick -= m.weight as usize;
+        }
+    }
+
+    /// Every route with plain interest.
+    pub(super) fn plain(&mut self, r: &SublistResult<RouteSub>) {
+        for s in &r.psubs {
+            self.entry(&s.route).1 = true;
+        }
+    }
+
+    /// Sends one `RMSG` per route. Returns whether any route gets the message.
+    pub(super) fn send(
+        &mut self,
+        shard: &Shard,
+        account: AccId,
+        subject: &[u8],
+        reply: Option<&[u8]>,
+        hdr_len: usize,
+        msg: &[u8],
+    ) -> bool {
+        let name = shard.g.accounts.get(account).name.as_bytes();
+        let mut any = false;
+        for (r, plain, queues) in self.to.drain(..) {
+            if r.closed.get() || (!plain && queues.is_empty()) {
+                continue;
+            }
+            let headers = r.remote.borrow().headers;
+            let mut out = r.out.borrow_mut();
+            route::write_msg(
+                &mut out, name, subject, reply, &queues, hdr_len, msg, headers,
+            );
+            drop(out);
+            let mut k = r.counts.get();
+            k.out_msgs += 1;
+            k.out_bytes += msg.len() as u64;
+            r.counts.set(k);
+            if let Some(w) = r.waker.take() {
+                w.wake();
+            }
+            any = true;
+        }
+        any
+    }
+}
+
+impl Shard {
+    /// This server's clients' interest changed by `delta` (`+`/`-` members, or weight):
+    /// tells the routes, as nats-server does (plain interest when it appears or goes, queue
+    /// weights always).
+    pub(super) fn cluster_interest(&self, key: InterestKey, delta: i64) {
+        let Some(cl) = &self.cluster else {
+            return;
+        };
+        if delta == 0 {
+            return;
+        }
+        let (before, after) = {
+            let mut m = cl.interest.borrow_mut();
+            let w = m.entry(key.clone()).or_insert(0);
+            let before = *w;
+            *w = (i64::from(*w) + delta).max(0) as u32;
+            let after = *w;
+            if after == 0 {
+                m.remove(&key);
+            }
+            (before, after)
+        };
+        let plain_news = (before == 0) != (after == 0);
+        if key.2.is_none() && !plain_news {
+            return;
+        }
+        let mut line = BytesMut::new();
+        let acc = self.g.accounts.get(key.0).name.as_bytes();
+        if after > 0 {
+            route::write_sub(&mut line, acc, &key.1, key.2.as_deref().map(|q| (q, after)));
+        } else {
+            route::write_unsub(&mut line, acc, &key.1, key.2.as_deref());
+        }
+        for r in cl.registered() {
+            r.write(&line);
+        }
+    }
+
+    /// Shard 0: starts the cluster (the route listener and the explicit routes).
+    pub(super) fn start_cluster(self: &Rc<Self>, listener: std::net::TcpListener) {
+        let Some(cl) = self.cluster.clone() else {
+            return;
+        };
+        match tern_shards::Listener::from_std(listener) {
+            Ok(l) => {
+                let shard = self.clone();
+                rt::spawn(async move {
+                    while let Ok(conn) = l.accept().await {
+                        if shard.g.shutdown.load(Ordering::Relaxed) {
+                            break;
+                        }
+                        let shard = shard.clone();
+                        rt::spawn(async move {
+                            route_main(shard, conn, None).await;
+                        });
+                    }
+                });
+            }
+            Err(e) => tracing::error!("cannot accept routes: {e}"),
+        }
+        for url in cl.opts.routes.clone() {
+            rt::spawn(solicit(self.clone(), url));
+        }
+    }
+
+    /// Our route INFO.
+    fn route_info(&self, cl: &Cluster) -> RouteInfo {
+        let host = cl
+            .opts
+            .host
+            .clone()
+            .unwrap_or_else(|| self.g.opts.host.clone());
+        RouteInfo {
+            server_id: self.g.server_id.clone(),
+            server_name: self.g.server_name.clone(),
+            version: crate::VERSION.to_string(),
+            proto: route::ROUTE_PROTO,
+            host,
+            port: cl.listen.port(),
+            headers: !self.g.opts.no_header_support,
+            max_payload: self.opts.borrow().max_payload,
+            cluster: cl.name.borrow().clone(),
+            auth_required: cl.opts.user.is_some(),
+            connect_urls: Vec::new(),
+            ip: String::new(),
+            nonce: crate::auth::nonce(),
+            ..Default::default()
+        }
+    }
+
+    /// The peer's interest in (account, subject, queue) is now `weight` (0: gone).
+    fn route_interest(&self, cl: &Cluster, r: &Rc<Route>, key: InterestKey, weight: u32) {
+        let old = {
+            let mut subs = r.subs.borrow_mut();
+            let old = if weight == 0 {
+                subs.remove(&key)
+            } else {
+                subs.insert(key.clone(), weight)
+            };
+            old.unwrap_or(0)
+        };
+        if old == weight {
+            return;
+        }
+        {
+            let mut sl = cl.subs.borrow_mut();
+            let sl = &mut sl[key.0 as usize];
+            let entry = |w| RouteSub {
+                route: r.clone(),
+                queue: key.2.clone(),
+                weight: w,
+            };
+            if old > 0 {
+                sl.remove(&key.1, key.2.as_deref(), &entry(old));
+            }
+            if weight > 0 && sl.insert(&key.1, key.2.as_deref(), entry(weight)).is_err() {
+                r.subs.borrow_mut().remove(&key);
+            }
+        }
+        // The other shards learn it as this shard's interest (queue weights included).
+        let delta = i64::from(weight) - i64::from(old);
+        match &key.2 {
+            None => self.interest_delta(key.0, &key.1, &None, delta.signum()),
+            Some(_) => self.interest_delta(key.0, &key.1, &key.2, delta),
+        }
+    }
+
+    /// Registers a route whose handshake is done: sends it our interest.
+    fn register_route(&self, cl: &Cluster, r: &Rc<Route>) -> Result<(), &'static str> {
+        let remote = r.remote.borrow().clone();
+        if remote.server_id == self.g.server_id {
+            return Err("route to self");
+        }
+        if !remote.route_account.is_empty() {
+            // A 2.10+ pinned-account route: Tern is a no-pool peer (reference 2.5).
+            return Err("pinned-account route refused (no-pool peer)");
+        }
+        let existing = cl
+            .registered()
+            .into_iter()
+            .find(|o| o.remote.borrow().server_id == remote.server_id);
+        if let Some(e) = existing {
+            // Two servers that dial each other get two links; both keep the one the server
+            // with the smaller ID dialled, so they agree without another round.
+            let smaller_is_us = self.g.server_id < remote.server_id;
+            if r.solicited == smaller_is_us && e.solicited != smaller_is_us {
+                tracing::info!("{} - rid:{} - Duplicate route, closing it", e.addr, e.rid);
+                e.registered.set(false);
+                e.close();
+            } else {
+                return Err("duplicate route");
+            }
+        }
+        r.registered.set(true);
+        let mut out = BytesMut::new();
+        for ((acc, subject, queue), w) in cl.interest.borrow().iter() {
+            let name = self.g.accounts.get(*acc).name.as_bytes();
+            route::write_sub(&mut out, name, subject, queue.as_deref().map(|q| (q, *w)));
+        }
+        r.write(&out);
+        tracing::info!(
+            "{} - rid:{} - Route connection registered with {} ({})",
+            r.addr,
+            r.rid,
+            remote.server_name,
+            remote.server_id
+        );
+        Ok(())
+    }
+
+    /// Forgets a closed route's interest.
+    fn unregister_route(&self, cl: &Cluster, r: &Rc<Route>) {
+        let keys: Vec<InterestKey> = r.subs.borrow().keys().cloned().collect();
+        for k in keys {
+            self.route_interest(cl, r, k, 0);
+        }
+        cl.routes.borrow_mut().retain(|o| o.rid != r.rid);
+        self.flush();
+    }
+}
+
+/// Dials an explicit route, and again one second after each failure or close, forever.
+async fn solicit(shard: Rc<Shard>, url: RouteUrl) {
+    loop {
+        if shard.g.shutdown.load(Ordering::Relaxed) {
+            return;
+        }
+        let addr = format!("{}:{}", url.host, url.port);
+        let target = std::net::ToSocketAddrs::to_socket_addrs(&addr)
+            .ok()
+            .and_then(|mut a| a.next());
+        if let Some(sa) = target {
+            match tern_shards::connect(sa, DIAL_TIMEOUT).await {
+                Ok(conn) => match route_main(shard.clone(), conn, Some(url.clone())).await {
+                    RouteEnd::Never => return,
+                    RouteEnd::Retry => {}
+                    // Connected the other way: dial again only once that link is gone.
+                    RouteEnd::Duplicate(id) => {
+                        while shard.cluster.as_ref().is_some_and(|cl| {
+                            cl.registered()
+                                .iter()
+                                .any(|r| r.remote.borrow().server_id == id)
+                        }) {
+                            rt::sleep(RETRY).await;
+                        }
+                    }
+                },
+                Err(e) => tracing::debug!("Error trying to connect to route {addr}: {e}"),
+            }
+        }
+        rt::sleep(RETRY).await;
+    }
+}
+
+/// How a route connection ended, for the loop that dials an explicit route.
+enum RouteEnd {
+    /// Dial again after a pause.
+    Retry,
+    /// Never again (it was a route to ourselves).
+    Never,
+    /// Another link to this server is up: dial again once it is gone.
+    Duplicate(String),
+}
+
+/// Serves one route connection until it closes.
+async fn route_main(
+    shard: Rc<Shard>,
+    conn: tern_shards::Conn,
+    solicited: Option<RouteUrl>,
+) -> RouteEnd {
+    let Some(cl) = shard.cluster.clone() else {
+        return RouteEnd::Never;
+    };
+    let rid = cl.next_rid.get();
+    cl.next_rid.set(rid + 1);
+    let addr = conn.peer_addr().map(|p| p.to_string()).unwrap_or_default();
+    let peer = conn.peer_addr();
+    let (mut reader, writer) = conn.split();
+    let r = Rc::new(Route {
+        rid,
+        addr,
+        out: RefCell::new(BytesMut::new()),
+        waker: Cell::new(None),
+        closed: Cell::new(false),
+        registered: Cell::new(false),
+        remote: RefCell::new(RouteInfo::default()),
+        solicited: solicited.is_some(),
+        connected: Cell::new(solicited.is_some()),
+        subs: RefCell::new(HashMap::new()),
+        peer,
+        start: SystemTime::now(),
+        counts: Cell::new(Counts::default()),
+    });
+    cl.routes.borrow_mut().push(r.clone());
+    tracing::info!("{} - rid:{} - Route connection created", r.addr, rid);
+    rt::spawn(route_writer(r.clone(), writer));
+    let info = shard.route_info(&cl);
+    let info_line = format!(
+        "INFO {}\r\n",
+        serde_json::to_string(&info).unwrap_or_default()
+    );
+    if let Some(url) = &solicited {
+        let connect = RouteConnect {
+            echo: true,
+            user: url.user.clone().or_else(|| cl.opts.user.clone()),
+            pass: url.pass.clone().or_else(|| cl.opts.password.clone()),
+            headers: info.headers,
+            name: shard.g.server_id.clone(),
+            cluster: cl.name.borrow().clone(),
+            ..Default::default()
+        };
+        r.write(
+            format!(
+                "CONNECT {}\r\n",
+                serde_json::to_string(&connect).unwrap_or_default()
+            )
+            .as_bytes(),
+        );
+    }
+    r.write(info_line.as_bytes());
+    let mut end = RouteEnd::Retry;
+    let o = shard.opts.borrow().clone();
+    let mut parser = RouteParser::new(o.max_control_line as usize, o.max_payload as usize);
+    let mut buf = BytesMut::new();
+    let ping = rt::spawn_cancellable(route_pinger(r.clone()));
+    'read: loop {
+        let start = buf.len();
+        buf.resize(start + 64 * 1024, 0);
+        let n = match reader.read(&mut buf[start..]).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        buf.truncate(start + n);
+        if r.closed.get() {
+            break;
+        }
+        loop {
+            match parser.next(&mut buf) {
+                Ok(None) => break,
+                Ok(Some(op)) => {
+                    if let Err(why) = handle_route_op(&shard, &cl, &r, op) {
+                        tracing::info!("{} - rid:{} - Route closed: {why}", r.addr, rid);
+                        end = match why {
+                            "route to self" => RouteEnd::Never,
+                            "duplicate route" => {
+                                RouteEnd::Duplicate(r.remote.borrow().server_id.clone())
+                            }
+                            _ => RouteEnd::Retry,
+                        };
+                        break 'read;
+                    }
+                }
+                Err(e) => {
+                    tracing::error!("{} - rid:{} - Route error: {e}", r.addr, rid);
+                    r.write(format!("-ERR '{e}'\r\n").as_bytes());
+                    break 'read;
+                }
+            }
+        }
+        shard.flush();
+    }
+    drop(ping);
+    r.close();
+    shard.unregister_route(&cl, &r);
+    tracing::info!("{} - rid:{} - Router connection closed", r.addr, rid);
+    end
+}
+
+/// Applies one operation from a route; `Err` closes it.
+fn handle_route_op(
+    shard: &Rc<Shard>,
+    cl: &Cluster,
+    r: &Rc<Route>,
+    op: RouteOp,
+) -> Result<(), &'static str> {
+    if !r.connected.get() && !matches!(op, RouteOp::Connect(_)) {
+        r.write(b"-ERR 'Authorization Violation'\r\n");
+        return Err("first operation was not CONNECT");
+    }
+    match op {
+        RouteOp::Connect(json) => {
+            let c: RouteConnect = serde_json::from_slice(&json).map_err(|_| "bad CONNECT")?;
+            if !c.lang.is_empty() {
+                return Err("a client connected to the route port");
+            }
+            if !c.gateway.is_empty() {
+                return Err("a gateway connected to the route port");
+            }
+            if let Some(user) = &cl.opts.user {
+                let ok = c.user.as_deref() == Some(user.as_str())
+                    && c.pass.as_deref().unwrap_or("") == cl.opts.password.as_deref().unwrap_or("");
+                if !ok {
+                    r.write(b"-ERR 'Authorization Violation'\r\n");
+                    return Err("route authorization failed");
+                }
+            }
+            if !c.cluster.is_empty() && c.cluster != *cl.name.borrow() {
+                if cl.dynamic.get() {
+                    *cl.name.borrow_mut() = c.cluster.clone();
+                    cl.dynamic.set(false);
+                } else {
+                    r.write(
+                        format!(
+                            "-ERR 'Rejecting connection, cluster name \"{}\" does not match \"{}\"'\r\n",
+                            c.cluster,
+                            cl.name.borrow()
+                        )
+                        .as_bytes(),
+                    );
+                    return Err("cluster name mismatch");
+                }
+            }
+            r.connected.set(true);
+        }
+        RouteOp::Info(json) => {
+            let info: RouteInfo = serde_json::from_slice(&json).map_err(|_| "bad INFO")?;
+            if r.registered.get() {
+                // Async INFO (gossip, lame duck): not acted on yet.
+                return Ok(());
+            }
+            if info.cluster != *cl.name.borrow() {
+                if cl.dynamic.get() && !info.cluster.is_empty() {
+                    *cl.name.borrow_mut() = info.cluster.clone();
+                    cl.dynamic.set(false);
+                } else {
+                    return Err("cluster name mismatch");
+                }
+            }
+            *r.remote.borrow_mut() = info;
+            shard.register_route(cl, r)?;
+        }
+        RouteOp::Ping => r.write(b"PONG\r\n"),
+        RouteOp::Pong | RouteOp::Ok => {}
+        RouteOp::Err(text) => {
+            tracing::info!("{} - rid:{} - Route error from peer: {text}", r.addr, r.rid);
+            return Err("the peer sent -ERR");
+        }
+        RouteOp::Sub {
+            account,
+            subject,
+            queue,
+        } => {
+            if !r.registered.get() {
+                return Ok(());
+            }
+            let Some(acc) = std::str::from_utf8(&account)
+                .ok()
+                .and_then(|a| shard.g.accounts.id(a))
+            else {
+                return Ok(());
+            };
+            let (q, w) = match queue {
+                Some((q, w)) => (Some(q), w.max(1)),
+                None => (None, 1),
+            };
+            shard.route_interest(cl, r, (acc, subject, q), w);
+        }
+        RouteOp::Unsub {
+            account,
+            subject,
+            queue,
+        } => {
+            let Some(acc) = std::str::from_utf8(&account)
+                .ok()
+                .and_then(|a| shard.g.accounts.id(a))
+            else {
+                return Ok(());
+            };
+            shard.route_interest(cl, r, (acc, subject, queue), 0);
+        }
+        RouteOp::Msg {
+            account,
+            subject,
+            reply,
+            queues,
+            hdr_len,
+            msg,
+        } => {
+            let Some(acc) = std::str::from_utf8(&account)
+                .ok()
+                .and_then(|a| shard.g.accounts.id(a))
+            else {
+                return Ok(());
+            };
+            let mut k = r.counts.get();
+            k.in_msgs += 1;
+            k.in_bytes += msg.len() as u64;
+            r.counts.set(k);
+            let m = PubMsg::from_parts(&subject, reply.as_deref(), hdr_len, &msg);
+            // Plain subscribers here and on the other shards, and the queue groups the
+            // sender picked this server for; never another route.
+            let only: &[Bytes] = &queues;
+            shard.route_scoped(acc, &m, 0, Some(only), false);
+        }
+    }
+    Ok(())
+}
+
+/// Writes what is queued for a route.
+async fn route_writer(r: Rc<Route>, mut w: ConnWriter) {
+    loop {
+        std::future::poll_fn(|cx| {
+            if !r.out.borrow().is_empty() || r.closed.get() {
+                Poll::Ready(())
+            } else {
+                r.waker.set(Some(cx.waker().clone()));
+                Poll::Pending
+            }
+        })
+        .await;
+        let data = std::mem::take(&mut *r.out.borrow_mut());
+        if !data.is_empty() && w.write_all(&data).await.is_err() {
+            r.close();
+            break;
+        }
+        if r.closed.get() && r.out.borrow().is_empty() {
+            break;
+        }
+    }
+    w.shutdown();
+}
+
+/// Pings a route every few seconds, so a dead peer is noticed.
+async fn route_pinger(r: Rc<Route>) {
+    loop {
+        rt::sleep(Duration::from_secs(10)).await;
+        if r.closed.get() {
+            return;
+        }
+        r.write(b"PING\r\n");
+    }
+}

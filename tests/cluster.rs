@@ -1,0 +1,354 @@
+//! Clusters: Tern servers joined by routes, to each other and to nats-server (Debian's 2.9.10
+//! and the current 2.15 from PyPI, which pools routes and dials a dedicated `$SYS` route that
+//! Tern, a no-pool peer, declines). In each cluster of three: publish/subscribe between every
+//! pair of servers, headers, per-publisher order, request/reply across servers, and a queue
+//! group served exactly once cluster-wide. Also: a route with the wrong cluster name is
+//! refused with nats-server's error, and garbage on the route port does not disturb the
+//! cluster.
+//!
+//! The mesh is configured in full, one direction per pair (server i dials servers 0..i):
+//! discovery by gossip is still to come. Tern runs with two shards.
+
+mod common;
+
+use common::*;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+fn tern_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_tern"))
+}
+
+fn nats_29() -> Option<PathBuf> {
+    let p = PathBuf::from("/usr/sbin/nats-server");
+    p.exists().then_some(p)
+}
+
+fn nats_current() -> Option<PathBuf> {
+    let out = std::process::Command::new("python3")
+        .args([
+            "-c",
+            "import sysconfig; print(sysconfig.get_path('scripts'))",
+        ])
+        .output()
+        .ok()?;
+    let p = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()).join("nats-server");
+    p.exists().then_some(p)
+}
+
+/// One cluster member.
+struct Node {
+    s: Server,
+    route: u16,
+}
+
+fn is_tern_bin(bin: &Path) -> bool {
+    !bin.to_string_lossy().contains("nats-server")
+}
+
+/// Starts a member of cluster `TC` named `name` that dials `routes`.
+fn node(bin: &Path, name: &str, routes: &[u16]) -> Node {
+    let mut args: Vec<String> = [
+        "-n",
+        name,
+        "--cluster",
+        "nats://127.0.0.1:-1",
+        "--cluster_name",
+        "TC",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    if !routes.is_empty() {
+        let urls: Vec<String> = routes
+            .iter()
+            .map(|p| format!("nats://127.0.0.1:{p}"))
+            .collect();
+        args.push("--routes".into());
+        args.push(urls.join(","));
+    }
+    if is_tern_bin(bin) {
+        args.extend(["--shards".to_string(), "2".to_string()]);
+    }
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let s = Server::start_bin(bin, &refs);
+    let route = s.route_port();
+    Node { s, route }
+}
+
+/// Three servers, each dialling the ones started before it.
+fn mesh(bins: [&Path; 3]) -> Vec<Node> {
+    let mut nodes: Vec<Node> = Vec::new();
+    for (i, bin) in bins.iter().enumerate() {
+        let routes: Vec<u16> = nodes.iter().map(|n| n.route).collect();
+        nodes.push(node(bin, &format!("s{i}"), &routes));
+    }
+    nodes
+}
+
+fn client(n: &Node) -> RawClient {
+    let mut c = n.s.raw();
+    c.send(b"CONNECT {\"verbose\":false,\"headers\":true,\"echo\":false}\r\nPING\r\n");
+    c.expect(b"PONG\r\n");
+    c
+}
+
+/// Waits until a message `publisher` sends to `subject` reaches `subscriber` (which must be
+/// subscribed with sid `sync`): interest crosses routes asynchronously, as in NATS.
+fn await_interest(publisher: &mut RawClient, subscriber: &mut RawClient, subject: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        publisher.send(format!("PUB {subject} 0\r\n\r\n").as_bytes());
+        publisher.ping_pong();
+        let got = subscriber.msgs_until_pong();
+        if got.iter().any(|m| m.subject == subject) {
+            // Late copies of earlier probes.
+            std::thread::sleep(Duration::from_millis(50));
+            subscriber.msgs_until_pong();
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "interest in {subject} never crossed the cluster"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Every pair of servers exchanges messages (with headers, in order), requests get answered
+/// across servers, and a queue group spread over all three gets each message exactly once.
+fn exercise(nodes: &[Node]) {
+    let n = nodes.len();
+    let mut subs: Vec<RawClient> = nodes.iter().map(client).collect();
+    let mut pubs: Vec<RawClient> = nodes.iter().map(client).collect();
+    for (j, c) in subs.iter_mut().enumerate() {
+        c.send(format!("SUB to.{j} 1\r\nSUB jobs workers 2\r\nSUB sync.{j} 9\r\n").as_bytes());
+        c.ping_pong();
+    }
+    for p in pubs.iter_mut() {
+        for (j, s) in subs.iter_mut().enumerate() {
+            await_interest(p, s, &format!("sync.{j}"));
+        }
+    }
+    // Pairs: 50 messages each, in order, headers kept.
+    for (i, p) in pubs.iter_mut().enumerate() {
+        for (j, sub) in subs.iter_mut().enumerate().filter(|(j, _)| *j != i) {
+            let mut batch = Vec::new();
+            for k in 0..50 {
+                let payload = format!("{i}>{j}#{k}");
+                let hdr = "NATS/1.0\r\nX-From: s\r\n\r\n";
+                batch.extend_from_slice(
+                    format!(
+                        "HPUB to.{j} {} {}\r\n{hdr}{payload}\r\n",
+                        hdr.len(),
+                        hdr.len() + payload.len()
+                    )
+                    .as_bytes(),
+                );
+            }
+            p.send(&batch);
+            p.ping_pong();
+            let mut got = Vec::new();
+            while got.len() < 50 {
+                let m = sub.read_msg();
+                if m.subject == format!("to.{j}") {
+                    got.push(m);
+                }
+            }
+            for (k, m) in got.iter().enumerate() {
+                assert_eq!(
+                    m.payload,
+                    format!("{i}>{j}#{k}").as_bytes(),
+                    "order {i}->{j}"
+                );
+                let h = String::from_utf8_lossy(m.headers.as_deref().unwrap_or_default());
+                assert!(h.contains("X-From: s"), "{h}");
+            }
+        }
+    }
+    // A queue group with a member on every server: 300 messages from each, each delivered once.
+    for p in pubs.iter_mut() {
+        let mut batch = Vec::new();
+        for k in 0..300 {
+            batch.extend_from_slice(format!("PUB jobs {}\r\n{k:03}\r\n", 3).as_bytes());
+        }
+        p.send(&batch);
+        p.ping_pong();
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let mut total = 0;
+    for s in subs.iter_mut() {
+        total += s
+            .msgs_until_pong()
+            .iter()
+            .filter(|m| m.subject == "jobs")
+            .count();
+    }
+    assert_eq!(total, 300 * n, "each queued message exactly once");
+    // Request/reply across servers: a responder on the last server.
+    let mut responder = client(&nodes[n - 1]);
+    responder.send(b"SUB svc.echo 1\r\nSUB sync.svc 9\r\n");
+    responder.ping_pong();
+    for node in &nodes[..n - 1] {
+        let mut requester = client(node);
+        await_interest(&mut requester, &mut responder, "sync.svc");
+        requester.send(b"SUB _INBOX.r 5\r\nPUB svc.echo _INBOX.r 4\r\nping\r\n");
+        requester.ping_pong();
+        let req = loop {
+            let m = responder.read_msg();
+            if m.subject == "svc.echo" {
+                break m;
+            }
+        };
+        let reply = req.reply.expect("a reply subject");
+        responder.send(format!("PUB {reply} 4\r\npong\r\n").as_bytes());
+        responder.ping_pong();
+        let answer = requester.read_msg();
+        assert_eq!(
+            (answer.subject.as_str(), &answer.payload[..]),
+            ("_INBOX.r", &b"pong"[..])
+        );
+    }
+}
+
+#[test]
+fn three_servers_of_the_binary_under_test() {
+    let bin = server_bin();
+    let nodes = mesh([&bin, &bin, &bin]);
+    exercise(&nodes);
+}
+
+#[test]
+fn tern_tern_and_nats_server_2_9() {
+    let (Some(nats), true) = (nats_29(), is_tern()) else {
+        return;
+    };
+    let t = tern_bin();
+    exercise(&mesh([&t, &t, &nats]));
+}
+
+#[test]
+fn nats_server_2_9_twice_and_tern() {
+    let (Some(nats), true) = (nats_29(), is_tern()) else {
+        return;
+    };
+    let t = tern_bin();
+    exercise(&mesh([&nats, &nats, &t]));
+}
+
+#[test]
+fn tern_tern_and_current_nats_server() {
+    let (Some(nats), true) = (nats_current(), is_tern()) else {
+        return;
+    };
+    let t = tern_bin();
+    exercise(&mesh([&t, &nats, &t]));
+}
+
+#[test]
+fn current_nats_server_twice_and_tern() {
+    let (Some(nats), true) = (nats_current(), is_tern()) else {
+        return;
+    };
+    let t = tern_bin();
+    exercise(&mesh([&nats, &t, &nats]));
+}
+
+/// Two Tern servers that dial each other keep one link between them, and it works.
+#[test]
+fn servers_that_dial_each_other_keep_one_route() {
+    if !is_tern() {
+        return;
+    }
+    let free = || {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    };
+    let (pa, pb) = (free(), free());
+    let t = tern_bin();
+    let start = |name: &str, mine: u16, other: u16| {
+        let listen = format!("nats://127.0.0.1:{mine}");
+        let route = format!("nats://127.0.0.1:{other}");
+        let s = Server::start_bin(
+            &t,
+            &[
+                "-n",
+                name,
+                "--cluster",
+                &listen,
+                "--cluster_name",
+                "TC",
+                "--routes",
+                &route,
+                "--shards",
+                "2",
+                "-m",
+                "-1",
+            ],
+        );
+        let route = s.route_port();
+        Node { s, route }
+    };
+    let nodes = [start("a", pa, pb), start("b", pb, pa)];
+    let (mut p, mut s) = (client(&nodes[0]), client(&nodes[1]));
+    s.send(b"SUB sync.x 9\r\n");
+    s.ping_pong();
+    await_interest(&mut p, &mut s, "sync.x");
+    // Let any duplicate link be settled, then: each message arrives once.
+    std::thread::sleep(Duration::from_millis(1500));
+    await_interest(&mut p, &mut s, "sync.x");
+    for k in 0..20 {
+        p.send(format!("PUB sync.x 2\r\n{k:02}\r\n").as_bytes());
+    }
+    p.ping_pong();
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(s.msgs_until_pong().len(), 20);
+    for n in &nodes {
+        assert!(n.s.log_contains("Route connection registered"));
+        let r = n.s.http_json("/routez");
+        assert_eq!(r["num_routes"], 1, "{r}");
+        let v = n.s.http_json("/varz");
+        assert_eq!(
+            (&v["routes"], &v["cluster"]["name"]),
+            (&1.into(), &"TC".into()),
+            "{v}"
+        );
+    }
+    let routes = nodes[1].s.http_json("/routez");
+    assert_eq!(routes["routes"][0]["remote_name"], "a");
+    assert!(routes["routes"][0]["in_msgs"].as_u64().unwrap() >= 20);
+}
+
+/// A route from another cluster is refused with nats-server's error; garbage on the route
+/// port closes that connection only; the cluster keeps working.
+#[test]
+fn wrong_cluster_names_and_garbage_are_refused() {
+    let bin = server_bin();
+    let nodes = mesh([&bin, &bin, &bin]);
+    let mut wrong = std::net::TcpStream::connect(("127.0.0.1", nodes[0].route)).unwrap();
+    use std::io::{Read, Write};
+    wrong
+        .write_all(
+            b"CONNECT {\"echo\":true,\"verbose\":false,\"pedantic\":false,\"tls_required\":false,\"name\":\"NOTHER\",\"cluster\":\"OTHER\"}\r\n",
+        )
+        .unwrap();
+    wrong
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let mut got = Vec::new();
+    let _ = wrong.read_to_end(&mut got);
+    let text = String::from_utf8_lossy(&got);
+    assert!(
+        text.contains("-ERR 'Rejecting connection, cluster name \"OTHER\" does not match \"TC\"'"),
+        "{text}"
+    );
+    let mut junk = std::net::TcpStream::connect(("127.0.0.1", nodes[1].route)).unwrap();
+    let _ = junk.write_all(b"\x00\x01garbage\r\nRS+\r\n\xff\xfe\r\n");
+    junk.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut sink = Vec::new();
+    let _ = junk.read_to_end(&mut sink);
+    exercise(&nodes);
+}
