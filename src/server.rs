@@ -69,6 +69,9 @@ pub struct Global {
     pub sys_api: OnceLock<SysApi>,
     /// The cluster port, bound by the binary; shard 0 takes it and serves the routes.
     pub route_listener: Mutex<Option<std::net::TcpListener>>,
+    /// The cluster's client URLs (this server's first), for INFO `connect_urls`; written
+    /// by the shard that owns the routes when servers join or leave, read at connect time.
+    connect_urls: Mutex<Vec<String>>,
     next_cid: AtomicU64,
 }
 
@@ -103,6 +106,7 @@ impl Global {
             event_seq: AtomicU64::new(0),
             sys_api: OnceLock::new(),
             route_listener: Mutex::new(None),
+            connect_urls: Mutex::new(Vec::new()),
             next_cid: AtomicU64::new(1),
         }
     }
@@ -158,6 +162,8 @@ impl Global {
             nonce: Option<&'a str>,
             #[serde(skip_serializing_if = "std::ops::Not::not")]
             ldm: bool,
+            #[serde(skip_serializing_if = "Vec::is_empty")]
+            connect_urls: Vec<String>,
         }
         let info = Info {
             server_id: &self.server_id,
@@ -178,6 +184,11 @@ impl Global {
             tls_available: self.tls.is_some() && o.allow_non_tls,
             nonce,
             ldm: self.lame_duck.load(Ordering::Relaxed),
+            connect_urls: self
+                .connect_urls
+                .lock()
+                .map(|u| u.clone())
+                .unwrap_or_default(),
         };
         let mut line = b"INFO ".to_vec();
         line.extend_from_slice(&serde_json::to_vec(&info).unwrap_or_default());
@@ -200,6 +211,8 @@ pub enum ShardOp {
     Sync(u64),
     /// The receiver of `Sync(seq)` has applied and delivered everything sent before it.
     Ack(u64),
+    /// The cluster's client URLs changed: tell the clients (async INFO).
+    ConnectUrls,
     /// A message to deliver locally, to plain subscribers and to one member of each named queue.
     Msg {
         account: AccId,
@@ -933,6 +946,7 @@ async fn mesh_loop(shard: Rc<Shard>, rx: MeshReceiver<MeshMsg>) {
                     weight,
                 } => shard.apply_remote_interest((from, account, subject, queue), weight),
                 ShardOp::Sync(seq) => ack = Some(seq),
+                ShardOp::ConnectUrls => shard.connect_urls_changed(),
                 ShardOp::Ack(seq) => {
                     let mut acked = shard.acked.borrow_mut();
                     acked[from] = acked[from].max(seq);
@@ -1062,6 +1076,16 @@ impl Shard {
                 ));
                 self.mark_dirty(c);
             }
+        }
+        self.flush();
+    }
+
+    /// The cluster's client URLs changed: every client that takes async INFO gets one.
+    fn connect_urls_changed(&self) {
+        let o = self.opts.borrow().clone();
+        let clients: Vec<Rc<Client>> = self.clients.borrow().values().cloned().collect();
+        for c in clients.iter().filter(|c| c.connected.get()) {
+            self.async_info(c, &o);
         }
         self.flush();
     }

@@ -85,6 +85,8 @@ pub(super) struct Cluster {
     /// This server's clients' interest, as sent to routes: (account, subject, queue) → weight.
     interest: RefCell<HashMap<InterestKey, u32>>,
     next_rid: Cell<u64>,
+    /// Servers an implicit route is being dialled to.
+    dialing: RefCell<std::collections::HashSet<String>>,
 }
 
 impl Cluster {
@@ -101,6 +103,7 @@ impl Cluster {
             subs: RefCell::new((0..g.accounts.len()).map(|_| Sublist::new()).collect()),
             interest: RefCell::new(HashMap::new()),
             next_rid: Cell::new(1),
+            dialing: RefCell::new(std::collections::HashSet::new()),
         }))
     }
 
@@ -142,6 +145,15 @@ impl Cluster {
             .filter(|r| r.registered.get() && !r.closed.get())
             .cloned()
             .collect()
+    }
+}
+
+/// Where clients reach this server: the client listener, unless it listens on every address
+/// (then nothing: Tern does not list the interfaces yet).
+fn own_client_urls(g: &Global) -> Vec<String> {
+    match g.opts.host.parse::<std::net::IpAddr>() {
+        Ok(ip) if ip.is_unspecified() => Vec::new(),
+        _ => vec![format!("{}:{}", g.opts.host, g.port)],
     }
 }
 
@@ -291,6 +303,32 @@ impl Shard {
         for url in cl.opts.routes.clone() {
             rt::spawn(solicit(self.clone(), url));
         }
+        self.cluster_changed(&cl);
+    }
+
+    /// Servers joined or left, or changed their client URLs: recomputes the cluster's
+    /// client URLs and tells every shard's clients.
+    pub(super) fn cluster_changed(&self, cl: &Cluster) {
+        if cl.opts.no_advertise {
+            return;
+        }
+        let mut urls = own_client_urls(&self.g);
+        for r in cl.registered() {
+            let remote = r.remote.borrow();
+            if !remote.ldm {
+                urls.extend(remote.connect_urls.iter().cloned());
+            }
+        }
+        let mut seen = std::collections::HashSet::new();
+        urls.retain(|u| seen.insert(u.clone()));
+        match self.g.connect_urls.lock() {
+            Ok(mut u) if *u != urls => *u = urls,
+            _ => return,
+        }
+        for peer in (0..self.shards).filter(|&p| p != self.id) {
+            self.send_to(peer, ShardOp::ConnectUrls);
+        }
+        self.connect_urls_changed();
     }
 
     /// Our route INFO.
@@ -311,7 +349,11 @@ impl Shard {
             max_payload: self.opts.borrow().max_payload,
             cluster: cl.name.borrow().clone(),
             auth_required: cl.opts.user.is_some(),
-            connect_urls: Vec::new(),
+            connect_urls: if cl.opts.no_advertise {
+                Vec::new()
+            } else {
+                own_client_urls(&self.g)
+            },
             ip: String::new(),
             nonce: crate::auth::nonce(),
             ..Default::default()
@@ -395,7 +437,73 @@ impl Shard {
             remote.server_name,
             remote.server_id
         );
+        // Gossip: the other servers hear of this one, with where to reach it, and dial it.
+        let mut gossip = remote;
+        gossip.nonce.clear();
+        if gossip.ip.is_empty() {
+            if let Some(p) = r.peer {
+                gossip.ip = format!("nats-route://{}/", SocketAddr::new(p.ip(), gossip.port));
+            }
+        }
+        let line = format!(
+            "INFO {}\r\n",
+            serde_json::to_string(&gossip).unwrap_or_default()
+        );
+        for o in cl.registered().iter().filter(|o| o.rid != r.rid) {
+            o.write(line.as_bytes());
+        }
+        self.cluster_changed(cl);
         Ok(())
+    }
+
+    /// Another server, named in an INFO a route forwarded: dial it unless already linked
+    /// (an implicit route, tried `connect_retries` + 1 times, as nats-server does).
+    fn implicit_route(self: &Rc<Self>, cl: &Cluster, info: &RouteInfo) {
+        if info.server_id == self.g.server_id || info.ip.is_empty() {
+            return;
+        }
+        let known = cl
+            .registered()
+            .iter()
+            .any(|r| r.remote.borrow().server_id == info.server_id);
+        if known || !cl.dialing.borrow_mut().insert(info.server_id.clone()) {
+            return;
+        }
+        let Ok(url) = RouteUrl::parse(&info.ip) else {
+            cl.dialing.borrow_mut().remove(&info.server_id);
+            return;
+        };
+        let url = RouteUrl {
+            user: cl.opts.user.clone(),
+            pass: cl.opts.password.clone(),
+            ..url
+        };
+        let (shard, id, tries) = (
+            self.clone(),
+            info.server_id.clone(),
+            cl.opts.connect_retries + 1,
+        );
+        rt::spawn(async move {
+            for attempt in 0..tries {
+                if attempt > 0 {
+                    rt::sleep(RETRY).await;
+                }
+                let addr = format!("{}:{}", url.host, url.port);
+                let Some(sa) = std::net::ToSocketAddrs::to_socket_addrs(&addr)
+                    .ok()
+                    .and_then(|mut a| a.next())
+                else {
+                    break;
+                };
+                if let Ok(conn) = tern_shards::connect(sa, DIAL_TIMEOUT).await {
+                    route_main(shard.clone(), conn, Some(url.clone())).await;
+                    break;
+                }
+            }
+            if let Some(cl) = &shard.cluster {
+                cl.dialing.borrow_mut().remove(&id);
+            }
+        });
     }
 
     /// Forgets a closed route's interest.
@@ -405,6 +513,9 @@ impl Shard {
             self.route_interest(cl, r, k, 0);
         }
         cl.routes.borrow_mut().retain(|o| o.rid != r.rid);
+        if r.registered.replace(false) {
+            self.cluster_changed(cl);
+        }
         self.flush();
     }
 }
@@ -605,7 +716,18 @@ fn handle_route_op(
         RouteOp::Info(json) => {
             let info: RouteInfo = serde_json::from_slice(&json).map_err(|_| "bad INFO")?;
             if r.registered.get() {
-                // Async INFO (gossip, lame duck): not acted on yet.
+                if info.server_id != r.remote.borrow().server_id {
+                    // Gossip about another server.
+                    shard.implicit_route(cl, &info);
+                } else {
+                    // The peer's own news (its client URLs, lame duck).
+                    let changed = info.connect_urls != r.remote.borrow().connect_urls;
+                    r.remote.borrow_mut().connect_urls = info.connect_urls;
+                    r.remote.borrow_mut().ldm = info.ldm;
+                    if changed || info.ldm {
+                        shard.cluster_changed(cl);
+                    }
+                }
                 return Ok(());
             }
             if info.cluster != *cl.name.borrow() {
