@@ -365,13 +365,17 @@ async fn clients_fail_over_through_connect_urls() {
     use futures::StreamExt;
     let t = tern_bin();
     let mut nodes = mesh([&t, &t, &t]);
-    let mut probe = nodes[2].s.raw();
-    let urls = probe.info["connect_urls"].clone();
-    probe.ping_pong();
-    assert!(
-        urls.as_array().is_some_and(|u| u.len() == 3),
-        "three client URLs: {urls}"
-    );
+    // The mesh forms by gossip: wait until the third server knows all three client URLs.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let probe = nodes[2].s.raw();
+        let urls = probe.info["connect_urls"].clone();
+        if urls.as_array().is_some_and(|u| u.len() == 3) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "three client URLs: {urls}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
     let url = nodes[1].s.url();
     let sub_client = async_nats::ConnectOptions::new()
         .retry_on_initial_connect()
@@ -412,4 +416,101 @@ async fn clients_fail_over_through_connect_urls() {
             }
         }
     }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A route that dials with the wrong credentials is refused with `Authorization Violation`;
+/// the right ones (from the route URL) get in.
+#[test]
+fn cluster_authorization() {
+    let bin = server_bin();
+    let start = |name: &str, listen: &str, routes: Option<String>| {
+        let mut args = vec!["-n", name, "--cluster", listen, "--cluster_name", "TC"];
+        if let Some(r) = routes.as_deref() {
+            args.extend(["--routes", r]);
+        }
+        let s = Server::start_bin(&bin, &args);
+        let route = s.route_port();
+        Node { s, route }
+    };
+    let a = start("a", "nats://ru:rp@127.0.0.1:-1", None);
+    let b = start(
+        "b",
+        "nats://ru:rp@127.0.0.1:-1",
+        Some(format!("nats://ru:rp@127.0.0.1:{}", a.route)),
+    );
+    let (mut p, mut s) = (client(&b), client(&a));
+    s.send(b"SUB sync.auth 9\r\n");
+    s.ping_pong();
+    await_interest(&mut p, &mut s, "sync.auth");
+    use std::io::{Read, Write};
+    let mut bad = std::net::TcpStream::connect(("127.0.0.1", a.route)).unwrap();
+    bad.write_all(
+        b"CONNECT {\"echo\":true,\"verbose\":false,\"pedantic\":false,\"tls_required\":false,\"user\":\"ru\",\"pass\":\"wrong\",\"name\":\"NBAD\",\"cluster\":\"TC\"}\r\n",
+    )
+    .unwrap();
+    bad.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut got = Vec::new();
+    let _ = bad.read_to_end(&mut got);
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.contains("-ERR 'Authorization Violation'"), "{text}");
+}
+
+/// A server that goes away and comes back on the same ports is dialled again by the route
+/// that names it, and the interest on both sides is sent afresh.
+#[test]
+fn a_restarted_server_rejoins() {
+    if !is_tern() {
+        return;
+    }
+    let t = tern_bin();
+    let (client_port, route_port) = (free_port(), free_port());
+    let seed = |_: ()| {
+        let listen = format!("nats://127.0.0.1:{route_port}");
+        let port = client_port.to_string();
+        // start_bin adds -p -1; a second -p wins.
+        let s = Server::start_bin(
+            &t,
+            &[
+                "-n",
+                "seed",
+                "-p",
+                &port,
+                "--cluster",
+                &listen,
+                "--cluster_name",
+                "TC",
+            ],
+        );
+        Node {
+            s,
+            route: route_port,
+        }
+    };
+    let a = seed(());
+    let b = node(&t, "b", &[route_port]);
+    let mut sub = client(&b);
+    sub.send(b"SUB back.again 1\r\nSUB sync.r 9\r\n");
+    sub.ping_pong();
+    let mut p = client(&a);
+    await_interest(&mut p, &mut sub, "sync.r");
+    drop(p);
+    drop(a);
+    let a = seed(());
+    let mut p = client(&a);
+    await_interest(&mut p, &mut sub, "sync.r");
+    p.send(b"PUB back.again 2\r\nok\r\n");
+    p.ping_pong();
+    let m = sub.read_msg();
+    assert_eq!(
+        (m.subject.as_str(), &m.payload[..]),
+        ("back.again", &b"ok"[..])
+    );
 }

@@ -17,6 +17,8 @@ use crate::sublist::SublistResult;
 /// How long a dial may take, and the pause between attempts at an explicit route.
 const DIAL_TIMEOUT: Duration = Duration::from_secs(2);
 const RETRY: Duration = Duration::from_secs(1);
+/// How often a route is pinged (nats-server pings routes at least every 30 s).
+const ROUTE_PING_INTERVAL: Duration = Duration::from_secs(10);
 
 /// One route connection.
 pub(super) struct Route {
@@ -39,6 +41,8 @@ pub(super) struct Route {
     start: SystemTime,
     /// Messages from the peer (in) and to it (out).
     counts: Cell<Counts>,
+    /// PINGs sent without a PONG back.
+    pings_out: Cell<u32>,
 }
 
 impl Route {
@@ -231,6 +235,18 @@ impl RouteSends {
             k.out_msgs += 1;
             k.out_bytes += msg.len() as u64;
             r.counts.set(k);
+            // A route that does not keep up is cut, as a slow consumer is: its peer will
+            // dial again and get the interest afresh.
+            let max_pending = shard.opts.borrow().max_pending;
+            if r.out.borrow().len() as u64 > max_pending {
+                tracing::error!(
+                    "{} - rid:{} - Slow Consumer Detected: MaxPending of {max_pending} Exceeded",
+                    r.addr,
+                    r.rid
+                );
+                r.out.borrow_mut().clear();
+                r.close();
+            }
             if let Some(w) = r.waker.take() {
                 w.wake();
             }
@@ -591,6 +607,7 @@ async fn route_main(
         peer,
         start: SystemTime::now(),
         counts: Cell::new(Counts::default()),
+        pings_out: Cell::new(0),
     });
     cl.routes.borrow_mut().push(r.clone());
     tracing::info!("{} - rid:{} - Route connection created", r.addr, rid);
@@ -623,7 +640,7 @@ async fn route_main(
     let o = shard.opts.borrow().clone();
     let mut parser = RouteParser::new(o.max_control_line as usize, o.max_payload as usize);
     let mut buf = BytesMut::new();
-    let ping = rt::spawn_cancellable(route_pinger(r.clone()));
+    let ping = rt::spawn_cancellable(route_pinger(r.clone(), o.ping_max.max(1)));
     'read: loop {
         let start = buf.len();
         buf.resize(start + 64 * 1024, 0);
@@ -742,7 +759,8 @@ fn handle_route_op(
             shard.register_route(cl, r)?;
         }
         RouteOp::Ping => r.write(b"PONG\r\n"),
-        RouteOp::Pong | RouteOp::Ok => {}
+        RouteOp::Pong => r.pings_out.set(0),
+        RouteOp::Ok => {}
         RouteOp::Err(text) => {
             tracing::info!("{} - rid:{} - Route error from peer: {text}", r.addr, r.rid);
             return Err("the peer sent -ERR");
@@ -833,12 +851,24 @@ async fn route_writer(r: Rc<Route>, mut w: ConnWriter) {
 }
 
 /// Pings a route every few seconds, so a dead peer is noticed.
-async fn route_pinger(r: Rc<Route>) {
+/// Pings a route every few seconds, and closes it when `ping_max` PINGs in a row get no
+/// PONG (a stale connection), as nats-server does.
+async fn route_pinger(r: Rc<Route>, ping_max: u32) {
     loop {
-        rt::sleep(Duration::from_secs(10)).await;
+        rt::sleep(ROUTE_PING_INTERVAL).await;
         if r.closed.get() {
             return;
         }
+        if r.pings_out.get() >= ping_max {
+            tracing::info!(
+                "{} - rid:{} - Stale Connection, closing the route",
+                r.addr,
+                r.rid
+            );
+            r.close();
+            return;
+        }
+        r.pings_out.set(r.pings_out.get() + 1);
         r.write(b"PING\r\n");
     }
 }
