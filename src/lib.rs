@@ -16,8 +16,11 @@
 //! - [`conf`]: nats-server's config file format, parsed into positioned values (sans-IO but
 //!   for reading included files).
 //! - [`opts`]: command-line flags (Go `flag` style, as nats-server) and the TOML config file.
+//! - [`route`]: the route (cluster) wire format: route INFO/CONNECT, `RS+`/`RS-`,
+//!   `RMSG`/`HMSG` parsing and encoding (sans-IO).
 //! - [`server`]: the server on its shards: connections, interest gossip between shards,
-//!   forwarding, queue groups, the interest barrier, slow consumers, pings.
+//!   forwarding, queue groups, the interest barrier, slow consumers, pings; its `routes`
+//!   part runs the route connections on shard 0.
 //! - [`tls`]: the `tls {}` options and the rustls configuration built from them.
 //! - [`log`]: nats-server style log lines through `tracing`, reloadable and reopenable.
 //! - [`monitor`]: the HTTP monitoring endpoints (`/varz`, `/connz`, `/subsz`, ...), fed by

@@ -370,7 +370,13 @@ impl Shard {
             } else {
                 own_client_urls(&self.g)
             },
-            ip: String::new(),
+            // `advertise`: where the other servers should dial this one.
+            ip: cl
+                .opts
+                .advertise
+                .as_ref()
+                .map(|a| format!("nats-route://{a}/"))
+                .unwrap_or_default(),
             nonce: crate::auth::nonce(),
             ..Default::default()
         }
