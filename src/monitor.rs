@@ -739,21 +739,7 @@ fn conn_json(c: &ConnInfo, now: SystemTime, subs: SubsShown, auth: bool) -> Valu
                 m.insert("subscriptions_list".into(), json!(list));
             }
             SubsShown::Detail => {
-                let list: Vec<Value> = c
-                    .subs
-                    .iter()
-                    .map(|s| {
-                        sub_detail(
-                            &c.account,
-                            c.cid,
-                            &s.subject,
-                            s.queue.as_deref(),
-                            &s.sid,
-                            s.msgs,
-                            s.max,
-                        )
-                    })
-                    .collect();
+                let list: Vec<Value> = c.subs.iter().map(|s| sub_detail(c, s)).collect();
                 m.insert("subscriptions_list_detail".into(), json!(list));
             }
         }
@@ -761,27 +747,19 @@ fn conn_json(c: &ConnInfo, now: SystemTime, subs: SubsShown, auth: bool) -> Valu
     Value::Object(m)
 }
 
-fn sub_detail(
-    account: &str,
-    cid: u64,
-    subject: &str,
-    queue: Option<&str>,
-    sid: &str,
-    msgs: u64,
-    max: u64,
-) -> Value {
+fn sub_detail(c: &ConnInfo, s: &crate::server::SubInfo) -> Value {
     let mut m = Map::new();
-    m.insert("account".into(), json!(account));
-    m.insert("subject".into(), json!(subject));
-    if let Some(q) = queue {
+    m.insert("account".into(), json!(c.account));
+    m.insert("subject".into(), json!(s.subject));
+    if let Some(q) = &s.queue {
         m.insert("qgroup".into(), json!(q));
     }
-    m.insert("sid".into(), json!(sid));
-    m.insert("msgs".into(), json!(msgs));
-    if max > 0 {
-        m.insert("max".into(), json!(max));
+    m.insert("sid".into(), json!(s.sid));
+    m.insert("msgs".into(), json!(s.msgs));
+    if s.max > 0 {
+        m.insert("max".into(), json!(s.max));
     }
-    m.insert("cid".into(), json!(cid));
+    m.insert("cid".into(), json!(c.cid));
     Value::Object(m)
 }
 
@@ -915,15 +893,7 @@ pub fn subsz(server_id: &str, now: SystemTime, reports: &[ShardReport], q: &Subs
                     crate::sublist::subject_matches(s.subject.as_bytes(), t.as_bytes())
                 });
                 if hit {
-                    all.push(sub_detail(
-                        &c.account,
-                        c.cid,
-                        &s.subject,
-                        s.queue.as_deref(),
-                        &s.sid,
-                        s.msgs,
-                        s.max,
-                    ));
+                    all.push(sub_detail(c, s));
                 }
             }
         }

@@ -779,10 +779,8 @@ fn handle_route_op(
             if !r.registered.get() {
                 return Ok(());
             }
-            let Some(acc) = std::str::from_utf8(&account)
-                .ok()
-                .and_then(|a| shard.g.accounts.id(a))
-            else {
+            // Accounts this server does not have are not ours to serve.
+            let Some(acc) = account_id(shard, &account) else {
                 return Ok(());
             };
             let (q, w) = match queue {
@@ -796,10 +794,8 @@ fn handle_route_op(
             subject,
             queue,
         } => {
-            let Some(acc) = std::str::from_utf8(&account)
-                .ok()
-                .and_then(|a| shard.g.accounts.id(a))
-            else {
+            // Accounts this server does not have are not ours to serve.
+            let Some(acc) = account_id(shard, &account) else {
                 return Ok(());
             };
             shard.route_interest(cl, r, (acc, subject, queue), 0);
@@ -812,10 +808,8 @@ fn handle_route_op(
             hdr_len,
             msg,
         } => {
-            let Some(acc) = std::str::from_utf8(&account)
-                .ok()
-                .and_then(|a| shard.g.accounts.id(a))
-            else {
+            // Accounts this server does not have are not ours to serve.
+            let Some(acc) = account_id(shard, &account) else {
                 return Ok(());
             };
             let mut k = r.counts.get();
@@ -830,6 +824,13 @@ fn handle_route_op(
         }
     }
     Ok(())
+}
+
+/// The account a route names, if this server has it.
+fn account_id(shard: &Shard, name: &[u8]) -> Option<AccId> {
+    std::str::from_utf8(name)
+        .ok()
+        .and_then(|a| shard.g.accounts.id(a))
 }
 
 /// Writes what is queued for a route.
