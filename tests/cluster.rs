@@ -262,14 +262,7 @@ fn servers_that_dial_each_other_keep_one_route() {
     if !is_tern() {
         return;
     }
-    let free = || {
-        std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port()
-    };
-    let (pa, pb) = (free(), free());
+    let (pa, pb) = (free_port(), free_port());
     let t = tern_bin();
     let start = |name: &str, mine: u16, other: u16| {
         let listen = format!("nats://127.0.0.1:{mine}");
@@ -418,12 +411,17 @@ async fn clients_fail_over_through_connect_urls() {
     }
 }
 
+/// A free port below Linux's ephemeral range (32768 and up), so that no outgoing connection
+/// of another test can take it while a server restarts on it.
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    static NEXT: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(0);
+    let base = 20_000 + (std::process::id() % 500) as u16 * 20;
+    loop {
+        let p = base + NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % 10_000;
+        if std::net::TcpListener::bind(("127.0.0.1", p)).is_ok() {
+            return p;
+        }
+    }
 }
 
 /// A route that dials with the wrong credentials is refused with `Authorization Violation`;
@@ -471,28 +469,23 @@ fn a_restarted_server_rejoins() {
         return;
     }
     let t = tern_bin();
-    let (client_port, route_port) = (free_port(), free_port());
-    let seed = |_: ()| {
+    // The cluster port stays the same across the restart (the client port need not).
+    let route_port = free_port();
+    // The old server's route sockets may hold the port for a moment after it dies (until
+    // the peer closes its end): start again until the cluster port is ours.
+    let seed = |_: ()| loop {
         let listen = format!("nats://127.0.0.1:{route_port}");
-        let port = client_port.to_string();
-        // start_bin adds -p -1; a second -p wins.
         let s = Server::start_bin(
             &t,
-            &[
-                "-n",
-                "seed",
-                "-p",
-                &port,
-                "--cluster",
-                &listen,
-                "--cluster_name",
-                "TC",
-            ],
+            &["-n", "seed", "--cluster", &listen, "--cluster_name", "TC"],
         );
-        Node {
-            s,
-            route: route_port,
+        if s.wait_for_log("Listening for route connections", Duration::from_secs(2)) {
+            break Node {
+                s,
+                route: route_port,
+            };
         }
+        std::thread::sleep(Duration::from_millis(200));
     };
     let a = seed(());
     let b = node(&t, "b", &[route_port]);
