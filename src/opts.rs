@@ -1393,6 +1393,23 @@ fn list_items<'a>(x: &Entry<'a>) -> Result<Vec<Entry<'a>>, OptsError> {
         .collect())
 }
 
+/// The kind a `stream`/`service` key names; an entry may name only one (`what` says which
+/// entry, for the error).
+fn export_kind(
+    x: &Entry,
+    seen: Option<crate::accounts::Kind>,
+    what: &str,
+) -> Result<crate::accounts::Kind, OptsError> {
+    if seen.is_some() {
+        return Err(x.invalid(format!("{what} is a stream or a service, not both")));
+    }
+    Ok(if x.key.eq_ignore_ascii_case("stream") {
+        crate::accounts::Kind::Stream
+    } else {
+        crate::accounts::Kind::Service
+    })
+}
+
 /// `{ stream | service: subject, accounts, response_type, response_threshold }`.
 fn parse_export(e: &Entry) -> Result<crate::accounts::ExportOptions, OptsError> {
     use crate::accounts::{ExportOptions, Kind, ResponseType};
@@ -1404,14 +1421,7 @@ fn parse_export(e: &Entry) -> Result<crate::accounts::ExportOptions, OptsError> 
     for x in map_entries(e)? {
         match x.key.to_ascii_lowercase().as_str() {
             "stream" | "service" => {
-                if kind.is_some() {
-                    return Err(x.invalid("an export is a stream or a service, not both".into()));
-                }
-                kind = Some(if x.key.eq_ignore_ascii_case("stream") {
-                    Kind::Stream
-                } else {
-                    Kind::Service
-                });
+                kind = Some(export_kind(&x, kind, "an export")?);
                 subject = x.string()?;
             }
             "accounts" => accounts = string_list(&x)?,
@@ -1459,14 +1469,7 @@ fn parse_import(e: &Entry) -> Result<crate::accounts::ImportOptions, OptsError> 
     for x in map_entries(e)? {
         match x.key.to_ascii_lowercase().as_str() {
             "stream" | "service" => {
-                if kind.is_some() {
-                    return Err(x.invalid("an import is a stream or a service, not both".into()));
-                }
-                kind = Some(if x.key.eq_ignore_ascii_case("stream") {
-                    Kind::Stream
-                } else {
-                    Kind::Service
-                });
+                kind = Some(export_kind(&x, kind, "an import")?);
                 for f in map_entries(&x)? {
                     match f.key.to_ascii_lowercase().as_str() {
                         "account" => account = f.string()?,

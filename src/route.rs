@@ -562,26 +562,11 @@ mod tests {
         write_unsub(&mut out, b"A", b"b", Some(b"q"));
         let q = [Bytes::from_static(b"q1")];
         write_msg(&mut out, b"$G", b"s", Some(b"r"), &q, 0, b"data", true);
-        write_msg(
-            &mut out,
-            b"$G",
-            b"s",
-            None,
-            &[],
-            12,
-            b"NATS/1.0\r\n\r\nhi",
-            true,
-        );
-        write_msg(
-            &mut out,
-            b"$G",
-            b"s",
-            None,
-            &[],
-            12,
-            b"NATS/1.0\r\n\r\nhi",
-            false,
-        );
+        // With headers to a peer that takes them, and without to one that does not.
+        for peer_headers in [true, false] {
+            let hmsg = b"NATS/1.0\r\n\r\nhi";
+            write_msg(&mut out, b"$G", b"s", None, &[], 12, hmsg, peer_headers);
+        }
         assert_eq!(
             &out[..],
             &b"RS+ $G a.*\r\nRS+ A b q 2\r\nRS- A b q\r\nRMSG $G s + r q1 4\r\ndata\r\n\

@@ -50,17 +50,17 @@ fn is_tern_bin(bin: &Path) -> bool {
 
 /// Starts a member of cluster `TC` named `name` that dials `routes`.
 fn node(bin: &Path, name: &str, routes: &[u16]) -> Node {
-    let mut args: Vec<String> = [
-        "-n",
-        name,
-        "--cluster",
-        "nats://127.0.0.1:-1",
-        "--cluster_name",
-        "TC",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
+    node_on(bin, name, None, routes, &[])
+}
+
+/// [`node`] on cluster port `port` (`None`: any free one), with `extra` flags.
+fn node_on(bin: &Path, name: &str, port: Option<u16>, routes: &[u16], extra: &[&str]) -> Node {
+    let listen = format!("nats://127.0.0.1:{}", port.map_or(-1, i32::from));
+    let mut args: Vec<String> = ["-n", name, "--cluster", &listen, "--cluster_name", "TC"]
+        .iter()
+        .chain(extra)
+        .map(|s| s.to_string())
+        .collect();
     if !routes.is_empty() {
         let urls: Vec<String> = routes
             .iter()
@@ -264,29 +264,8 @@ fn servers_that_dial_each_other_keep_one_route() {
     }
     let (pa, pb) = (free_port(), free_port());
     let t = tern_bin();
-    let start = |name: &str, mine: u16, other: u16| {
-        let listen = format!("nats://127.0.0.1:{mine}");
-        let route = format!("nats://127.0.0.1:{other}");
-        let s = Server::start_bin(
-            &t,
-            &[
-                "-n",
-                name,
-                "--cluster",
-                &listen,
-                "--cluster_name",
-                "TC",
-                "--routes",
-                &route,
-                "--shards",
-                "2",
-                "-m",
-                "-1",
-            ],
-        );
-        let route = s.route_port();
-        Node { s, route }
-    };
+    let start =
+        |name: &str, mine: u16, other: u16| node_on(&t, name, Some(mine), &[other], &["-m", "-1"]);
     let nodes = [start("a", pa, pb), start("b", pb, pa)];
     let (mut p, mut s) = (client(&nodes[0]), client(&nodes[1]));
     s.send(b"SUB sync.x 9\r\n");
