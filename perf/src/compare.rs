@@ -7,7 +7,7 @@
 use crate::conn::Target;
 use crate::error::{Error, IoContext, Result};
 use crate::scenario::{self, Kind, Opts, Placement, Report};
-use crate::server::{strace_available, Launch, Server, Strace, Which};
+use crate::server::{strace_available, Cluster, Launch, Server, Strace, Which};
 use crate::stats::{median, si};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::Serialize;
@@ -34,6 +34,8 @@ pub struct Spec {
     pub count: usize,
     /// In the default set.
     pub default: bool,
+    /// Run on a two-server cluster: publishers on one server, subscribers on the other.
+    pub routed: bool,
 }
 
 const fn spec(name: &'static str, kind: Kind, size: usize, pubs: usize, subs: usize) -> Spec {
@@ -45,7 +47,13 @@ const fn spec(name: &'static str, kind: Kind, size: usize, pubs: usize, subs: us
         subs,
         count: 0,
         default: true,
+        routed: false,
     }
+}
+
+const fn routed(mut s: Spec) -> Spec {
+    s.routed = true;
+    s
 }
 
 const fn extra(mut s: Spec, count: usize) -> Spec {
@@ -63,6 +71,8 @@ pub const CATALOG: &[Spec] = &[
     spec("fanout16x128", Kind::Fanout, 128, 1, 16),
     spec("reqreply", Kind::Reqreply, 128, 1, 1),
     spec("openloop", Kind::Openloop, 128, 1, 1),
+    routed(spec("routed128", Kind::Pubsub, 128, 1, 1)),
+    routed(spec("routedreq", Kind::Reqreply, 128, 1, 1)),
     extra(spec("fanin4x128", Kind::Fanin, 128, 4, 1), 0),
     extra(spec("queue4x128", Kind::Queue, 128, 1, 4), 0),
     extra(spec("requesters8x4", Kind::Requesters, 128, 8, 4), 0),
@@ -170,7 +180,7 @@ pub struct Outcome {
     pub summary: String,
 }
 
-fn launch(which: Which, bin: &str, placement: char) -> Launch {
+fn launch(which: Which, bin: &str, placement: char, cluster: Cluster) -> Launch {
     let (cores, threads) = match placement {
         'a' => (Some("1".to_string()), 1),
         _ => (None, 2),
@@ -180,11 +190,12 @@ fn launch(which: Which, bin: &str, placement: char) -> Launch {
         bin: bin.to_string(),
         cores,
         threads,
+        cluster,
     }
 }
 
-fn variants(kind: Kind, placement: char) -> Vec<Placement> {
-    if placement == 'a' || matches!(kind, Kind::Pub | Kind::Conns) {
+fn variants(spec: &Spec, placement: char) -> Vec<Placement> {
+    if placement == 'a' || spec.routed || matches!(spec.kind, Kind::Pub | Kind::Conns) {
         vec![Placement::Any]
     } else {
         vec![Placement::Same, Placement::Cross]
@@ -240,8 +251,7 @@ fn open_loop_rate(s: &Settings, runs: &[Run], placement: char, v: Placement) -> 
             .find(|c| c.name == "pubsub128")
             .ok_or_else(|| Error::Config("pubsub128 missing from the catalogue".into()))?;
         let o = opts_for(s, spec, placement, v);
-        let l = launch(Which::Nats, &s.nats, placement);
-        let (r, _, _) = one_run(&l, &o, spec.kind, false)?;
+        let (r, _, _) = one_run(Which::Nats, &s.nats, placement, &o, spec, false)?;
         seen.push(r.msgs_out_per_s);
     }
     let max =
@@ -249,35 +259,64 @@ fn open_loop_rate(s: &Settings, runs: &[Run], placement: char, v: Placement) -> 
     Ok(((max / 2.0) as u64).max(1))
 }
 
+/// Starts the server (for a routed scenario, two servers joined by a route), runs the
+/// scenario against it, and stops it again.
 fn one_run(
-    l: &Launch,
+    which: Which,
+    bin: &str,
+    placement: char,
     o: &Opts,
-    kind: Kind,
+    spec: &Spec,
     strace: bool,
 ) -> Result<(Report, Vec<String>, Option<u64>)> {
-    let server = Server::start(l)?;
-    let shards = if l.which == Which::Tern {
-        l.threads as u64
+    let shards = if which == Which::Tern {
+        launch(which, bin, placement, Cluster::None).threads as u64
     } else {
         1
     };
-    let t = Target::from_url(&server.addr, shards, 0, Some(server.pid))?;
-    let tracer = if strace {
-        Some(Strace::attach(server.pid)?)
+    let mut servers = Vec::new();
+    let first = if spec.routed {
+        Cluster::Seed
     } else {
-        None
+        Cluster::None
     };
-    let r = scenario::run(kind, o, &t);
-    let calls = match tracer {
-        Some(tr) => Some(tr.finish()?),
-        None => None,
-    };
-    let warnings: Vec<String> = server
-        .drain_log()
-        .into_iter()
-        .filter(|l| l.contains("[WRN]") || l.contains("[ERR]") || l.contains("panic"))
-        .collect();
-    server.stop();
+    servers.push(Server::start(&launch(which, bin, placement, first))?);
+    if spec.routed {
+        let seed = servers[0]
+            .route_addr
+            .clone()
+            .ok_or_else(|| Error::Spawn("the seed printed no route listen line".into()))?;
+        servers.push(Server::start(&launch(
+            which,
+            bin,
+            placement,
+            Cluster::Join(seed),
+        ))?);
+    }
+    let mut t = Target::from_url(&servers[0].addr, shards, 0, Some(servers[0].pid))?;
+    if let Some(b) = servers.get(1) {
+        t.peer = Some(Box::new(Target::from_url(&b.addr, shards, 0, Some(b.pid))?));
+    }
+    let mut tracers = Vec::new();
+    if strace {
+        for s in &servers {
+            tracers.push(Strace::attach(s.pid)?);
+        }
+    }
+    let r = scenario::run(spec.kind, o, &t);
+    let mut calls = None;
+    for tr in tracers {
+        calls = Some(calls.unwrap_or(0) + tr.finish()?);
+    }
+    let mut warnings = Vec::new();
+    for s in servers {
+        warnings.extend(
+            s.drain_log()
+                .into_iter()
+                .filter(|l| l.contains("[WRN]") || l.contains("[ERR]") || l.contains("panic")),
+        );
+        s.stop();
+    }
     Ok((r?, warnings, calls))
 }
 
@@ -293,7 +332,7 @@ pub fn compare(s: &Settings) -> Result<Outcome> {
         .map(|&p| {
             s.scenarios
                 .iter()
-                .map(|sp| variants(sp.kind, p).len() * s.rounds * 2)
+                .map(|sp| variants(sp, p).len() * s.rounds * 2)
                 .sum::<usize>()
         })
         .sum();
@@ -310,7 +349,7 @@ pub fn compare(s: &Settings) -> Result<Outcome> {
     let mut rates = Vec::new();
     for &placement in &s.placements {
         for spec in &s.scenarios {
-            for v in variants(spec.kind, placement) {
+            for v in variants(spec, placement) {
                 let name = format!("{}{}", spec.name, variant_name(v));
                 let mut o = opts_for(s, spec, placement, v);
                 if spec.kind == Kind::Openloop {
@@ -324,14 +363,14 @@ pub fn compare(s: &Settings) -> Result<Outcome> {
                         } else {
                             &s.nats
                         };
-                        let l = launch(which, bin, placement);
                         if let Some(pb) = &pb {
                             pb.set_message(format!("{placement} {name} {}", which.name()));
                         }
-                        let (result, warnings) = match one_run(&l, &o, spec.kind, false) {
-                            Ok((r, w, _)) => (Ok(r), w),
-                            Err(e) => (Err(e.to_string()), Vec::new()),
-                        };
+                        let (result, warnings) =
+                            match one_run(which, bin, placement, &o, spec, false) {
+                                Ok((r, w, _)) => (Ok(r), w),
+                                Err(e) => (Err(e.to_string()), Vec::new()),
+                            };
                         if let Err(e) = &result {
                             eprintln!("{placement} {name} {} round {round}: {e}", which.name());
                         }
@@ -358,8 +397,7 @@ pub fn compare(s: &Settings) -> Result<Outcome> {
                             } else {
                                 &s.nats
                             };
-                            let l = launch(which, bin, placement);
-                            match one_run(&l, &o, spec.kind, true) {
+                            match one_run(which, bin, placement, &o, spec, true) {
                                 Ok((r, _, Some(calls))) => {
                                     let per = if r.received > 0 { r.received } else { r.sent };
                                     Ok(calls as f64 / per.max(1) as f64)
@@ -888,8 +926,57 @@ mod tests {
         assert_eq!(civil_from_days(20_454), (2026, 1, 1));
         assert_eq!(civil_from_days(11_016), (2000, 2, 29));
         let d = pick("default").unwrap();
-        assert_eq!(d.len(), 7);
+        assert_eq!(d.len(), 9);
+        assert!(d.iter().any(|s| s.routed && s.kind == Kind::Reqreply));
         assert!(pick("pub16,nope").is_err());
         assert_eq!(pick("churn,conns1k").unwrap()[1].count, 1000);
+    }
+
+    /// The Tern binary built beside this test (target/<profile>/tern).
+    fn tern_binary() -> String {
+        let exe = std::env::current_exe().unwrap();
+        let bin = exe.parent().unwrap().parent().unwrap().join("tern");
+        assert!(
+            bin.exists(),
+            "build the tern binary first: {}",
+            bin.display()
+        );
+        bin.display().to_string()
+    }
+
+    #[test]
+    fn routed_scenarios_cross_a_route() {
+        let tern = tern_binary();
+        for name in ["routed128", "routedreq"] {
+            let spec = pick(name).unwrap()[0];
+            let mut o = opts_for_test(&spec);
+            o.msgs = Some(if spec.kind == Kind::Reqreply {
+                300
+            } else {
+                20_000
+            });
+            // Subscribers sit on the second server and publishers on the first: every
+            // delivery has crossed the route.
+            let (r, warnings, _) = one_run(Which::Tern, &tern, 'b', &o, &spec, false).unwrap();
+            assert!(r.sent >= 300, "{name}: {r:?}");
+            assert_eq!((r.received, r.lost), (r.sent, 0), "{name}: {r:?}");
+            assert!(
+                r.server_cpu_ns_per_msg.is_some(),
+                "{name}: both servers' CPU"
+            );
+            assert!(warnings.is_empty(), "{name}: {warnings:?}");
+        }
+    }
+
+    fn opts_for_test(spec: &Spec) -> Opts {
+        let mut o = Opts {
+            size: spec.size,
+            pubs: spec.pubs,
+            subs: spec.subs,
+            progress: false,
+            ..Opts::default()
+        };
+        o.timeout = Duration::from_secs(20);
+        o
     }
 }

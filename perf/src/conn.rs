@@ -33,6 +33,9 @@ pub struct Target {
     pub pid: Option<u32>,
     /// Upgrade every connection to TLS after the INFO line (the server requires TLS).
     pub tls: Option<Arc<rustls::ClientConfig>>,
+    /// Another server of the same cluster that subscribers and responders connect to, so that
+    /// every message crosses a route (the routed scenarios).
+    pub peer: Option<Box<Target>>,
 }
 
 /// A connection's byte stream: plain TCP, or TLS over it.
@@ -146,7 +149,21 @@ impl Target {
             shards: shards.max(1),
             pid,
             tls: None,
+            peer: None,
         })
+    }
+
+    /// Where subscribers and responders connect: the peer server when there is one.
+    pub fn sub_side(&self) -> &Target {
+        self.peer.as_deref().unwrap_or(self)
+    }
+
+    /// The pids of every server process taking part (this one and its peer).
+    pub fn pids(&self) -> Vec<u32> {
+        self.pid
+            .into_iter()
+            .chain(self.peer.as_ref().and_then(|p| p.pid))
+            .collect()
     }
 
     /// Opens one connection and completes the handshake, first opening throwaway connections

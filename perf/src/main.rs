@@ -107,6 +107,13 @@ struct RunArgs {
     /// Server pid, for its CPU time and RSS.
     #[arg(long)]
     server_pid: Option<u32>,
+    /// Another server of the same cluster for subscribers and responders, so that every
+    /// message crosses a route (publishers and requesters stay on --url).
+    #[arg(long)]
+    sub_url: Option<String>,
+    /// The --sub-url server's pid, for its CPU time.
+    #[arg(long, requires = "sub_url")]
+    sub_server_pid: Option<u32>,
     /// Subscriptions to preload (subscale).
     #[arg(long, default_value_t = 100_000)]
     preload: usize,
@@ -223,8 +230,20 @@ fn run(a: RunArgs) -> Result<()> {
         ));
     }
     let mut t = conn::Target::from_url(&a.url, a.shards, a.conn_offset, a.server_pid)?;
+    if let Some(url) = &a.sub_url {
+        t.peer = Some(Box::new(conn::Target::from_url(
+            url,
+            1,
+            0,
+            a.sub_server_pid,
+        )?));
+    }
     if a.tls {
-        t.tls = Some(conn::insecure_tls());
+        let tls = conn::insecure_tls();
+        if let Some(p) = &mut t.peer {
+            p.tls = Some(tls.clone());
+        }
+        t.tls = Some(tls);
     }
     let r = scenario::run(a.scenario, &o, &t)?;
     if let (Some(path), Some(l)) = (&a.svg, &r.latency) {

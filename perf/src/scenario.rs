@@ -237,25 +237,35 @@ struct Meter {
     t0: Instant,
     gen0: Duration,
     srv0: Option<u64>,
-    pid: Option<u32>,
+    pids: Vec<u32>,
+}
+
+/// The CPU time of every server process together, if all can be read.
+fn servers_cpu_ns(pids: &[u32]) -> Option<u64> {
+    if pids.is_empty() {
+        return None;
+    }
+    pids.iter().map(|&p| stats::proc_cpu_ns(p)).sum()
 }
 
 impl Meter {
-    fn start(pid: Option<u32>) -> Self {
+    fn start(t: &Target) -> Self {
+        let pids = t.pids();
         Meter {
             t0: Instant::now(),
             gen0: stats::self_cpu(),
-            srv0: pid.and_then(stats::proc_cpu_ns),
-            pid,
+            srv0: servers_cpu_ns(&pids),
+            pids,
         }
     }
-    /// Fills the CPU fields of `r`; `per` is the message count CPU is divided by.
+    /// Fills the CPU fields of `r`; `per` is the message count CPU is divided by. The servers'
+    /// CPU is summed: a routed message costs both ends of the route.
     fn finish(&self, r: &mut Report, per: u64) {
         let wall = self.t0.elapsed().as_secs_f64();
         let gen = (stats::self_cpu() - self.gen0).as_secs_f64();
         r.gen_cpu_s = gen;
         r.gen_cpu_pct = if wall > 0.0 { 100.0 * gen / wall } else { 0.0 };
-        if let (Some(a), Some(b)) = (self.srv0, self.pid.and_then(stats::proc_cpu_ns)) {
+        if let (Some(a), Some(b)) = (self.srv0, servers_cpu_ns(&self.pids)) {
             if per > 0 {
                 r.server_cpu_ns_per_msg = Some(b.saturating_sub(a) as f64 / per as f64);
             }
@@ -309,7 +319,9 @@ fn flow(t: &Target, o: &Opts, f: &Flow) -> Result<Report> {
     // Subscribers first, each registered (PONG) before the next is opened.
     let mut sub_conns = Vec::new();
     for i in 0..f.subs {
-        let mut c = t.connect(&format!("bench-sub-{i}"), o.placement.subscriber())?;
+        let mut c = t
+            .sub_side()
+            .connect(&format!("bench-sub-{i}"), o.placement.subscriber())?;
         let line = match f.queue {
             Some(q) => format!("SUB {SUBJECT} {q} 1\r\n"),
             None => format!("SUB {SUBJECT} 1\r\n"),
@@ -372,7 +384,7 @@ fn flow(t: &Target, o: &Opts, f: &Flow) -> Result<Report> {
     }
     go.wait();
     probed.wait();
-    let meter = Meter::start(t.pid);
+    let meter = Meter::start(t);
     let start_ns = now_ns();
     let pb = progress_bar(o, o.duration.as_secs_f64());
     // Wait for publishers, with a progress bar while they run.
@@ -675,7 +687,9 @@ fn reqreply(t: &Target, o: &Opts, requesters: usize, responders: usize) -> Resul
     let stop = Arc::new(AtomicBool::new(false));
     let mut resp_handles = Vec::new();
     for i in 0..responders {
-        let mut c = t.connect(&format!("bench-resp-{i}"), o.placement.subscriber())?;
+        let mut c = t
+            .sub_side()
+            .connect(&format!("bench-resp-{i}"), o.placement.subscriber())?;
         let line = if responders > 1 {
             "SUB bench.req resp 1\r\n"
         } else {
@@ -710,7 +724,7 @@ fn reqreply(t: &Target, o: &Opts, requesters: usize, responders: usize) -> Resul
     }
     go.wait(); // every requester has had one reply: interest is everywhere
     go.wait();
-    let meter = Meter::start(t.pid);
+    let meter = Meter::start(t);
     let pb = progress_bar(o, o.duration.as_secs_f64());
     let mut hist = new_histogram();
     let (mut sent, mut got) = (0, 0);
@@ -996,7 +1010,7 @@ fn churn(t: &Target, o: &Opts) -> Result<Report> {
 fn conns(t: &Target, o: &Opts) -> Result<Report> {
     crate::conn::raise_nofile();
     let rss0 = t.rss();
-    let meter = Meter::start(t.pid);
+    let meter = Meter::start(t);
     let mut held = Vec::with_capacity(o.conns);
     for i in 0..o.conns {
         let c = t

@@ -40,6 +40,20 @@ pub struct Launch {
     pub cores: Option<String>,
     /// Tern `--shards` / nats-server `GOMAXPROCS`.
     pub threads: usize,
+    /// Whether the server is a member of a cluster, and how it finds the others.
+    pub cluster: Cluster,
+}
+
+/// Cluster membership of a launched server (the routed scenarios). Every member listens for
+/// routes on a random port of 127.0.0.1, in the cluster named `bench`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Cluster {
+    /// A standalone server.
+    None,
+    /// The first member, which the others dial.
+    Seed,
+    /// A member that dials the seed's route address (`host:port`).
+    Join(String),
 }
 
 /// A running server; killed on drop.
@@ -49,13 +63,18 @@ pub struct Server {
     pub pid: u32,
     /// `127.0.0.1:PORT`.
     pub addr: String,
+    /// `127.0.0.1:PORT` of the route listener, for a cluster member.
+    pub route_addr: Option<String>,
     /// Log lines seen so far (stderr), kept for error reports.
     log: mpsc::Receiver<String>,
 }
 
-/// Extracts `HOST:PORT` from a "Listening for client connections on HOST:PORT" log line.
-pub fn parse_listen_line(line: &str) -> Option<String> {
-    let rest = line.split("Listening for client connections on ").nth(1)?;
+/// Extracts `HOST:PORT` from a "Listening for `what` connections on HOST:PORT" log line
+/// (an unspecified host becomes 127.0.0.1).
+pub fn parse_listen(line: &str, what: &str) -> Option<String> {
+    let rest = line
+        .split(&format!("Listening for {what} connections on "))
+        .nth(1)?;
     let addr = rest.split_whitespace().next()?;
     let (host, port) = addr.rsplit_once(':')?;
     let port: u16 = port.parse().ok()?;
@@ -84,6 +103,17 @@ impl Server {
             None => Command::new(&l.bin),
         };
         cmd.args(["-a", "127.0.0.1", "-p", "-1"]);
+        if l.cluster != Cluster::None {
+            cmd.args([
+                "--cluster",
+                "nats://127.0.0.1:-1",
+                "--cluster_name",
+                "bench",
+            ]);
+        }
+        if let Cluster::Join(seed) = &l.cluster {
+            cmd.args(["--routes", &format!("nats://{seed}")]);
+        }
         match l.which {
             Which::Tern => {
                 cmd.args(["--shards", &l.threads.to_string()]);
@@ -115,16 +145,22 @@ impl Server {
             }
         });
         let mut seen = Vec::new();
+        let (mut addr, mut route_addr) = (None, None);
         loop {
             match rx.recv_timeout(Duration::from_secs(10)) {
                 Ok(line) => {
-                    if let Some(addr) = parse_listen_line(&line) {
-                        return Ok(Server {
-                            child,
-                            pid,
-                            addr,
-                            log: rx,
-                        });
+                    addr = addr.or_else(|| parse_listen(&line, "client"));
+                    route_addr = route_addr.or_else(|| parse_listen(&line, "route"));
+                    if let Some(a) = &addr {
+                        if l.cluster == Cluster::None || route_addr.is_some() {
+                            return Ok(Server {
+                                child,
+                                pid,
+                                addr: a.clone(),
+                                route_addr,
+                                log: rx,
+                            });
+                        }
                     }
                     seen.push(line);
                 }
@@ -269,14 +305,26 @@ mod tests {
     #[test]
     fn listen_lines() {
         let tern = "[775] 2026/11/22 04:43:28.944723 [INF] Listening for client connections on 127.0.0.1:45913";
-        assert_eq!(parse_listen_line(tern).as_deref(), Some("127.0.0.1:45913"));
-        let nats = "[784] 2026/11/22 04:43:30.976792 [INF] Listening for client connections on 0.0.0.0:4222";
-        assert_eq!(parse_listen_line(nats).as_deref(), Some("127.0.0.1:4222"));
-        let v6 = "[1] [INF] Listening for client connections on [::1]:5000";
-        assert_eq!(parse_listen_line(v6).as_deref(), Some("[::1]:5000"));
-        assert_eq!(parse_listen_line("[INF] Server is ready"), None);
         assert_eq!(
-            parse_listen_line("Listening for client connections on 127.0.0.1:x"),
+            parse_listen(tern, "client").as_deref(),
+            Some("127.0.0.1:45913")
+        );
+        let nats = "[784] 2026/11/22 04:43:30.976792 [INF] Listening for client connections on 0.0.0.0:4222";
+        assert_eq!(
+            parse_listen(nats, "client").as_deref(),
+            Some("127.0.0.1:4222")
+        );
+        let v6 = "[1] [INF] Listening for client connections on [::1]:5000";
+        assert_eq!(parse_listen(v6, "client").as_deref(), Some("[::1]:5000"));
+        assert_eq!(parse_listen("[INF] Server is ready", "client"), None);
+        let route = "[1] [INF] Listening for route connections on 0.0.0.0:6222";
+        assert_eq!(
+            parse_listen(route, "route").as_deref(),
+            Some("127.0.0.1:6222")
+        );
+        assert_eq!(parse_listen(route, "client"), None);
+        assert_eq!(
+            parse_listen("Listening for client connections on 127.0.0.1:x", "client"),
             None
         );
     }
