@@ -1566,7 +1566,7 @@ fn parse_authorization(e: &Entry, a: &mut crate::auth::AuthOptions) -> Result<()
 }
 
 /// `cluster { name, listen | host + port, routes, advertise, no_advertise, connect_retries,
-/// authorization { user, password, timeout } }`.
+/// authorization { user, password, timeout }, permissions { import, export } }`.
 fn parse_cluster(e: &Entry) -> Result<crate::route::ClusterOptions, OptsError> {
     use crate::route::{RouteUrl, DEFAULT_ROUTE_PORT};
     let mut c = crate::route::ClusterOptions {
@@ -1645,7 +1645,19 @@ fn parse_cluster(e: &Entry) -> Result<crate::route::ClusterOptions, OptsError> {
                     "route compression is not supported by Tern yet (use \"off\")".to_string(),
                 )),
             },
-            "tls" | "permissions" | "accounts" | "ping_interval" | "ping_max" => {
+            "permissions" => {
+                for f in map_entries(&x)? {
+                    match f.key.to_ascii_lowercase().as_str() {
+                        "import" => c.import = Some(parse_rule(&f)?),
+                        "export" => c.export = Some(parse_rule(&f)?),
+                        _ => return Err(f.key_err(format!("unknown field {:?}", f.key))),
+                    }
+                }
+                if let Some(p) = c.permissions() {
+                    crate::auth::Permissions::new(&p).map_err(|m| x.invalid(m))?;
+                }
+            }
+            "tls" | "accounts" | "ping_interval" | "ping_max" => {
                 return Err(x.key_err(format!(
                     "cluster option {:?} is not supported by Tern yet",
                     x.key
@@ -2221,6 +2233,16 @@ mod tests {
         );
         let f = TempConf::conf("cluster {\n  pool_size: 3\n}\n");
         assert!(err(&["-c", &f.arg()]).contains("pool_size"));
+        let f = TempConf::conf(
+            "cluster {\n  permissions { import: [\"a.>\"], export: { allow: \"b.*\", deny: [b.c] } }\n}\n",
+        );
+        let c = run(&["-c", &f.arg()]).cluster.unwrap();
+        let p = crate::auth::Permissions::new(&c.permissions().unwrap()).unwrap();
+        assert!(p.can_publish(b"a.x") && !p.can_publish(b"b.x"));
+        assert!(p.can_subscribe(b"b.x", None) && !p.can_subscribe(b"b.c", None));
+        assert!(!p.can_subscribe(b"b.>", None));
+        let f = TempConf::conf("cluster {\n  permissions { publish: [a] }\n}\n");
+        assert!(err(&["-c", &f.arg()]).contains("unknown field \"publish\""));
         let f = TempConf::conf("cluster {\n  name: \"a b\"\n}\n");
         assert!(err(&["-c", &f.arg()]).contains("cluster name cannot contain spaces"));
     }

@@ -34,6 +34,41 @@ pub struct ClusterOptions {
     pub user: Option<String>,
     pub password: Option<String>,
     pub auth_timeout: Option<std::time::Duration>,
+    /// `permissions { import, export }`: which subjects this server takes from routes (the
+    /// interest it sends them) and gives to routes (the interest it accepts from them).
+    pub import: Option<crate::auth::RuleOptions>,
+    pub export: Option<crate::auth::RuleOptions>,
+}
+
+impl ClusterOptions {
+    /// The cluster permissions as a user's would be: import is publish, export is subscribe
+    /// (nats-server maps them the same way).
+    pub fn permissions(&self) -> Option<crate::auth::PermOptions> {
+        (self.import.is_some() || self.export.is_some()).then(|| crate::auth::PermOptions {
+            publish: self.import.clone(),
+            subscribe: self.export.clone(),
+            allow_responses: None,
+        })
+    }
+}
+
+/// One direction of the cluster permissions in a route INFO (`import`, `export`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct SubjectPermission {
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub allow: Vec<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub deny: Vec<String>,
+}
+
+impl From<&crate::auth::RuleOptions> for SubjectPermission {
+    fn from(r: &crate::auth::RuleOptions) -> Self {
+        SubjectPermission {
+            allow: r.allow.clone().unwrap_or_default(),
+            deny: r.deny.clone(),
+        }
+    }
 }
 
 /// A route URL: `nats-route://[user:pass@]host:port`.
@@ -106,6 +141,11 @@ pub struct RouteInfo {
     /// Lame duck mode: the peer is going away.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub ldm: bool,
+    /// The sender's cluster permissions (informative: each side applies its own).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub import: Option<SubjectPermission>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub export: Option<SubjectPermission>,
     /// 2.10 pooling: Tern never sends it (a no-pool peer); a peer's value is ignored.
     #[serde(skip_serializing)]
     pub route_pool_size: i64,

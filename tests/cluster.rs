@@ -440,6 +440,80 @@ fn cluster_authorization() {
     assert!(text.contains("-ERR 'Authorization Violation'"), "{text}");
 }
 
+/// Messages `c` receives up to and including the first on `until`, as "sid subject".
+fn msgs_until(c: &mut RawClient, until: &str) -> Vec<String> {
+    let mut seen = Vec::new();
+    loop {
+        let m = c.read_msg();
+        seen.push(format!("{} {}", m.sid, m.subject));
+        if m.subject == until {
+            return seen;
+        }
+    }
+}
+
+/// `cluster { permissions { import, export } }` on one server: it accepts routes' interest
+/// only in what it may export (and withholds exported wildcards' denied subjects), and tells
+/// routes only of its clients' interest in what it may import.
+#[test]
+fn cluster_permissions() {
+    let bin = server_bin();
+    let conf = ConfFile::new(
+        "cluster-perms",
+        "a.conf",
+        "server_name: a\n\
+         cluster {\n\
+           name: TC\n\
+           host: 127.0.0.1\n\
+           port: -1\n\
+           permissions {\n\
+             import: { deny: [\"in.blocked\"] }\n\
+             export: { allow: [\"pub.>\", \"sync.>\"], deny: [\"pub.secret\"] }\n\
+           }\n\
+         }\n",
+    );
+    let mut args = vec!["-c", conf.arg()];
+    if !bin.to_string_lossy().contains("nats-server") {
+        args.extend(["--shards", "2"]);
+    }
+    let a = Server::start_bin(&bin, &args);
+    let a = Node {
+        route: a.route_port(),
+        s: a,
+    };
+    let b = node(&bin, "b", &[a.route]);
+    let (mut on_a, mut on_b) = (client(&a), client(&b));
+    on_b.send(b"SUB pub.x 1\r\nSUB priv.x 2\r\nSUB pub.> 3\r\nSUB sync.b 9\r\n");
+    on_b.ping_pong();
+    on_a.send(b"SUB in.blocked 1\r\nSUB in.ok 2\r\nSUB sync.a 9\r\n");
+    on_a.ping_pong();
+    await_interest(&mut on_a, &mut on_b, "sync.b");
+    await_interest(&mut on_b, &mut on_a, "sync.a");
+
+    // Export: b's interest in priv.x was refused, and pub.secret is withheld from pub.>.
+    on_a.send(
+        b"PUB priv.x 1\r\nx\r\nPUB pub.secret 1\r\nx\r\nPUB pub.x 1\r\nx\r\nPUB sync.b 0\r\n\r\n",
+    );
+    on_a.ping_pong();
+    let mut got = msgs_until(&mut on_b, "sync.b");
+    got.sort();
+    assert_eq!(got, ["1 pub.x", "3 pub.x", "9 sync.b"]);
+
+    // Import: a never told b of its interest in in.blocked.
+    on_b.send(b"PUB in.blocked 1\r\nx\r\nPUB in.ok 1\r\nx\r\nPUB sync.a 0\r\n\r\n");
+    on_b.ping_pong();
+    assert_eq!(msgs_until(&mut on_a, "sync.a"), ["2 in.ok", "9 sync.a"]);
+
+    // The same subjects still flow between a's own clients.
+    let mut local = client(&a);
+    local.send(b"PUB in.blocked 1\r\nx\r\nPUB sync.a 0\r\n\r\n");
+    local.ping_pong();
+    assert_eq!(
+        msgs_until(&mut on_a, "sync.a"),
+        ["1 in.blocked", "9 sync.a"]
+    );
+}
+
 /// A server that goes away and comes back on the same ports is dialled again by the route
 /// that names it, and the interest on both sides is sent afresh.
 #[test]

@@ -91,6 +91,8 @@ pub(super) struct Cluster {
     next_rid: Cell<u64>,
     /// Servers an implicit route is being dialled to.
     dialing: RefCell<std::collections::HashSet<String>>,
+    /// `permissions { import, export }`, compiled as publish and subscribe rules.
+    perms: Option<crate::auth::Permissions>,
 }
 
 impl Cluster {
@@ -99,7 +101,6 @@ impl Cluster {
         let dynamic = opts.name.is_none();
         let name = opts.name.clone().unwrap_or_else(crate::auth::nonce);
         Some(Rc::new(Cluster {
-            opts,
             name: RefCell::new(name),
             dynamic: Cell::new(dynamic),
             listen,
@@ -108,12 +109,36 @@ impl Cluster {
             interest: RefCell::new(HashMap::new()),
             next_rid: Cell::new(1),
             dialing: RefCell::new(std::collections::HashSet::new()),
+            perms: opts
+                .permissions()
+                .and_then(|p| crate::auth::Permissions::new(&p).ok()),
+            opts,
         }))
     }
 
-    /// The routes interested in `subject` in `account`.
+    /// The routes interested in `subject` in `account`. A subject the export permissions
+    /// deny goes to no route, even one whose wildcard interest was accepted.
     pub(super) fn matches(&self, account: AccId, subject: &[u8]) -> Rc<SublistResult<RouteSub>> {
+        if self
+            .perms
+            .as_ref()
+            .is_some_and(|p| p.deny_delivery(subject))
+        {
+            return Rc::new(SublistResult::default());
+        }
         self.subs.borrow_mut()[account as usize].matches(subject)
+    }
+
+    /// May this server ask routes for messages on `subject` (tell them its interest)?
+    fn can_import(&self, subject: &[u8]) -> bool {
+        self.perms.as_ref().is_none_or(|p| p.can_publish(subject))
+    }
+
+    /// May a route's interest in `subject` be served from here?
+    fn can_export(&self, subject: &[u8], queue: Option<&[u8]>) -> bool {
+        self.perms
+            .as_ref()
+            .is_none_or(|p| p.can_subscribe(subject, queue))
     }
 
     /// The cluster for `/varz` and `/routez`.
@@ -279,7 +304,7 @@ impl Shard {
             (before, after)
         };
         let plain_news = (before == 0) != (after == 0);
-        if key.2.is_none() && !plain_news {
+        if (key.2.is_none() && !plain_news) || !cl.can_import(&key.1) {
             return;
         }
         let mut line = BytesMut::new();
@@ -378,6 +403,8 @@ impl Shard {
                 .map(|a| format!("nats-route://{a}/"))
                 .unwrap_or_default(),
             nonce: crate::auth::nonce(),
+            import: cl.opts.import.as_ref().map(Into::into),
+            export: cl.opts.export.as_ref().map(Into::into),
             ..Default::default()
         }
     }
@@ -448,6 +475,9 @@ impl Shard {
         r.registered.set(true);
         let mut out = BytesMut::new();
         for ((acc, subject, queue), w) in cl.interest.borrow().iter() {
+            if !cl.can_import(subject) {
+                continue;
+            }
             let name = self.g.accounts.get(*acc).name.as_bytes();
             route::write_sub(&mut out, name, subject, queue.as_deref().map(|q| (q, *w)));
         }
@@ -787,6 +817,15 @@ fn handle_route_op(
                 Some((q, w)) => (Some(q), w.max(1)),
                 None => (None, 1),
             };
+            if !cl.can_export(&subject, q.as_deref()) {
+                tracing::debug!(
+                    "{} - rid:{} - Can not export {:?}, ignoring remote subscription",
+                    r.addr,
+                    r.rid,
+                    String::from_utf8_lossy(&subject)
+                );
+                return Ok(());
+            }
             shard.route_interest(cl, r, (acc, subject, q), w);
         }
         RouteOp::Unsub {
