@@ -1566,7 +1566,7 @@ fn parse_authorization(e: &Entry, a: &mut crate::auth::AuthOptions) -> Result<()
 }
 
 /// `cluster { name, listen | host + port, routes, advertise, no_advertise, connect_retries,
-/// authorization { user, password, timeout }, permissions { import, export } }`.
+/// authorization { user, password, timeout }, permissions { import, export }, tls {} }`.
 fn parse_cluster(e: &Entry) -> Result<crate::route::ClusterOptions, OptsError> {
     use crate::route::{RouteUrl, DEFAULT_ROUTE_PORT};
     let mut c = crate::route::ClusterOptions {
@@ -1657,7 +1657,8 @@ fn parse_cluster(e: &Entry) -> Result<crate::route::ClusterOptions, OptsError> {
                     crate::auth::Permissions::new(&p).map_err(|m| x.invalid(m))?;
                 }
             }
-            "tls" | "accounts" | "ping_interval" | "ping_max" => {
+            "tls" => c.tls = Some(parse_tls(&x)?),
+            "accounts" | "ping_interval" | "ping_max" => {
                 return Err(x.key_err(format!(
                     "cluster option {:?} is not supported by Tern yet",
                     x.key
@@ -1702,8 +1703,9 @@ fn parse_tls(e: &Entry) -> Result<crate::tls::TlsOptions, OptsError> {
                     x.key
                 )))
             }
+            "insecure" => t.insecure = x.boolean()?,
             // Accepted: rustls chooses safe suites and curves itself.
-            "cipher_suites" | "curve_preferences" | "insecure" | "min_version" => {}
+            "cipher_suites" | "curve_preferences" | "min_version" => {}
             _ => return Err(x.key_err(format!("unknown field {:?}", x.key))),
         }
     }
@@ -1967,6 +1969,10 @@ impl Options {
         crate::auth::Auth::new(&self.auth, &accounts).map_err(OptsError::Invalid)?;
         if let Some(t) = &self.tls {
             crate::tls::server_config(t).map_err(OptsError::Invalid)?;
+        }
+        if let Some(t) = self.cluster.as_ref().and_then(|c| c.tls.as_ref()) {
+            crate::tls::server_config(t).map_err(OptsError::Invalid)?;
+            crate::tls::route_client_config(t).map_err(OptsError::Invalid)?;
         }
         if let Some(name) = self.cluster.as_ref().and_then(|c| c.name.as_ref()) {
             if name.contains([' ', '\n', '\r', '\t']) {

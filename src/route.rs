@@ -38,6 +38,8 @@ pub struct ClusterOptions {
     /// interest it sends them) and gives to routes (the interest it accepts from them).
     pub import: Option<crate::auth::RuleOptions>,
     pub export: Option<crate::auth::RuleOptions>,
+    /// `tls {}`: every route is TLS from its first byte, both ways.
+    pub tls: Option<crate::tls::TlsOptions>,
 }
 
 impl ClusterOptions {
@@ -131,6 +133,10 @@ pub struct RouteInfo {
     pub cluster: String,
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub auth_required: bool,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub tls_required: bool,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub tls_verify: bool,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub connect_urls: Vec<String>,
     /// `nats-route://host:port/`: where other servers reach this one (gossip).

@@ -432,7 +432,7 @@ struct Client {
     check_deliveries: Cell<bool>,
     /// The TLS session, when the server requires TLS. The reader feeds it ciphertext and
     /// takes plaintext out; the writer puts plaintext in and sends the records.
-    tls: Option<RefCell<rustls::ServerConnection>>,
+    tls: Option<RefCell<rustls::Connection>>,
     /// Send the next write in plaintext (the INFO before the handshake).
     tls_plain_once: Cell<bool>,
     /// The handshake timed out: nothing more goes through the session.
@@ -445,7 +445,7 @@ struct Client {
 
 impl Client {
     /// The TLS session, unless the client chose plaintext (`allow_non_tls`).
-    fn session(&self) -> Option<&RefCell<rustls::ServerConnection>> {
+    fn session(&self) -> Option<&RefCell<rustls::Connection>> {
         self.tls.as_ref().filter(|_| !self.tls_off.get())
     }
 
@@ -798,18 +798,14 @@ async fn tls_timer(shard: Rc<Shard>, c: Rc<Client>, timeout: Duration) {
     }
 }
 
-/// Reads plaintext into `dst`: straight from the socket, or through the TLS session. With
-/// TLS, plaintext the session already holds comes first; then ciphertext kept from an earlier
-/// read (`cipher`, never more than the session will take at once, so its plaintext buffer
-/// cannot overflow); then a new socket read. The writer is woken when the handshake has
-/// records to send. `Ok(0)` is the end of the stream.
+/// Reads a client's plaintext into `dst`: straight from the socket, or through its TLS
+/// session ([`read_through`]), after telling TLS from plaintext under `allow_non_tls`.
 async fn read_plain(
     c: &Client,
     reader: &mut ConnReader,
     dst: &mut [u8],
     cipher: &mut Vec<u8>,
 ) -> std::io::Result<usize> {
-    use std::io::{ErrorKind, Read};
     let Some(tls) = c.session() else {
         if !cipher.is_empty() {
             // Plaintext read while telling TLS from plaintext (`allow_non_tls`).
@@ -831,6 +827,22 @@ async fn read_plain(
             return Ok(take_buffered(cipher, dst));
         }
     }
+    read_through(tls, reader, dst, cipher, || c.wake_writer()).await
+}
+
+/// Reads plaintext through the TLS session `tls` (a client's or a route's) into `dst`:
+/// plaintext the session already holds comes first; then ciphertext kept from an earlier
+/// read (`cipher`, never more than the session takes at once, so its plaintext buffer cannot
+/// overflow); then a new socket read. `wake_writer` runs when the session has records to
+/// send (handshake, alerts). `Ok(0)` is the end of the stream.
+pub(crate) async fn read_through(
+    tls: &RefCell<rustls::Connection>,
+    reader: &mut ConnReader,
+    dst: &mut [u8],
+    cipher: &mut Vec<u8>,
+    wake_writer: impl Fn(),
+) -> std::io::Result<usize> {
+    use std::io::{ErrorKind, Read};
     loop {
         match tls.borrow_mut().reader().read(dst) {
             Ok(n) => return Ok(n),
@@ -854,15 +866,31 @@ async fn read_plain(
         if let Err(e) = t.process_new_packets() {
             drop(t);
             // Let the alert go out before the close.
-            c.wake_writer();
+            wake_writer();
             return Err(std::io::Error::new(ErrorKind::InvalidData, e));
         }
         let wants_write = t.wants_write();
         drop(t);
         if wants_write {
-            c.wake_writer();
+            wake_writer();
         }
     }
+}
+
+/// Turns `data` (plaintext) into TLS records, in place, with whatever else the session has
+/// to send (handshake records, alerts). The session's buffer must be unlimited
+/// (`set_buffer_limit(None)`), so the hand-off cannot fall short.
+pub(crate) fn seal(t: &mut rustls::Connection, data: &mut BytesMut) -> std::io::Result<()> {
+    use bytes::BufMut;
+    use std::io::Write;
+    if !data.is_empty() {
+        t.writer().write_all(data)?;
+        data.clear();
+    }
+    while t.wants_write() {
+        t.write_tls(&mut (&mut *data).writer())?;
+    }
+    Ok(())
 }
 
 /// Moves what fits of `buffered` into `dst`.
@@ -1913,7 +1941,7 @@ async fn client_main(shard: Rc<Shard>, conn: tern_shards::Conn) {
                 // The protocol's output is already bounded by max_pending; rustls' own 64 KiB
                 // cap would make the writer's hand-off partial.
                 t.set_buffer_limit(None);
-                Some(RefCell::new(t))
+                Some(RefCell::new(t.into()))
             }
             Err(e) => {
                 tracing::error!("{addr} - cid:{cid} - TLS setup error: {e}");
@@ -2337,26 +2365,10 @@ async fn writer_task(shard: Rc<Shard>, c: Rc<Client>, mut w: ConnWriter) {
         }
         let mut data = std::mem::replace(&mut *c.out.borrow_mut(), spare);
         if let Some(tls) = c.session().filter(|_| !c.tls_failed.get()) {
-            if !c.tls_plain_once.replace(false) {
-                // Plaintext in, TLS records out (handshake records included).
-                let mut t = tls.borrow_mut();
-                if !data.is_empty() {
-                    use std::io::Write;
-                    // Cannot fall short: the session's buffer is unlimited (see client_main).
-                    if t.writer().write_all(&data).is_err() {
-                        drop(t);
-                        shard.close_client(&c, CloseReason::WriteError);
-                        break;
-                    }
-                    data.clear();
-                }
-                let mut records = Vec::new();
-                while t.wants_write() {
-                    if t.write_tls(&mut records).is_err() {
-                        break;
-                    }
-                }
-                data.extend_from_slice(&records);
+            // Plaintext in, TLS records out (handshake records included).
+            if !c.tls_plain_once.replace(false) && seal(&mut tls.borrow_mut(), &mut data).is_err() {
+                shard.close_client(&c, CloseReason::WriteError);
+                break;
             }
         }
         if data.is_empty() {

@@ -1,5 +1,6 @@
-//! TLS for client connections: the `tls { ... }` options and the rustls server configuration
-//! built from them (certificate chain, private key, and with `verify` the client CA).
+//! TLS for client and route connections: the `tls { ... }` options and the rustls
+//! configurations built from them (certificate chain, private key, with `verify` the client
+//! CA; for routes this server dials, the CA their certificates are checked against).
 //!
 //! The record layer itself runs on the shard that owns the connection (`server` drives a
 //! `rustls::ServerConnection` between the socket and the protocol parser); this module only
@@ -29,6 +30,8 @@ pub struct TlsOptions {
     pub timeout: Option<Duration>,
     /// TLS before the INFO line (no plaintext INFO first).
     pub handshake_first: bool,
+    /// Routes only: do not check the certificate of a server this one dials.
+    pub insecure: bool,
 }
 
 impl TlsOptions {
@@ -48,8 +51,19 @@ fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
     Ok(certs)
 }
 
-/// Builds the rustls configuration; the errors name the file and what is wrong with it.
-pub fn server_config(o: &TlsOptions) -> Result<Arc<rustls::ServerConfig>, String> {
+fn read_roots(ca: &Path) -> Result<rustls::RootCertStore, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    for c in read_certs(ca)? {
+        roots
+            .add(c)
+            .map_err(|e| format!("bad CA certificate in {}: {e}", ca.display()))?;
+    }
+    Ok(roots)
+}
+
+fn read_cert_and_key(
+    o: &TlsOptions,
+) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), String> {
     let cert_file = o
         .cert_file
         .as_deref()
@@ -61,6 +75,88 @@ pub fn server_config(o: &TlsOptions) -> Result<Arc<rustls::ServerConfig>, String
     let certs = read_certs(cert_file)?;
     let key = PrivateKeyDer::from_pem_file(key_file)
         .map_err(|e| format!("error loading key file {}: {e}", key_file.display()))?;
+    Ok((certs, key))
+}
+
+/// The rustls configuration for dialling routes (cluster `tls {}`): this server presents its
+/// own certificate, and checks the peer's against `ca_file` and the route URL's host unless
+/// `insecure` is set.
+pub fn route_client_config(o: &TlsOptions) -> Result<Arc<rustls::ClientConfig>, String> {
+    let (certs, key) = read_cert_and_key(o)?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?;
+    let builder = if o.insecure {
+        tracing::warn!("TLS certificate chain and hostname of solicited routes will not be verified. DO NOT USE IN PRODUCTION!");
+        builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(AnyServerCert(provider)))
+    } else {
+        let ca = o.ca_file.as_deref().ok_or(
+            "cluster TLS needs 'ca_file' to check the servers it dials (or 'insecure: true')",
+        )?;
+        builder.with_root_certificates(read_roots(ca)?)
+    };
+    let config = builder
+        .with_client_auth_cert(certs, key)
+        .map_err(|e| format!("certificate and key do not match: {e}"))?;
+    Ok(Arc::new(config))
+}
+
+/// `insecure: true`: any server certificate is taken (its handshake signatures are still
+/// checked, so the peer holds the key of the certificate it shows).
+#[derive(Debug)]
+struct AnyServerCert(Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for AnyServerCert {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &rustls::pki_types::ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// Builds the rustls configuration; the errors name the file and what is wrong with it.
+pub fn server_config(o: &TlsOptions) -> Result<Arc<rustls::ServerConfig>, String> {
+    let (certs, key) = read_cert_and_key(o)?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
@@ -70,16 +166,12 @@ pub fn server_config(o: &TlsOptions) -> Result<Arc<rustls::ServerConfig>, String
             .ca_file
             .as_deref()
             .ok_or("'verify' needs 'ca_file' in TLS configuration")?;
-        let mut roots = rustls::RootCertStore::empty();
-        for c in read_certs(ca)? {
-            roots
-                .add(c)
-                .map_err(|e| format!("bad CA certificate in {}: {e}", ca.display()))?;
-        }
-        let verifier =
-            rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
-                .build()
-                .map_err(|e| e.to_string())?;
+        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+            Arc::new(read_roots(ca)?),
+            provider,
+        )
+        .build()
+        .map_err(|e| e.to_string())?;
         builder.with_client_cert_verifier(verifier)
     } else {
         builder.with_no_client_auth()

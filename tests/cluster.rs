@@ -4,7 +4,7 @@
 //! pair of servers, headers, per-publisher order, request/reply across servers, and a queue
 //! group served exactly once cluster-wide. Also: a route with the wrong cluster name is
 //! refused with nats-server's error, and garbage on the route port does not disturb the
-//! cluster.
+//! cluster; cluster authorization, permissions and TLS (also between Tern and nats-server).
 //!
 //! Each cluster is given one seed: every server dials the first one only, and gossip makes
 //! the full mesh (the one-hop rule needs a direct link between every pair). Tern runs with
@@ -512,6 +512,114 @@ fn cluster_permissions() {
         msgs_until(&mut on_a, "sync.a"),
         ["1 in.blocked", "9 sync.a"]
     );
+}
+
+/// A member of cluster `TC` with cluster TLS from `pki` (mutual: `verify`), dialling
+/// `routes`. `tag` names the config's directory.
+fn tls_node(bin: &Path, pki: &Pki, tag: &str, routes: &[u16]) -> (ConfFile, Node) {
+    let routes: Vec<String> = routes
+        .iter()
+        .map(|p| format!("\"nats-route://127.0.0.1:{p}\""))
+        .collect();
+    let conf = ConfFile::new(
+        tag,
+        "node.conf",
+        &format!(
+            "server_name: {tag}\n\
+             cluster {{\n\
+               name: TC\n\
+               host: 127.0.0.1\n\
+               port: -1\n\
+               routes: [{}]\n\
+               tls {{ cert_file: {:?}, key_file: {:?}, ca_file: {:?}, verify: true, timeout: 2 }}\n\
+             }}\n",
+            routes.join(", "),
+            pki.cert,
+            pki.key,
+            pki.ca
+        ),
+    );
+    let mut args = vec!["-c", conf.arg()];
+    if is_tern_bin(bin) {
+        args.extend(["--shards", "2"]);
+    }
+    let s = Server::start_bin(bin, &args);
+    let route = s.route_port();
+    (conf, Node { s, route })
+}
+
+/// Cluster TLS: routes are TLS from the first byte, both sides show certificates from the
+/// cluster's CA, and the whole exercise passes over them. A plaintext route and a server
+/// whose certificate another CA signed are kept out, and the cluster goes on.
+#[test]
+fn route_tls() {
+    let bin = server_bin();
+    let ca = pki("route-tls-pki");
+    let (_ca, a) = tls_node(&bin, &ca, "route-tls-a", &[]);
+    let (_cb, b) = tls_node(&bin, &ca, "route-tls-b", &[a.route]);
+    let (_cc, c) = tls_node(&bin, &ca, "route-tls-c", &[a.route]);
+    let nodes = [a, b, c];
+    exercise(&nodes);
+
+    // Plaintext on the TLS route port gets no INFO and is closed.
+    use std::io::{Read, Write};
+    let mut plain = std::net::TcpStream::connect(("127.0.0.1", nodes[0].route)).unwrap();
+    plain
+        .write_all(b"CONNECT {\"echo\":true,\"name\":\"NPLAIN\",\"cluster\":\"TC\"}\r\nINFO {}\r\n")
+        .unwrap();
+    plain
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let mut got = Vec::new();
+    let closed = plain.read_to_end(&mut got).is_ok();
+    assert!(closed, "a plaintext route was kept open");
+    assert!(!String::from_utf8_lossy(&got).contains("INFO"), "{got:?}");
+
+    // A server with another CA's certificate never joins.
+    let rogue_pki = pki("route-tls-rogue-pki");
+    let (_cr, rogue) = tls_node(&bin, &rogue_pki, "route-tls-rogue", &[nodes[0].route]);
+    let mut on_a = client(&nodes[0]);
+    on_a.send(b"SUB rogue.x 1\r\n");
+    on_a.ping_pong();
+    let mut on_rogue = client(&rogue);
+    let until = Instant::now() + Duration::from_secs(2);
+    while Instant::now() < until {
+        on_rogue.send(b"PUB rogue.x 1\r\nx\r\n");
+        on_rogue.ping_pong();
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    on_a.ping_pong();
+    assert!(
+        on_a.msgs_until_pong().is_empty(),
+        "the rogue server's message arrived"
+    );
+    // The cluster is still whole.
+    let (mut p, mut s) = (client(&nodes[2]), client(&nodes[0]));
+    s.send(b"SUB sync.after 9\r\n");
+    s.ping_pong();
+    await_interest(&mut p, &mut s, "sync.after");
+}
+
+/// Cluster TLS between Tern and nats-server (2.9.10 and the current one), each dialling
+/// the other: Tern seeds, nats-server dials it, and the second Tern dials both (the second
+/// link by gossip).
+#[test]
+fn route_tls_with_nats_server() {
+    if !is_tern() {
+        return;
+    }
+    let t = tern_bin();
+    for (i, nats) in [nats_29(), nats_current()]
+        .into_iter()
+        .flatten()
+        .enumerate()
+    {
+        let ca = pki(&format!("route-tls-mixed-pki-{i}"));
+        let (_ca, a) = tls_node(&t, &ca, &format!("route-tls-mixed-a{i}"), &[]);
+        let (_cb, b) = tls_node(&nats, &ca, &format!("route-tls-mixed-b{i}"), &[a.route]);
+        let (_cc, c) = tls_node(&t, &ca, &format!("route-tls-mixed-c{i}"), &[a.route]);
+        exercise(&[a, b, c]);
+    }
 }
 
 /// A server that goes away and comes back on the same ports is dialled again by the route

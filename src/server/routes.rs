@@ -43,20 +43,38 @@ pub(super) struct Route {
     counts: Cell<Counts>,
     /// PINGs sent without a PONG back.
     pings_out: Cell<u32>,
+    /// The TLS session (cluster `tls {}`): every byte both ways goes through it.
+    tls: Option<RefCell<rustls::Connection>>,
 }
 
 impl Route {
     fn write(&self, b: &[u8]) {
         self.out.borrow_mut().extend_from_slice(b);
+        self.wake();
+    }
+
+    fn close(&self) {
+        self.closed.set(true);
+        self.wake();
+    }
+
+    /// Wakes the writer.
+    fn wake(&self) {
         if let Some(w) = self.waker.take() {
             w.wake();
         }
     }
 
-    fn close(&self) {
-        self.closed.set(true);
-        if let Some(w) = self.waker.take() {
-            w.wake();
+    /// Reads plaintext from the peer: from the socket, or through the TLS session.
+    async fn read(
+        &self,
+        reader: &mut ConnReader,
+        dst: &mut [u8],
+        cipher: &mut Vec<u8>,
+    ) -> std::io::Result<usize> {
+        match &self.tls {
+            Some(t) => super::read_through(t, reader, dst, cipher, || self.wake()).await,
+            None => reader.read(dst).await,
         }
     }
 }
@@ -93,6 +111,8 @@ pub(super) struct Cluster {
     dialing: RefCell<std::collections::HashSet<String>>,
     /// `permissions { import, export }`, compiled as publish and subscribe rules.
     perms: Option<crate::auth::Permissions>,
+    /// `tls {}`: the configurations for accepted and for dialled routes.
+    tls: Option<(Arc<rustls::ServerConfig>, Arc<rustls::ClientConfig>)>,
 }
 
 impl Cluster {
@@ -112,6 +132,13 @@ impl Cluster {
             perms: opts
                 .permissions()
                 .and_then(|p| crate::auth::Permissions::new(&p).ok()),
+            // Already checked when the options were validated.
+            tls: opts.tls.as_ref().and_then(|t| {
+                Some((
+                    crate::tls::server_config(t).ok()?,
+                    crate::tls::route_client_config(t).ok()?,
+                ))
+            }),
             opts,
         }))
     }
@@ -403,6 +430,8 @@ impl Shard {
                 .map(|a| format!("nats-route://{a}/"))
                 .unwrap_or_default(),
             nonce: crate::auth::nonce(),
+            tls_required: cl.tls.is_some(),
+            tls_verify: cl.opts.tls.as_ref().is_some_and(|t| t.verify),
             import: cl.opts.import.as_ref().map(Into::into),
             export: cl.opts.export.as_ref().map(Into::into),
             ..Default::default()
@@ -628,6 +657,15 @@ async fn route_main(
     cl.next_rid.set(rid + 1);
     let addr = conn.peer_addr().map(|p| p.to_string()).unwrap_or_default();
     let peer = conn.peer_addr();
+    // With cluster TLS, the handshake comes first (the dialler is the TLS client).
+    let tls = match route_session(&cl, solicited.as_ref()) {
+        Ok(t) => t,
+        Err(e) => {
+            tracing::error!("{addr} - rid:{rid} - TLS route setup error: {e}");
+            return RouteEnd::Retry;
+        }
+    };
+    let handshake_timeout = cl.opts.tls.as_ref().map(|t| t.timeout());
     let (mut reader, writer) = conn.split();
     let r = Rc::new(Route {
         rid,
@@ -644,10 +682,21 @@ async fn route_main(
         start: SystemTime::now(),
         counts: Cell::new(Counts::default()),
         pings_out: Cell::new(0),
+        tls,
     });
     cl.routes.borrow_mut().push(r.clone());
     tracing::info!("{} - rid:{} - Route connection created", r.addr, rid);
     rt::spawn(route_writer(r.clone(), writer));
+    if let Some(limit) = handshake_timeout {
+        let r = r.clone();
+        rt::spawn(async move {
+            rt::sleep(limit).await;
+            if r.tls.as_ref().is_some_and(|t| t.borrow().is_handshaking()) {
+                tracing::error!("{} - rid:{} - TLS route handshake timeout", r.addr, r.rid);
+                r.close();
+            }
+        });
+    }
     let info = shard.route_info(&cl);
     let info_line = format!(
         "INFO {}\r\n",
@@ -659,6 +708,7 @@ async fn route_main(
             user: url.user.clone().or_else(|| cl.opts.user.clone()),
             pass: url.pass.clone().or_else(|| cl.opts.password.clone()),
             headers: info.headers,
+            tls_required: info.tls_required,
             name: shard.g.server_id.clone(),
             cluster: cl.name.borrow().clone(),
             ..Default::default()
@@ -676,12 +726,19 @@ async fn route_main(
     let o = shard.opts.borrow().clone();
     let mut parser = RouteParser::new(o.max_control_line as usize, o.max_payload as usize);
     let mut buf = BytesMut::new();
+    let mut cipher = Vec::new();
     let ping = rt::spawn_cancellable(route_pinger(r.clone(), o.ping_max.max(1)));
     'read: loop {
         let start = buf.len();
         buf.resize(start + 64 * 1024, 0);
-        let n = match reader.read(&mut buf[start..]).await {
-            Ok(0) | Err(_) => break,
+        let n = match r.read(&mut reader, &mut buf[start..], &mut cipher).await {
+            Ok(0) => break,
+            Err(e) => {
+                if r.tls.is_some() {
+                    tracing::error!("{} - rid:{rid} - TLS route error: {e}", r.addr);
+                }
+                break;
+            }
             Ok(n) => n,
         };
         buf.truncate(start + n);
@@ -872,11 +929,39 @@ fn account_id(shard: &Shard, name: &[u8]) -> Option<AccId> {
         .and_then(|a| shard.g.accounts.id(a))
 }
 
-/// Writes what is queued for a route.
+/// The TLS session a new route starts with: the server side on an accepted route, the
+/// client side (checking the certificate against the route URL's host) on a dialled one.
+fn route_session(
+    cl: &Cluster,
+    solicited: Option<&RouteUrl>,
+) -> Result<Option<RefCell<rustls::Connection>>, String> {
+    let Some((server, client)) = &cl.tls else {
+        return Ok(None);
+    };
+    let mut t: rustls::Connection = match solicited {
+        None => rustls::ServerConnection::new(server.clone())
+            .map_err(|e| e.to_string())?
+            .into(),
+        Some(url) => {
+            let host = url.host.trim_start_matches('[').trim_end_matches(']');
+            let name = rustls::pki_types::ServerName::try_from(host.to_string())
+                .map_err(|e| format!("{host:?} is not a TLS server name: {e}"))?;
+            rustls::ClientConnection::new(client.clone(), name)
+                .map_err(|e| e.to_string())?
+                .into()
+        }
+    };
+    // The route's own output is bounded by max_pending.
+    t.set_buffer_limit(None);
+    Ok(Some(RefCell::new(t)))
+}
+
+/// Writes what is queued for a route (through its TLS session, if it has one).
 async fn route_writer(r: Rc<Route>, mut w: ConnWriter) {
     loop {
         std::future::poll_fn(|cx| {
-            if !r.out.borrow().is_empty() || r.closed.get() {
+            let tls_out = r.tls.as_ref().is_some_and(|t| t.borrow().wants_write());
+            if !r.out.borrow().is_empty() || r.closed.get() || tls_out {
                 Poll::Ready(())
             } else {
                 r.waker.set(Some(cx.waker().clone()));
@@ -884,7 +969,13 @@ async fn route_writer(r: Rc<Route>, mut w: ConnWriter) {
             }
         })
         .await;
-        let data = std::mem::take(&mut *r.out.borrow_mut());
+        let mut data = std::mem::take(&mut *r.out.borrow_mut());
+        if let Some(t) = &r.tls {
+            if super::seal(&mut t.borrow_mut(), &mut data).is_err() {
+                r.close();
+                break;
+            }
+        }
         if !data.is_empty() && w.write_all(&data).await.is_err() {
             r.close();
             break;

@@ -729,3 +729,60 @@ impl Drop for ConfFile {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
+
+/// A CA, a server certificate for 127.0.0.1/localhost and a client certificate, as PEM
+/// files in a temporary directory.
+pub struct Pki {
+    pub dir: ConfFile,
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub client_cert: PathBuf,
+    pub client_key: PathBuf,
+}
+
+pub fn pki(tag: &str) -> Pki {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
+    let dir = ConfFile::new(tag, "unused.conf", "");
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let leaf = |names: Vec<String>, client: bool| {
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(names).unwrap();
+        if client {
+            // What verify_and_map can map: an e-mail address and the subject.
+            params.subject_alt_names.push(rcgen::SanType::Rfc822Name(
+                "alice@acme.io".try_into().unwrap(),
+            ));
+            params.distinguished_name = rcgen::DistinguishedName::new();
+            params
+                .distinguished_name
+                .push(rcgen::DnType::CountryName, "US");
+            params
+                .distinguished_name
+                .push(rcgen::DnType::OrganizationName, "Acme");
+            params
+                .distinguished_name
+                .push(rcgen::DnType::CommonName, "alice");
+        }
+        let cert = params.signed_by(&key, &ca, &ca_key).unwrap();
+        (cert.pem(), key.serialize_pem())
+    };
+    let (server_pem, server_key) = leaf(vec!["127.0.0.1".into(), "localhost".into()], false);
+    let (client_pem, client_key) = leaf(vec!["client.example".into()], true);
+    let write = |name: &str, text: &str| {
+        let p = dir.dir.join(name);
+        std::fs::write(&p, text).unwrap();
+        p
+    };
+    Pki {
+        ca: write("ca.pem", &ca.pem()),
+        cert: write("server.pem", &server_pem),
+        key: write("server-key.pem", &server_key),
+        client_cert: write("client.pem", &client_pem),
+        client_key: write("client-key.pem", &client_key),
+        dir,
+    }
+}
