@@ -1658,7 +1658,9 @@ fn parse_cluster(e: &Entry) -> Result<crate::route::ClusterOptions, OptsError> {
                 }
             }
             "tls" => c.tls = Some(parse_tls(&x)?),
-            "accounts" | "ping_interval" | "ping_max" => {
+            "ping_interval" => c.ping_interval = Some(x.duration()?),
+            "ping_max" => c.ping_max = Some(x.size_u32()?),
+            "accounts" => {
                 return Err(x.key_err(format!(
                     "cluster option {:?} is not supported by Tern yet",
                     x.key

@@ -40,9 +40,36 @@ pub struct ClusterOptions {
     pub export: Option<crate::auth::RuleOptions>,
     /// `tls {}`: every route is TLS from its first byte, both ways.
     pub tls: Option<crate::tls::TlsOptions>,
+    /// How often routes are pinged, and how many PINGs may go unanswered before a route is
+    /// stale (default: the server's `ping_interval` and `ping_max`).
+    pub ping_interval: Option<std::time::Duration>,
+    pub ping_max: Option<u32>,
 }
 
+/// The longest pause between PINGs on a route, whatever `ping_interval` says (nats-server
+/// caps it the same way, so a dead peer is noticed within about a minute and a half).
+pub const ROUTE_MAX_PING_INTERVAL: std::time::Duration = std::time::Duration::from_secs(30);
+
 impl ClusterOptions {
+    /// The PING period and unanswered-PING limit of routes, given the server's own.
+    pub fn pings(
+        &self,
+        server_interval: std::time::Duration,
+        server_max: u32,
+    ) -> (std::time::Duration, u32) {
+        let interval = self
+            .ping_interval
+            .filter(|d| !d.is_zero())
+            .unwrap_or(server_interval)
+            .min(ROUTE_MAX_PING_INTERVAL);
+        let max = self
+            .ping_max
+            .filter(|&m| m > 0)
+            .unwrap_or(server_max)
+            .max(1);
+        (interval, max)
+    }
+
     /// The cluster permissions as a user's would be: import is publish, export is subscribe
     /// (nats-server maps them the same way).
     pub fn permissions(&self) -> Option<crate::auth::PermOptions> {

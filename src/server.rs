@@ -200,12 +200,14 @@ impl Global {
 
 /// One unit of traffic between shards.
 pub enum ShardOp {
-    /// The sender's local interest in (account, subject, queue) is now `weight` (0 = gone).
+    /// The sender's interest in (account, subject, queue) is now `weight` (0 = gone): its
+    /// clients', or with `routed` its routes' (other servers').
     Interest {
         account: AccId,
         subject: Bytes,
         queue: Option<Bytes>,
         weight: u32,
+        routed: bool,
     },
     /// "Answer with `Ack(seq)` once everything I sent before this is applied."
     Sync(u64),
@@ -590,12 +592,15 @@ struct RemoteRef {
     shard: usize,
     weight: u32,
     queue: Option<Bytes>,
+    /// Interest the owning shard holds for its routes (other servers' members), which a
+    /// queue group uses only when no member on this server is left.
+    routed: bool,
 }
 
 /// A local (account, subject, queue) interest.
 type InterestKey = (AccId, Bytes, Option<Bytes>);
-/// Another shard's (shard, account, subject, queue) interest.
-type RemoteKey = (usize, AccId, Bytes, Option<Bytes>);
+/// Another shard's (shard, account, subject, queue, routed) interest.
+type RemoteKey = (usize, AccId, Bytes, Option<Bytes>, bool);
 
 /// A service request waiting for its response (nats-server's response service import): a
 /// response published in the exporting account to `_R_.<shard prefix>.<token>` goes to
@@ -632,6 +637,8 @@ struct Shard {
     resp_expiry: RefCell<VecDeque<(Instant, Bytes)>>,
     remote_weights: RefCell<HashMap<RemoteKey, u32>>,
     interest: RefCell<HashMap<InterestKey, u32>>,
+    /// The same for the interest of this shard's routes (shard 0 only).
+    routed_interest: RefCell<HashMap<InterestKey, u32>>,
     outbox: RefCell<Vec<MeshMsg>>,
     /// The last `Sync` sequence issued (to any peer).
     sync_seq: Cell<u64>,
@@ -693,6 +700,7 @@ pub async fn shard_main(
         resp_expiry: RefCell::new(VecDeque::new()),
         remote_weights: RefCell::new(HashMap::new()),
         interest: RefCell::new(HashMap::new()),
+        routed_interest: RefCell::new(HashMap::new()),
         outbox: RefCell::new((0..n).map(|_| Vec::new()).collect()),
         sync_seq: Cell::new(0),
         issued: RefCell::new(vec![0; n]),
@@ -972,7 +980,8 @@ async fn mesh_loop(shard: Rc<Shard>, rx: MeshReceiver<MeshMsg>) {
                     subject,
                     queue,
                     weight,
-                } => shard.apply_remote_interest((from, account, subject, queue), weight),
+                    routed,
+                } => shard.apply_remote_interest((from, account, subject, queue, routed), weight),
                 ShardOp::Sync(seq) => ack = Some(seq),
                 ShardOp::ConnectUrls => shard.connect_urls_changed(),
                 ShardOp::Ack(seq) => {
@@ -1232,15 +1241,16 @@ impl Shard {
         .await;
     }
 
-    fn gossip(&self, account: AccId, subject: &Bytes, queue: &Option<Bytes>, weight: u32) {
+    fn gossip(&self, key: &InterestKey, weight: u32, routed: bool) {
         for peer in (0..self.shards).filter(|&p| p != self.id) {
             self.send_to(
                 peer,
                 ShardOp::Interest {
-                    account,
-                    subject: subject.clone(),
-                    queue: queue.clone(),
+                    account: key.0,
+                    subject: key.1.clone(),
+                    queue: key.2.clone(),
                     weight,
+                    routed,
                 },
             );
         }
@@ -1258,18 +1268,22 @@ impl Shard {
         if self.cluster.is_some() {
             self.cluster_interest((account, subject.clone(), queue.clone()), delta);
         }
-        self.interest_delta(account, subject, queue, delta);
+        self.interest_delta((account, subject.clone(), queue.clone()), delta, false);
     }
 
     /// This shard's interest in (account, subject, queue) changed by `delta` members (or
-    /// queue weight): gossips it to the other shards.
-    fn interest_delta(&self, account: AccId, subject: &Bytes, queue: &Option<Bytes>, delta: i64) {
+    /// queue weight): gossips it to the other shards. `routed`: the interest is its routes'
+    /// (other servers'), counted apart from its clients'.
+    fn interest_delta(&self, key: InterestKey, delta: i64, routed: bool) {
         if self.shards == 1 || delta == 0 {
             return;
         }
-        let key = (account, subject.clone(), queue.clone());
         let (before, weight) = {
-            let mut m = self.interest.borrow_mut();
+            let mut m = if routed {
+                self.routed_interest.borrow_mut()
+            } else {
+                self.interest.borrow_mut()
+            };
             let w = m.entry(key.clone()).or_insert(0);
             let before = *w;
             *w = (i64::from(*w) + delta).max(0) as u32;
@@ -1280,8 +1294,8 @@ impl Shard {
             (before, w)
         };
         // Plain interest is news only when it appears or disappears; queue weights always are.
-        if queue.is_some() || (before == 0) != (weight == 0) {
-            self.gossip(account, subject, queue, weight);
+        if key.2.is_some() || (before == 0) != (weight == 0) {
+            self.gossip(&key, weight, routed);
         }
     }
 
@@ -1296,6 +1310,7 @@ impl Shard {
                 shard: key.0,
                 weight,
                 queue: key.3.clone(),
+                routed: key.4,
             };
             let old = weights.remove(&key);
             if let Some(old) = old {
@@ -1307,7 +1322,7 @@ impl Shard {
             old.unwrap_or(0)
         };
         // The routes hear of the other shards' clients through the shard that owns them.
-        if self.cluster.is_some() {
+        if self.cluster.is_some() && !key.4 {
             let delta = i64::from(w) - i64::from(old);
             self.cluster_interest((key.1, key.2, key.3), delta);
         }
@@ -1738,6 +1753,57 @@ impl Shard {
 
     /// [`Shard::route`], limited to the queue groups `only` names (a message from a route
     /// serves those), and without the routes unless `to_routes` (the one-hop rule).
+    /// Picks the member of queue group `name` that gets one message, weighted by members: one
+    /// on this server first (`members` on this shard, other than the publisher `cid` unless
+    /// it echoes, or other shards' clients' in `rmembers`); another server's (other shards'
+    /// routed weight, or the routes in `routes`) only when there is none.
+    fn choose_member<'a>(
+        &self,
+        name: &[u8],
+        members: &[SubRef],
+        cid: u64,
+        rmembers: &'a [RemoteRef],
+        routes: Option<&crate::sublist::SublistResult<routes::RouteSub>>,
+    ) -> QueuePick<'a> {
+        let eligible = members
+            .iter()
+            .filter(|m| {
+                !m.0.client.closed.get() && (m.0.client.cid != cid || m.0.client.echo.get())
+            })
+            .count();
+        let weight = |routed: bool| -> usize {
+            rmembers
+                .iter()
+                .filter(|r| r.routed == routed)
+                .map(|r| r.weight as usize)
+                .sum()
+        };
+        let shard_of = |routed: bool, pick: usize| {
+            pick_weighted(rmembers.iter().filter(|r| r.routed == routed), pick)
+                .map_or(QueuePick::Nobody, QueuePick::Shard)
+        };
+        let here = weight(false);
+        if eligible + here > 0 {
+            let pick = self.next_rand(eligible + here);
+            return if pick < eligible {
+                QueuePick::Here
+            } else {
+                shard_of(false, pick - eligible)
+            };
+        }
+        let routed = weight(true);
+        let direct = routes.map_or(0, |r| routes::queue_weight(r, name));
+        if routed + direct == 0 {
+            return QueuePick::Nobody;
+        }
+        let pick = self.next_rand(routed + direct);
+        if pick < routed {
+            shard_of(true, pick)
+        } else {
+            QueuePick::Route(pick - routed)
+        }
+    }
+
     fn route_scoped(
         &self,
         account: AccId,
@@ -1768,51 +1834,38 @@ impl Shard {
         for r in &remote.psubs {
             scratch[r.shard].0 = true;
         }
+        let route_set = rmatch.as_deref();
         for (name, members) in local.qsubs.iter().filter(|(n, _)| wanted(n)) {
-            let eligible = members
-                .iter()
-                .filter(|m| {
-                    !m.0.client.closed.get() && (m.0.client.cid != cid || m.0.client.echo.get())
-                })
-                .count();
             let rmembers = remote
                 .qsubs
                 .iter()
                 .find(|(n, _)| n == name)
                 .map_or(&[][..], |(_, m)| &m[..]);
-            let rweight: usize = rmembers.iter().map(|r| r.weight as usize).sum();
-            // Members on this server come first; other servers' only when there are none.
-            let cweight = match &rmatch {
-                Some(r) if eligible + rweight == 0 => routes::queue_weight(r, name),
-                _ => 0,
-            };
-            let pick = self.next_rand(eligible + rweight + cweight);
-            if pick < eligible {
-                any |= self.deliver_queue(members, subject, rep, hdr_len, msg, cid);
-            } else if pick < eligible + rweight {
-                if let Some(r) = pick_weighted(rmembers, pick - eligible) {
-                    scratch[r.shard].1.extend(r.queue.clone());
+            match self.choose_member(name, members, cid, rmembers, route_set) {
+                QueuePick::Here => {
+                    any |= self.deliver_queue(members, subject, rep, hdr_len, msg, cid);
                 }
-            } else if let Some(r) = &rmatch {
-                rsend.pick_queue(r, name, pick - eligible - rweight);
+                QueuePick::Shard(r) => scratch[r.shard].1.extend(r.queue.clone()),
+                QueuePick::Route(pick) => {
+                    if let Some(r) = route_set {
+                        rsend.pick_queue(r, name, pick);
+                    }
+                }
+                QueuePick::Nobody => {}
             }
         }
         for (name, rmembers) in remote.qsubs.iter().filter(|(n, _)| wanted(n)) {
             if local.qsubs.iter().any(|(n, _)| n == name) {
                 continue;
             }
-            let rweight: usize = rmembers.iter().map(|r| r.weight as usize).sum();
-            let cweight = match &rmatch {
-                Some(r) if rweight == 0 => routes::queue_weight(r, name),
-                _ => 0,
-            };
-            let pick = self.next_rand(rweight + cweight);
-            if pick < rweight {
-                if let Some(r) = pick_weighted(rmembers, pick) {
-                    scratch[r.shard].1.extend(r.queue.clone());
+            match self.choose_member(name, &[], cid, rmembers, route_set) {
+                QueuePick::Shard(r) => scratch[r.shard].1.extend(r.queue.clone()),
+                QueuePick::Route(pick) => {
+                    if let Some(r) = route_set {
+                        rsend.pick_queue(r, name, pick);
+                    }
                 }
-            } else if let Some(r) = &rmatch {
-                rsend.pick_queue(r, name, pick - rweight);
+                QueuePick::Here | QueuePick::Nobody => {}
             }
         }
         if let Some(r) = &rmatch {
@@ -1902,7 +1955,10 @@ impl Shard {
 }
 
 /// The member whose weight range contains `pick` (in `0..sum of weights`).
-fn pick_weighted(members: &[RemoteRef], mut pick: usize) -> Option<&RemoteRef> {
+fn pick_weighted<'a>(
+    members: impl Iterator<Item = &'a RemoteRef>,
+    mut pick: usize,
+) -> Option<&'a RemoteRef> {
     for m in members {
         if pick < m.weight as usize {
             return Some(m);
@@ -1910,6 +1966,17 @@ fn pick_weighted(members: &[RemoteRef], mut pick: usize) -> Option<&RemoteRef> {
         pick -= m.weight as usize;
     }
     None
+}
+
+/// Where one message for a queue group goes.
+enum QueuePick<'a> {
+    /// To a member on this shard.
+    Here,
+    /// To the shard holding this member (its clients' or its routes').
+    Shard(&'a RemoteRef),
+    /// To the route member whose weight range holds this pick (shard 0 only).
+    Route(usize),
+    Nobody,
 }
 
 /// What the reader must do after an operation.

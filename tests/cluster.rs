@@ -69,7 +69,7 @@ fn node_on(bin: &Path, name: &str, port: Option<u16>, routes: &[u16], extra: &[&
         args.push("--routes".into());
         args.push(urls.join(","));
     }
-    if is_tern_bin(bin) {
+    if is_tern_bin(bin) && !extra.contains(&"--shards") {
         args.extend(["--shards".to_string(), "2".to_string()]);
     }
     let refs: Vec<&str> = args.iter().map(String::as_str).collect();
@@ -512,6 +512,52 @@ fn cluster_permissions() {
         msgs_until(&mut on_a, "sync.a"),
         ["1 in.blocked", "9 sync.a"]
     );
+}
+
+/// A queue group with members on this server and on another: every message goes to a
+/// member here, whichever shards the publisher and the member sit on (Tern deals accepted
+/// connections to its three shards in turn, so every pair of shards is tried, including two
+/// that are not the shard owning the routes).
+#[test]
+fn queue_groups_prefer_members_on_this_server() {
+    let bin = server_bin();
+    let a = node_on(&bin, "a", None, &[], &["--shards", "3"]);
+    let b = node(&bin, "b", &[a.route]);
+    let mut on_a: Vec<RawClient> = (0..3).map(|_| client(&a)).collect();
+    let mut far = client(&b);
+    for p in 0..3 {
+        for m in (0..3).filter(|&m| m != p) {
+            let (subject, sid) = (format!("lf.{p}.{m}"), 10 * p + m);
+            on_a[m].send(format!("SUB {subject} workers {sid}\r\n").as_bytes());
+            on_a[m].ping_pong();
+            far.send(
+                format!("SUB {subject} workers {sid}\r\nSUB sync.{p}.{m} 9{sid}\r\n").as_bytes(),
+            );
+            far.ping_pong();
+            // b's member is known on a once b's later interest is.
+            await_interest(&mut on_a[p], &mut far, &format!("sync.{p}.{m}"));
+            let mut batch = Vec::new();
+            for _ in 0..200 {
+                batch.extend_from_slice(format!("PUB {subject} 1\r\nx\r\n").as_bytes());
+            }
+            on_a[p].send(&batch);
+            on_a[p].ping_pong();
+            // Deliveries from another shard may trail the publisher's PONG.
+            let mut here = 0;
+            while here < 200 {
+                let got = on_a[m].read_msg_timeout(Duration::from_secs(2));
+                assert_eq!(got.subject, subject, "publisher {p}, member {m}");
+                here += 1;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+            let there = far
+                .msgs_until_pong()
+                .iter()
+                .filter(|x| x.subject == subject)
+                .count();
+            assert_eq!((here, there), (200, 0), "publisher {p}, member {m}");
+        }
+    }
 }
 
 /// A member of cluster `TC` with cluster TLS from `pki` (mutual: `verify`), dialling

@@ -14,11 +14,20 @@ use super::*;
 use crate::route::{self, RouteConnect, RouteInfo, RouteOp, RouteParser, RouteUrl};
 use crate::sublist::SublistResult;
 
-/// How long a dial may take, and the pause between attempts at an explicit route.
+/// How long a dial may take, and the pause between attempts at a route (plus up to
+/// `RETRY_JITTER`, so servers restarted together do not dial in lockstep).
 const DIAL_TIMEOUT: Duration = Duration::from_secs(2);
 const RETRY: Duration = Duration::from_secs(1);
-/// How often a route is pinged (nats-server pings routes at least every 30 s).
-const ROUTE_PING_INTERVAL: Duration = Duration::from_secs(10);
+const RETRY_JITTER: Duration = Duration::from_millis(250);
+
+/// The pause before the next dial: `RETRY` plus a random part of `RETRY_JITTER`.
+fn retry_pause() -> Duration {
+    use std::hash::{BuildHasher, Hasher};
+    let r = std::collections::hash_map::RandomState::new()
+        .build_hasher()
+        .finish();
+    RETRY + RETRY_JITTER.mul_f64((r % 1000) as f64 / 1000.0)
+}
 
 /// One route connection.
 pub(super) struct Route {
@@ -467,12 +476,15 @@ impl Shard {
                 r.subs.borrow_mut().remove(&key);
             }
         }
-        // The other shards learn it as this shard's interest (queue weights included).
+        // The other shards learn it as this shard's routed interest (queue weights
+        // included), kept apart from its clients' so that queue groups prefer members here.
         let delta = i64::from(weight) - i64::from(old);
-        match &key.2 {
-            None => self.interest_delta(key.0, &key.1, &None, delta.signum()),
-            Some(_) => self.interest_delta(key.0, &key.1, &key.2, delta),
-        }
+        let delta = if key.2.is_none() {
+            delta.signum()
+        } else {
+            delta
+        };
+        self.interest_delta(key, delta, true);
     }
 
     /// Registers a route whose handshake is done: sends it our interest.
@@ -567,7 +579,7 @@ impl Shard {
         rt::spawn(async move {
             for attempt in 0..tries {
                 if attempt > 0 {
-                    rt::sleep(RETRY).await;
+                    rt::sleep(retry_pause()).await;
                 }
                 let addr = format!("{}:{}", url.host, url.port);
                 let Some(sa) = std::net::ToSocketAddrs::to_socket_addrs(&addr)
@@ -601,7 +613,8 @@ impl Shard {
     }
 }
 
-/// Dials an explicit route, and again one second after each failure or close, forever.
+/// Dials an explicit route, and again a second (and a little) after each failure or close,
+/// forever.
 async fn solicit(shard: Rc<Shard>, url: RouteUrl) {
     loop {
         if shard.g.shutdown.load(Ordering::Relaxed) {
@@ -623,14 +636,14 @@ async fn solicit(shard: Rc<Shard>, url: RouteUrl) {
                                 .iter()
                                 .any(|r| r.remote.borrow().server_id == id)
                         }) {
-                            rt::sleep(RETRY).await;
+                            rt::sleep(retry_pause()).await;
                         }
                     }
                 },
                 Err(e) => tracing::debug!("Error trying to connect to route {addr}: {e}"),
             }
         }
-        rt::sleep(RETRY).await;
+        rt::sleep(retry_pause()).await;
     }
 }
 
@@ -727,7 +740,8 @@ async fn route_main(
     let mut parser = RouteParser::new(o.max_control_line as usize, o.max_payload as usize);
     let mut buf = BytesMut::new();
     let mut cipher = Vec::new();
-    let ping = rt::spawn_cancellable(route_pinger(r.clone(), o.ping_max.max(1)));
+    let (ping_interval, ping_max) = cl.opts.pings(o.ping_interval, o.ping_max);
+    let ping = rt::spawn_cancellable(route_pinger(r.clone(), ping_interval, ping_max));
     'read: loop {
         let start = buf.len();
         buf.resize(start + 64 * 1024, 0);
@@ -987,12 +1001,11 @@ async fn route_writer(r: Rc<Route>, mut w: ConnWriter) {
     w.shutdown();
 }
 
-/// Pings a route every few seconds, so a dead peer is noticed.
-/// Pings a route every few seconds, and closes it when `ping_max` PINGs in a row get no
+/// Pings a route every `interval`, and closes it when `ping_max` PINGs in a row get no
 /// PONG (a stale connection), as nats-server does.
-async fn route_pinger(r: Rc<Route>, ping_max: u32) {
+async fn route_pinger(r: Rc<Route>, interval: Duration, ping_max: u32) {
     loop {
-        rt::sleep(ROUTE_PING_INTERVAL).await;
+        rt::sleep(interval).await;
         if r.closed.get() {
             return;
         }
