@@ -81,6 +81,30 @@ impl ClusterOptions {
     }
 }
 
+/// Whether `ip` may be given to clients as a way to reach this server when it listens on every
+/// address: global unicast only (no loopback, link-local, multicast or unspecified address),
+/// as nats-server chooses.
+pub fn advertisable(ip: &std::net::IpAddr) -> bool {
+    match ip {
+        std::net::IpAddr::V4(v4) => {
+            !(v4.is_loopback()
+                || v4.is_link_local()
+                || v4.is_multicast()
+                || v4.is_unspecified()
+                || v4.is_broadcast())
+        }
+        std::net::IpAddr::V6(v6) => {
+            let link_local = (v6.segments()[0] & 0xffc0) == 0xfe80;
+            !(v6.is_loopback() || v6.is_multicast() || v6.is_unspecified() || link_local)
+        }
+    }
+}
+
+/// `host:port` for a client URL (IPv6 in brackets).
+pub fn host_port(ip: &std::net::IpAddr, port: u16) -> String {
+    std::net::SocketAddr::new(*ip, port).to_string()
+}
+
 /// One direction of the cluster permissions in a route INFO (`import`, `export`).
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 #[serde(default)]
@@ -547,6 +571,32 @@ pub fn write_msg(
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn advertised_addresses() {
+        let ok = |s: &str| advertisable(&s.parse().unwrap());
+        assert!(ok("10.1.2.3") && ok("192.168.0.7") && ok("2001:db8::1") && ok("fd00::5"));
+        for no in [
+            "127.0.0.1",
+            "0.0.0.0",
+            "169.254.1.1",
+            "224.0.0.1",
+            "::1",
+            "::",
+            "fe80::1",
+        ] {
+            assert!(!ok(no), "{no}");
+        }
+        assert_eq!(
+            host_port(&"10.0.0.1".parse().unwrap(), 4222),
+            "10.0.0.1:4222"
+        );
+        assert_eq!(
+            host_port(&"2001:db8::1".parse().unwrap(), 4222),
+            "[2001:db8::1]:4222"
+        );
+    }
+
     use super::*;
 
     fn parse_all(input: &[u8]) -> Vec<RouteOp> {

@@ -72,6 +72,9 @@ pub struct Global {
     /// The cluster's client URLs (this server's first), for INFO `connect_urls`; written
     /// by the shard that owns the routes when servers join or leave, read at connect time.
     connect_urls: Mutex<Vec<String>>,
+    /// The cluster's name for INFO `cluster` (it can be adopted from a peer, so shard 0,
+    /// which owns the routes, keeps it here).
+    pub cluster_name: Mutex<Option<String>>,
     next_cid: AtomicU64,
 }
 
@@ -107,6 +110,7 @@ impl Global {
             sys_api: OnceLock::new(),
             route_listener: Mutex::new(None),
             connect_urls: Mutex::new(Vec::new()),
+            cluster_name: Mutex::new(None),
             next_cid: AtomicU64::new(1),
         }
     }
@@ -160,6 +164,8 @@ impl Global {
             tls_available: bool,
             #[serde(skip_serializing_if = "Option::is_none")]
             nonce: Option<&'a str>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            cluster: Option<String>,
             #[serde(skip_serializing_if = "std::ops::Not::not")]
             ldm: bool,
             #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -183,6 +189,7 @@ impl Global {
                 && o.tls.as_ref().is_some_and(|t| t.verify || t.verify_and_map),
             tls_available: self.tls.is_some() && o.allow_non_tls,
             nonce,
+            cluster: self.cluster_name.lock().ok().and_then(|n| n.clone()),
             ldm: self.lame_duck.load(Ordering::Relaxed),
             connect_urls: self
                 .connect_urls

@@ -327,6 +327,31 @@ fn wrong_cluster_names_and_garbage_are_refused() {
     exercise(&nodes);
 }
 
+/// A client's INFO names the cluster; `connect_urls` appears once another server has joined,
+/// with this server's URL first.
+#[test]
+fn client_info_names_the_cluster_and_its_servers() {
+    let bin = server_bin();
+    let a = node(&bin, "a", &[]);
+    let info = a.s.raw().info;
+    assert_eq!(info["cluster"], "TC", "{info}");
+    assert!(info.get("connect_urls").is_none(), "{info}");
+    let b = node(&bin, "b", &[a.route]);
+    let want = serde_json::json!([
+        format!("127.0.0.1:{}", a.s.port),
+        format!("127.0.0.1:{}", b.s.port)
+    ]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let info = a.s.raw().info;
+        if info["connect_urls"] == want {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{info}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 /// A client connected to one server learns the others from INFO `connect_urls`; when its
 /// server dies it reconnects to another, resubscribes, and gets each message once.
 #[tokio::test]

@@ -213,13 +213,53 @@ impl Cluster {
     }
 }
 
-/// Where clients reach this server: the client listener, unless it listens on every address
-/// (then nothing: Tern does not list the interfaces yet).
+/// Where clients reach this server: the client listener's address or, when it listens on
+/// every address, each global unicast address of this machine's interfaces (as nats-server
+/// lists them).
 fn own_client_urls(g: &Global) -> Vec<String> {
     match g.opts.host.parse::<std::net::IpAddr>() {
-        Ok(ip) if ip.is_unspecified() => Vec::new(),
-        _ => vec![format!("{}:{}", g.opts.host, g.port)],
+        Ok(ip) if ip.is_unspecified() => interface_ips()
+            .iter()
+            .filter(|ip| route::advertisable(ip))
+            .map(|ip| route::host_port(ip, g.port))
+            .collect(),
+        Ok(ip) => vec![route::host_port(&ip, g.port)],
+        Err(_) => vec![format!("{}:{}", g.opts.host, g.port)],
     }
+}
+
+/// The addresses of this machine's network interfaces (`getifaddrs`), in the kernel's order.
+fn interface_ips() -> Vec<std::net::IpAddr> {
+    let mut ips = Vec::new();
+    let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: getifaddrs fills `head` with a list we walk read-only and free once.
+    unsafe {
+        if libc::getifaddrs(&mut head) != 0 {
+            return ips;
+        }
+        let mut cur = head;
+        while !cur.is_null() {
+            let a = (*cur).ifa_addr;
+            if !a.is_null() {
+                match i32::from((*a).sa_family) {
+                    libc::AF_INET => {
+                        let v4 = &*(a as *const libc::sockaddr_in);
+                        ips.push(std::net::IpAddr::from(
+                            u32::from_be(v4.sin_addr.s_addr).to_be_bytes(),
+                        ));
+                    }
+                    libc::AF_INET6 => {
+                        let v6 = &*(a as *const libc::sockaddr_in6);
+                        ips.push(std::net::IpAddr::from(v6.sin6_addr.s6_addr));
+                    }
+                    _ => {}
+                }
+            }
+            cur = (*cur).ifa_next;
+        }
+        libc::freeifaddrs(head);
+    }
+    ips
 }
 
 /// The total weight of the routes' members of queue group `name`.
@@ -386,11 +426,21 @@ impl Shard {
     /// Servers joined or left, or changed their client URLs: recomputes the cluster's
     /// client URLs and tells every shard's clients.
     pub(super) fn cluster_changed(&self, cl: &Cluster) {
+        if let Ok(mut n) = self.g.cluster_name.lock() {
+            *n = Some(cl.name.borrow().clone());
+        }
         if cl.opts.no_advertise {
             return;
         }
-        let mut urls = own_client_urls(&self.g);
-        for r in cl.registered() {
+        // As nats-server: no URLs until another server has joined (then this server's stay).
+        let routes = cl.registered();
+        let clustered = self.g.connect_urls.lock().is_ok_and(|u| !u.is_empty());
+        let mut urls = if routes.is_empty() && !clustered {
+            Vec::new()
+        } else {
+            own_client_urls(&self.g)
+        };
+        for r in routes {
             let remote = r.remote.borrow();
             if !remote.ldm {
                 urls.extend(remote.connect_urls.iter().cloned());
