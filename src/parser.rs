@@ -51,6 +51,25 @@ pub struct PubMsg {
 }
 
 impl PubMsg {
+    /// A message inside `frame` (a whole protocol frame read off a connection), with its
+    /// parts at these places. No copy is made.
+    pub fn from_frame(
+        frame: Bytes,
+        subject: Span,
+        reply: Option<Span>,
+        hdr_len: usize,
+        msg: Span,
+    ) -> Self {
+        PubMsg {
+            frame,
+            subject,
+            reply,
+            headers: hdr_len > 0,
+            hdr_len,
+            msg,
+        }
+    }
+
     /// A message built from its parts (for tests and benchmarks).
     pub fn from_parts(subject: &[u8], reply: Option<&[u8]>, hdr_len: usize, msg: &[u8]) -> Self {
         let mut frame = subject.to_vec();
@@ -176,7 +195,7 @@ const VERBS: &[(&[u8], Verb)] = &[
 ];
 
 /// A byte range inside the read buffer.
-type Span = std::ops::Range<usize>;
+pub type Span = std::ops::Range<usize>;
 
 /// A `PUB`/`HPUB` whose control line has been parsed but whose payload has not fully arrived.
 /// Nothing is consumed until the whole frame is there; the spans index the read buffer.

@@ -7,6 +7,7 @@
 //! 2.6): one connection per remote server, the account named in every message. It does not
 //! touch sockets or shards: `server` drives route connections with it.
 
+use crate::parser::{PubMsg, Span};
 use bytes::{Buf, Bytes, BytesMut};
 use serde::{Deserialize, Serialize};
 
@@ -260,11 +261,9 @@ pub enum RouteOp {
     /// the sender picked this server to serve.
     Msg {
         account: Bytes,
-        subject: Bytes,
-        reply: Option<Bytes>,
+        /// The queue groups the sender picked this server for.
         queues: Vec<Bytes>,
-        hdr_len: usize,
-        msg: Bytes,
+        msg: PubMsg,
     },
 }
 
@@ -295,37 +294,31 @@ impl std::error::Error for RouteError {}
 pub struct RouteParser {
     max_control_line: usize,
     max_payload: usize,
-    /// A message whose control line has been read, waiting for its payload.
-    pending: Option<PendingMsg>,
+    /// How many bytes a message whose control line is at the front of the buffer needs in
+    /// all (line, payload and CRLF); nothing is parsed again until they are there.
+    need: usize,
+    /// The current line's tokens (kept to spare an allocation per line).
+    toks: Vec<Span>,
 }
 
-struct PendingMsg {
-    account: Bytes,
-    subject: Bytes,
-    reply: Option<Bytes>,
-    queues: Vec<Bytes>,
-    hdr_len: usize,
-    total: usize,
-}
-
-fn tokens(line: &Bytes) -> Vec<Bytes> {
-    let mut out = Vec::new();
+/// Where the space-separated tokens of `line` are.
+fn tokens(line: &[u8], out: &mut Vec<Span>) {
+    out.clear();
     let mut start = None;
     for (i, &b) in line.iter().enumerate() {
         let sep = b == b' ' || b == b'\t';
         match (sep, start) {
             (false, None) => start = Some(i),
             (true, Some(s)) => {
-                out.push(line.slice(s..i));
+                out.push(s..i);
                 start = None;
             }
             _ => {}
         }
     }
     if let Some(s) = start {
-        out.push(line.slice(s..));
+        out.push(s..line.len());
     }
-    out
 }
 
 fn number(b: &[u8]) -> Option<usize> {
@@ -335,34 +328,34 @@ fn number(b: &[u8]) -> Option<usize> {
     std::str::from_utf8(b).ok()?.parse().ok()
 }
 
+/// The parts of an `RMSG`/`HMSG`/`LMSG` control line, as places in it.
+struct MsgLine {
+    account: Span,
+    subject: Span,
+    reply: Option<Span>,
+    queues: std::ops::Range<usize>,
+    hdr_len: usize,
+    total: usize,
+}
+
 impl RouteParser {
     pub fn new(max_control_line: usize, max_payload: usize) -> RouteParser {
         RouteParser {
             max_control_line,
             max_payload,
-            pending: None,
+            need: 0,
+            toks: Vec::new(),
         }
     }
 
     /// The next whole operation in `buf` (consumed from it), or `None` until more arrives.
+    /// A message comes out as one frame of the read buffer, its parts in place.
     pub fn next(&mut self, buf: &mut BytesMut) -> Result<Option<RouteOp>, RouteError> {
         loop {
-            if let Some(p) = &self.pending {
-                if buf.len() < p.total + 2 {
-                    return Ok(None);
-                }
-                let p = self.pending.take().expect("checked");
-                let msg = buf.split_to(p.total).freeze();
-                buf.advance(2);
-                return Ok(Some(RouteOp::Msg {
-                    account: p.account,
-                    subject: p.subject,
-                    reply: p.reply,
-                    queues: p.queues,
-                    hdr_len: p.hdr_len,
-                    msg,
-                }));
+            if buf.len() < self.need {
+                return Ok(None);
             }
+            self.need = 0;
             let Some(nl) = memchr::memchr(b'\n', buf) else {
                 if buf.len() > self.max_control_line {
                     return Err(RouteError::ControlLine);
@@ -372,117 +365,151 @@ impl RouteParser {
             if nl > self.max_control_line {
                 return Err(RouteError::ControlLine);
             }
-            let mut line = buf.split_to(nl + 1).freeze();
-            line.truncate(nl);
-            if line.last() == Some(&b'\r') {
-                line.truncate(nl - 1);
-            }
-            if line.iter().all(|b| b.is_ascii_whitespace()) {
+            let end = if nl > 0 && buf[nl - 1] == b'\r' {
+                nl - 1
+            } else {
+                nl
+            };
+            tokens(&buf[..end], &mut self.toks);
+            if self.toks.is_empty() {
+                buf.advance(nl + 1);
                 continue;
             }
-            let toks = tokens(&line);
-            let verb = toks[0].to_ascii_uppercase();
-            let bad = || RouteError::Protocol(String::from_utf8_lossy(&line).into_owned());
-            let rest_after = |t: &Bytes| -> Bytes {
-                let start = t.as_ptr() as usize - line.as_ptr() as usize + t.len();
-                let s = line.slice(start..);
-                let skip = s.iter().take_while(|b| **b == b' ' || **b == b'\t').count();
-                s.slice(skip..)
-            };
-            match verb.as_slice() {
-                b"PING" => return Ok(Some(RouteOp::Ping)),
-                b"PONG" => return Ok(Some(RouteOp::Pong)),
-                b"+OK" => return Ok(Some(RouteOp::Ok)),
-                b"-ERR" => {
-                    let text = rest_after(&toks[0]);
-                    let text = String::from_utf8_lossy(&text);
-                    return Ok(Some(RouteOp::Err(text.trim_matches('\'').to_string())));
+            let verb = &buf[self.toks[0].clone()];
+            let is = |v: &[u8]| verb.eq_ignore_ascii_case(v);
+            if is(b"RMSG") || is(b"HMSG") || is(b"LMSG") {
+                let m = self.msg_line(&buf[..end], is(b"LMSG"), !is(b"RMSG"))?;
+                let needed = nl + 1 + m.total + 2;
+                if buf.len() < needed {
+                    self.need = needed;
+                    return Ok(None);
                 }
-                b"INFO" => return Ok(Some(RouteOp::Info(rest_after(&toks[0])))),
-                b"CONNECT" => return Ok(Some(RouteOp::Connect(rest_after(&toks[0])))),
-                b"RS+" | b"LS+" => {
-                    // LS+ carries the origin cluster first.
-                    let args = if verb.as_slice() == b"LS+" {
-                        &toks[2..]
-                    } else {
-                        &toks[1..]
-                    };
-                    let (account, subject, queue) = match args {
-                        [a, s] => (a, s, None),
-                        [a, s, q] => (a, s, Some((q.clone(), 1))),
-                        [a, s, q, w] => {
-                            (a, s, Some((q.clone(), number(w).ok_or_else(bad)? as u32)))
-                        }
-                        _ => return Err(bad()),
-                    };
-                    return Ok(Some(RouteOp::Sub {
-                        account: account.clone(),
-                        subject: subject.clone(),
-                        queue,
-                    }));
-                }
-                b"RS-" | b"LS-" => {
-                    let args = &toks[1..];
-                    // LS- may carry the origin cluster (2.10 peers with lnocu).
-                    let args = if verb.as_slice() == b"LS-" && args.len() >= 3 {
-                        &args[1..]
-                    } else {
-                        args
-                    };
-                    let (account, subject, queue) = match args {
-                        [a, s] => (a, s, None),
-                        [a, s, q, ..] => (a, s, Some(q.clone())),
-                        _ => return Err(bad()),
-                    };
-                    return Ok(Some(RouteOp::Unsub {
-                        account: account.clone(),
-                        subject: subject.clone(),
-                        queue,
-                    }));
-                }
-                b"RMSG" | b"HMSG" | b"LMSG" => {
-                    let lmsg = verb.as_slice() == b"LMSG";
-                    let headers = verb.as_slice() != b"RMSG";
-                    let args = if lmsg { &toks[2..] } else { &toks[1..] };
-                    let sizes = if headers { 2 } else { 1 };
-                    if args.len() < 2 + sizes {
-                        return Err(bad());
-                    }
-                    let (head, tail) = args.split_at(args.len() - sizes);
-                    let (hdr_len, total) = if headers {
-                        (
-                            number(&tail[0]).ok_or_else(bad)?,
-                            number(&tail[1]).ok_or_else(bad)?,
-                        )
-                    } else {
-                        (0, number(&tail[0]).ok_or_else(bad)?)
-                    };
-                    if hdr_len > total {
-                        return Err(bad());
-                    }
-                    if total > self.max_payload {
-                        return Err(RouteError::Payload);
-                    }
-                    let (account, subject) = (head[0].clone(), head[1].clone());
-                    let (reply, queues) = match &head[2..] {
-                        [] => (None, Vec::new()),
-                        [r] => (Some(r.clone()), Vec::new()),
-                        [m, r, qs @ ..] if m.as_ref() == b"+" => (Some(r.clone()), qs.to_vec()),
-                        [m, qs @ ..] if m.as_ref() == b"|" => (None, qs.to_vec()),
-                        _ => return Err(bad()),
-                    };
-                    self.pending = Some(PendingMsg {
-                        account,
-                        subject,
-                        reply,
-                        queues,
-                        hdr_len,
-                        total,
-                    });
-                }
-                _ => return Err(bad()),
+                let frame = buf.split_to(needed).freeze();
+                let queues = self.toks[m.queues]
+                    .iter()
+                    .map(|q| frame.slice(q.clone()))
+                    .collect();
+                let account = frame.slice(m.account);
+                let body = nl + 1..nl + 1 + m.total;
+                let msg = PubMsg::from_frame(frame, m.subject, m.reply, m.hdr_len, body);
+                return Ok(Some(RouteOp::Msg {
+                    account,
+                    queues,
+                    msg,
+                }));
             }
+            let line = buf.split_to(nl + 1).freeze().slice(..end);
+            return self.other(&line).map(Some);
         }
+    }
+
+    /// Reads a message's control line (tokens already in `self.toks`).
+    fn msg_line(&self, line: &[u8], lmsg: bool, headers: bool) -> Result<MsgLine, RouteError> {
+        let bad = || RouteError::Protocol(String::from_utf8_lossy(line).into_owned());
+        let tok = |i: usize| &line[self.toks[i].clone()];
+        // LMSG carries the origin cluster first.
+        let first = if lmsg { 2 } else { 1 };
+        let n = self.toks.len();
+        let sizes = if headers { 2 } else { 1 };
+        if n < first + 2 + sizes {
+            return Err(bad());
+        }
+        let (hdr_len, total) = if headers {
+            (
+                number(tok(n - 2)).ok_or_else(bad)?,
+                number(tok(n - 1)).ok_or_else(bad)?,
+            )
+        } else {
+            (0, number(tok(n - 1)).ok_or_else(bad)?)
+        };
+        if hdr_len > total {
+            return Err(bad());
+        }
+        if total > self.max_payload {
+            return Err(RouteError::Payload);
+        }
+        let rest = first + 2..n - sizes;
+        let (reply, queues) = match rest.len() {
+            0 => (None, rest.end..rest.end),
+            1 => (Some(self.toks[rest.start].clone()), rest.end..rest.end),
+            _ if tok(rest.start) == b"+" => (
+                Some(self.toks[rest.start + 1].clone()),
+                rest.start + 2..rest.end,
+            ),
+            _ if tok(rest.start) == b"|" => (None, rest.start + 1..rest.end),
+            _ => return Err(bad()),
+        };
+        Ok(MsgLine {
+            account: self.toks[first].clone(),
+            subject: self.toks[first + 1].clone(),
+            reply,
+            queues,
+            hdr_len,
+            total,
+        })
+    }
+
+    /// Any operation but a message (tokens already in `self.toks`).
+    fn other(&self, line: &Bytes) -> Result<RouteOp, RouteError> {
+        let bad = || RouteError::Protocol(String::from_utf8_lossy(line).into_owned());
+        let toks: Vec<Bytes> = self.toks.iter().map(|t| line.slice(t.clone())).collect();
+        let verb = toks[0].to_ascii_uppercase();
+        let rest_after_verb = || {
+            let s = line.slice(self.toks[0].end..);
+            let skip = s.iter().take_while(|b| **b == b' ' || **b == b'\t').count();
+            s.slice(skip..)
+        };
+        Ok(match verb.as_slice() {
+            b"PING" => RouteOp::Ping,
+            b"PONG" => RouteOp::Pong,
+            b"+OK" => RouteOp::Ok,
+            b"-ERR" => {
+                let text = rest_after_verb();
+                let text = String::from_utf8_lossy(&text);
+                RouteOp::Err(text.trim_matches('\'').to_string())
+            }
+            b"INFO" => RouteOp::Info(rest_after_verb()),
+            b"CONNECT" => RouteOp::Connect(rest_after_verb()),
+            b"RS+" | b"LS+" => {
+                // LS+ carries the origin cluster first.
+                let args = if verb.as_slice() == b"LS+" {
+                    toks.get(2..).unwrap_or_default()
+                } else {
+                    &toks[1..]
+                };
+                let (account, subject, queue) = match args {
+                    [a, s] => (a, s, None),
+                    [a, s, q] => (a, s, Some((q.clone(), 1))),
+                    [a, s, q, w] => (a, s, Some((q.clone(), number(w).ok_or_else(bad)? as u32))),
+                    _ => return Err(bad()),
+                };
+                RouteOp::Sub {
+                    account: account.clone(),
+                    subject: subject.clone(),
+                    queue,
+                }
+            }
+            b"RS-" | b"LS-" => {
+                let args = &toks[1..];
+                // LS- may carry the origin cluster (2.10 peers with lnocu).
+                let args = if verb.as_slice() == b"LS-" && args.len() >= 3 {
+                    &args[1..]
+                } else {
+                    args
+                };
+                let (account, subject, queue) = match args {
+                    [a, s] => (a, s, None),
+                    [a, s, q, ..] => (a, s, Some(q.clone())),
+                    _ => return Err(bad()),
+                };
+                RouteOp::Unsub {
+                    account: account.clone(),
+                    subject: subject.clone(),
+                    queue,
+                }
+            }
+            _ => return Err(bad()),
+        })
     }
 }
 
@@ -649,19 +676,12 @@ mod tests {
         assert!(matches!(&ops[3], RouteOp::Sub { subject, .. } if subject == "x.y"));
         assert!(matches!(&ops[4], RouteOp::Unsub { subject, queue: None, .. } if subject == "x.y"));
         let msg = |i: usize| match &ops[i] {
-            RouteOp::Msg {
-                subject,
-                reply,
-                queues,
-                hdr_len,
-                msg,
-                ..
-            } => (
-                subject.clone(),
-                reply.clone(),
+            RouteOp::Msg { queues, msg, .. } => (
+                b(std::str::from_utf8(msg.subject()).unwrap()),
+                msg.reply().map(|r| b(std::str::from_utf8(r).unwrap())),
                 queues.clone(),
-                *hdr_len,
-                msg.clone(),
+                msg.hdr_len,
+                Bytes::copy_from_slice(msg.msg()),
             ),
             o => panic!("{o:?}"),
         };
@@ -675,6 +695,29 @@ mod tests {
             ops[11..],
             [RouteOp::Ping, RouteOp::Pong, RouteOp::Err("oops".into())]
         );
+    }
+
+    /// Random sequences of protocol-looking pieces: the parser answers each with an
+    /// operation, an error or a wait, and never panics.
+    #[test]
+    fn survives_random_input() {
+        let pieces: [&[u8]; 16] = [
+            b"RMSG", b"HMSG", b"LMSG", b"RS+", b"LS-", b" ", b"\r\n", b"\n", b"$G", b"+", b"|",
+            b"q", b"5", b"12", b"0", b"hello",
+        ];
+        let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+        for _ in 0..3000 {
+            let mut input = Vec::new();
+            for _ in 0..24 {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                input.extend_from_slice(pieces[(x % pieces.len() as u64) as usize]);
+            }
+            let mut p = RouteParser::new(64, 32);
+            let mut buf = BytesMut::from(&input[..]);
+            while let Ok(Some(_)) = p.next(&mut buf) {}
+        }
     }
 
     #[test]

@@ -2137,11 +2137,7 @@ async fn read_loop(shard: &Rc<Shard>, c: &Rc<Client>, mut reader: ConnReader) ->
                 limits.max_payload as usize,
             );
         }
-        if n == read_size && read_size < READ_MAX {
-            read_size *= 2;
-        } else if n < read_size / 4 && read_size > READ_MIN {
-            read_size /= 2;
-        }
+        read_size = next_read_size(read_size, n);
         loop {
             match parser.next(&mut buf) {
                 Ok(Some(op)) => match handle_op(shard, c, op) {
@@ -2184,6 +2180,19 @@ async fn read_loop(shard: &Rc<Shard>, c: &Rc<Client>, mut reader: ConnReader) ->
         }
         shard.flush();
         shard.wait_for_stalled().await;
+    }
+}
+
+/// The size of the next read after one of `size` bytes brought `n`: doubled when the read
+/// filled it, halved when it used less than a quarter (within `READ_MIN..=READ_MAX`), so a
+/// busy connection reads in large batches and an idle one holds little memory.
+fn next_read_size(size: usize, n: usize) -> usize {
+    if n == size && size < READ_MAX {
+        size * 2
+    } else if n < size / 4 && size > READ_MIN {
+        size / 2
+    } else {
+        size
     }
 }
 

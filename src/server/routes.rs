@@ -792,9 +792,15 @@ async fn route_main(
     let mut cipher = Vec::new();
     let (ping_interval, ping_max) = cl.opts.pings(o.ping_interval, o.ping_max);
     let ping = rt::spawn_cancellable(route_pinger(r.clone(), ping_interval, ping_max));
+    let mut read_size = READ_MIN;
     'read: loop {
+        // What routes send goes on to the other shards: wait while they are behind.
+        if shard.mesh.congested() {
+            shard.flush();
+            shard.mesh.wait_uncongested().await;
+        }
         let start = buf.len();
-        buf.resize(start + 64 * 1024, 0);
+        buf.resize(start + read_size, 0);
         let n = match r.read(&mut reader, &mut buf[start..], &mut cipher).await {
             Ok(0) => break,
             Err(e) => {
@@ -806,6 +812,7 @@ async fn route_main(
             Ok(n) => n,
         };
         buf.truncate(start + n);
+        read_size = next_read_size(read_size, n);
         if r.closed.get() {
             break;
         }
@@ -962,10 +969,7 @@ fn handle_route_op(
         }
         RouteOp::Msg {
             account,
-            subject,
-            reply,
             queues,
-            hdr_len,
             msg,
         } => {
             // Accounts this server does not have are not ours to serve.
@@ -974,13 +978,11 @@ fn handle_route_op(
             };
             let mut k = r.counts.get();
             k.in_msgs += 1;
-            k.in_bytes += msg.len() as u64;
+            k.in_bytes += msg.msg().len() as u64;
             r.counts.set(k);
-            let m = PubMsg::from_parts(&subject, reply.as_deref(), hdr_len, &msg);
             // Plain subscribers here and on the other shards, and the queue groups the
             // sender picked this server for; never another route.
-            let only: &[Bytes] = &queues;
-            shard.route_scoped(acc, &m, 0, Some(only), false);
+            shard.route_scoped(acc, &msg, 0, Some(&queues), false);
         }
     }
     Ok(())
