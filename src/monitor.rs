@@ -365,7 +365,7 @@ impl Monitor {
                     "port": r.addr.map_or(0, |a| a.port()),
                     "start": rfc3339(r.start),
                     "last_activity": rfc3339(now),
-                    "rtt": "0s",
+                    "rtt": go_duration(r.rtt.unwrap_or_default()),
                     "uptime": uptime(now.duration_since(r.start).unwrap_or_default()),
                     "idle": "0s",
                     "pending_size": r.pending,

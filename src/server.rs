@@ -362,6 +362,8 @@ pub struct RouteReport {
     pub counts: Counts,
     pub subscriptions: usize,
     pub pending: usize,
+    /// The last PING's round trip.
+    pub rtt: Option<Duration>,
 }
 
 /// The cluster, as `/varz` and `/routez` report it.

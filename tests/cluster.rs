@@ -294,6 +294,9 @@ fn servers_that_dial_each_other_keep_one_route() {
     let routes = nodes[1].s.http_json("/routez");
     assert_eq!(routes["routes"][0]["remote_name"], "a");
     assert!(routes["routes"][0]["in_msgs"].as_u64().unwrap() >= 20);
+    // The first PING's round trip, timed.
+    let rtt = routes["routes"][0]["rtt"].as_str().unwrap().to_string();
+    assert!(rtt.ends_with('s') && rtt != "0s", "{rtt}");
 }
 
 /// A route from another cluster is refused with nats-server's error; garbage on the route

@@ -52,6 +52,9 @@ pub(super) struct Route {
     counts: Cell<Counts>,
     /// PINGs sent without a PONG back.
     pings_out: Cell<u32>,
+    /// When the PING being timed went out, and the round trip the last one took.
+    ping_sent: Cell<Option<Instant>>,
+    rtt: Cell<Option<Duration>>,
     /// The TLS session (cluster `tls {}`): every byte both ways goes through it.
     tls: Option<RefCell<rustls::Connection>>,
 }
@@ -65,6 +68,14 @@ impl Route {
     fn close(&self) {
         self.closed.set(true);
         self.wake();
+    }
+
+    /// Sends a PING, timing it unless another is being timed.
+    fn ping(&self) {
+        if self.ping_sent.get().is_none() {
+            self.ping_sent.set(Some(Instant::now()));
+        }
+        self.write(b"PING\r\n");
     }
 
     /// Wakes the writer.
@@ -197,6 +208,7 @@ impl Cluster {
                         counts: r.counts.get(),
                         subscriptions: r.subs.borrow().len(),
                         pending: r.out.borrow().len(),
+                        rtt: r.rtt.get(),
                     }
                 })
                 .collect(),
@@ -564,6 +576,8 @@ impl Shard {
             }
         }
         r.registered.set(true);
+        // A first round trip, for /routez `rtt`.
+        r.ping();
         let mut out = BytesMut::new();
         for ((acc, subject, queue), w) in cl.interest.borrow().iter() {
             if !cl.can_import(subject) {
@@ -745,6 +759,8 @@ async fn route_main(
         start: SystemTime::now(),
         counts: Cell::new(Counts::default()),
         pings_out: Cell::new(0),
+        ping_sent: Cell::new(None),
+        rtt: Cell::new(None),
         tls,
     });
     cl.routes.borrow_mut().push(r.clone());
@@ -923,7 +939,12 @@ fn handle_route_op(
             shard.register_route(cl, r)?;
         }
         RouteOp::Ping => r.write(b"PONG\r\n"),
-        RouteOp::Pong => r.pings_out.set(0),
+        RouteOp::Pong => {
+            r.pings_out.set(0);
+            if let Some(t) = r.ping_sent.take() {
+                r.rtt.set(Some(t.elapsed()));
+            }
+        }
         RouteOp::Ok => {}
         RouteOp::Err(text) => {
             tracing::info!("{} - rid:{} - Route error from peer: {text}", r.addr, r.rid);
@@ -1071,6 +1092,6 @@ async fn route_pinger(r: Rc<Route>, interval: Duration, ping_max: u32) {
             return;
         }
         r.pings_out.set(r.pings_out.get() + 1);
-        r.write(b"PING\r\n");
+        r.ping();
     }
 }
