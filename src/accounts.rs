@@ -235,6 +235,11 @@ pub struct ServiceRoute {
 }
 
 impl StreamRoute {
+    /// The imported subjects, in the exporter's namespace.
+    pub fn filter(&self) -> &[u8] {
+        &self.filter
+    }
+
     /// The subject seen in the importing account, if `subject` is imported.
     pub fn map(&self, subject: &[u8]) -> Option<Vec<u8>> {
         subject_matches(&self.filter, subject).then(|| self.map.apply(subject))

@@ -230,6 +230,8 @@ pub enum ShardOp {
         hdr_len: usize,
         msg: Bytes,
         queues: Vec<Bytes>,
+        /// The receiver owns the routes and passes the message on to them too.
+        to_routes: bool,
     },
 }
 
@@ -1007,6 +1009,7 @@ async fn mesh_loop(shard: Rc<Shard>, rx: MeshReceiver<MeshMsg>) {
                     hdr_len,
                     msg,
                     queues,
+                    to_routes,
                 } => shard.deliver_forwarded(
                     account,
                     &subject,
@@ -1014,6 +1017,7 @@ async fn mesh_loop(shard: Rc<Shard>, rx: MeshReceiver<MeshMsg>) {
                     hdr_len,
                     &msg,
                     &queues,
+                    to_routes,
                 ),
             }
         }
@@ -1658,13 +1662,15 @@ impl Shard {
     }
 
     /// Delivers a message of account `a` to the accounts that import it as a stream, under
-    /// their subject for it.
+    /// their subject for it, on this server only: as in nats-server, every server serves its
+    /// own importers, from the message in the exporter's account (routes carry that, never
+    /// the imported copies).
     fn route_streams(&self, a: &Account, m: &PubMsg, cid: u64) -> bool {
         let mut any = false;
         for r in a.stream_routes() {
             if let Some(subject) = r.map(m.subject()) {
                 let mapped = PubMsg::from_parts(&subject, m.reply(), m.hdr_len, m.msg());
-                any |= self.route(r.to, &mapped, cid);
+                any |= self.route_scoped(r.to, &mapped, cid, None, false);
             }
         }
         any
@@ -1765,7 +1771,8 @@ impl Shard {
     /// Picks the member of queue group `name` that gets one message, weighted by members: one
     /// on this server first (`members` on this shard, other than the publisher `cid` unless
     /// it echoes, or other shards' clients' in `rmembers`); another server's (other shards'
-    /// routed weight, or the routes in `routes`) only when there is none.
+    /// routed weight, or the routes in `routes`) only when there is none, and only for a
+    /// message that may go `to_routes`.
     fn choose_member<'a>(
         &self,
         name: &[u8],
@@ -1773,6 +1780,7 @@ impl Shard {
         cid: u64,
         rmembers: &'a [RemoteRef],
         routes: Option<&crate::sublist::SublistResult<routes::RouteSub>>,
+        to_routes: bool,
     ) -> QueuePick<'a> {
         let eligible = members
             .iter()
@@ -1800,7 +1808,7 @@ impl Shard {
                 shard_of(false, pick - eligible)
             };
         }
-        let routed = weight(true);
+        let routed = if to_routes { weight(true) } else { 0 };
         let direct = routes.map_or(0, |r| routes::queue_weight(r, name));
         if routed + direct == 0 {
             return QueuePick::Nobody;
@@ -1840,7 +1848,8 @@ impl Shard {
         // With one shard the remote table is empty and this reduces to local choices.
         let remote = self.remote.borrow_mut()[account as usize].matches(subject);
         let mut scratch = self.scratch.borrow_mut();
-        for r in &remote.psubs {
+        // Routed interest only matters for a message that may go on to the routes.
+        for r in remote.psubs.iter().filter(|r| to_routes || !r.routed) {
             scratch[r.shard].0 = true;
         }
         let route_set = rmatch.as_deref();
@@ -1850,7 +1859,7 @@ impl Shard {
                 .iter()
                 .find(|(n, _)| n == name)
                 .map_or(&[][..], |(_, m)| &m[..]);
-            match self.choose_member(name, members, cid, rmembers, route_set) {
+            match self.choose_member(name, members, cid, rmembers, route_set, to_routes) {
                 QueuePick::Here => {
                     any |= self.deliver_queue(members, subject, rep, hdr_len, msg, cid);
                 }
@@ -1867,7 +1876,7 @@ impl Shard {
             if local.qsubs.iter().any(|(n, _)| n == name) {
                 continue;
             }
-            match self.choose_member(name, &[], cid, rmembers, route_set) {
+            match self.choose_member(name, &[], cid, rmembers, route_set, to_routes) {
                 QueuePick::Shard(r) => scratch[r.shard].1.extend(r.queue.clone()),
                 QueuePick::Route(pick) => {
                     if let Some(r) = route_set {
@@ -1901,6 +1910,7 @@ impl Shard {
                         hdr_len,
                         msg: m.msg_bytes(),
                         queues: std::mem::take(queues),
+                        to_routes,
                     },
                 );
                 *plain = false;
@@ -1919,6 +1929,7 @@ impl Shard {
         hdr_len: usize,
         msg: &[u8],
         queues: &[Bytes],
+        to_routes: bool,
     ) {
         let Some(local) = self
             .subs
@@ -1933,7 +1944,10 @@ impl Shard {
         }
         // The shard that owns the routes passes a client's message on to them too: its
         // share of a queue group counts the routes' members.
-        let rmatch = self.cluster.as_ref().map(|cl| cl.matches(account, subject));
+        let rmatch = match &self.cluster {
+            Some(cl) if to_routes => Some(cl.matches(account, subject)),
+            _ => None,
+        };
         let mut rsend = routes::RouteSends::default();
         for q in queues {
             let members = local

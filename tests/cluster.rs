@@ -588,6 +588,114 @@ fn queue_groups_prefer_members_on_this_server() {
     }
 }
 
+/// Accounts stay apart across routes, and their stream and service imports work when the
+/// importer and the exporter sit on different servers (the service reply mapping included),
+/// also between Tern and nats-server: each server serves its own stream importers from the
+/// exporter's messages, as nats-server does, so nothing arrives twice.
+#[test]
+fn accounts_across_the_cluster() {
+    let bin = server_bin();
+    let mut pairs = vec![(bin.clone(), bin)];
+    if is_tern() {
+        for nats in [nats_29(), nats_current()].into_iter().flatten() {
+            pairs.push((tern_bin(), nats.clone()));
+            pairs.push((nats, tern_bin()));
+        }
+    }
+    for (i, (first, second)) in pairs.iter().enumerate() {
+        accounts_on(first, second, i);
+    }
+}
+
+fn accounts_on(first: &Path, second: &Path, i: usize) {
+    let accounts = r#"
+accounts {
+  A: {
+    users: [{user: a, password: a}]
+    exports: [{stream: "news.>"}, {service: "svc.echo"}]
+  }
+  B: {
+    users: [{user: b, password: b}]
+    imports: [
+      {stream: {account: A, subject: "news.>"}, prefix: "an"}
+      {service: {account: A, subject: "svc.echo"}, to: "echo"}
+    ]
+  }
+}
+"#;
+    let start = |bin: &Path, tag: &str, routes: Option<u16>| {
+        let routes = routes
+            .map(|p| format!("routes: [\"nats-route://127.0.0.1:{p}\"]"))
+            .unwrap_or_default();
+        let conf = ConfFile::new(
+            tag,
+            "node.conf",
+            &format!(
+                "server_name: {tag}\ncluster {{\n  name: TC\n  host: 127.0.0.1\n  port: -1\n  {routes}\n}}\n{accounts}"
+            ),
+        );
+        let mut args = vec!["-c", conf.arg()];
+        if is_tern_bin(bin) {
+            args.extend(["--shards", "2"]);
+        }
+        let s = Server::start_bin(bin, &args);
+        let route = s.route_port();
+        (conf, Node { s, route })
+    };
+    let (_c1, one) = start(first, &format!("acc-cluster-{i}-1"), None);
+    let (_c2, two) = start(second, &format!("acc-cluster-{i}-2"), Some(one.route));
+    let login = |n: &Node, user: &str| {
+        let mut c = n.s.raw();
+        c.send(
+            format!("CONNECT {{\"verbose\":false,\"headers\":true,\"user\":\"{user}\",\"pass\":\"{user}\"}}\r\nPING\r\n")
+                .as_bytes(),
+        );
+        c.expect(b"PONG\r\n");
+        c
+    };
+    // A responder and a subscriber of account A on server two; B's clients on server one.
+    let mut responder = login(&two, "a");
+    responder.send(b"SUB svc.echo 1\r\nSUB x 2\r\nSUB sync.a 9\r\n");
+    responder.ping_pong();
+    let mut b_sub = login(&two, "b");
+    b_sub.send(b"SUB an.news.> 1\r\nSUB x 2\r\nSUB sync.b 9\r\n");
+    b_sub.ping_pong();
+    let mut a_pub = login(&one, "a");
+    let mut b_pub = login(&one, "b");
+    await_interest(&mut a_pub, &mut responder, "sync.a");
+    await_interest(&mut b_pub, &mut b_sub, "sync.b");
+
+    // Apart: B's x reaches only B; A's news reaches B's subscriber under the prefix.
+    b_pub.send(b"PUB x 1\r\nb\r\nPUB sync.b 0\r\n\r\n");
+    a_pub.send(b"PUB x 1\r\na\r\nPUB news.today 2\r\nhi\r\nPUB sync.a 0\r\n\r\n");
+    a_pub.ping_pong();
+    b_pub.ping_pong();
+    let got = msgs_until(&mut responder, "sync.a");
+    assert_eq!(got, ["2 x", "9 sync.a"]);
+    let mut got = Vec::new();
+    while got.len() < 3 {
+        let m = b_sub.read_msg();
+        got.push(format!("{} {}", m.sid, m.subject));
+    }
+    got.sort();
+    assert_eq!(got, ["1 an.news.today", "2 x", "9 sync.b"]);
+
+    // B's request to "echo" on server one is answered by A's responder on server two.
+    b_pub.send(b"SUB _INBOX.b 7\r\nPUB echo _INBOX.b 4\r\nping\r\n");
+    b_pub.ping_pong();
+    let req = responder.read_msg();
+    assert_eq!(req.subject, "svc.echo");
+    let reply = req.reply.expect("a mapped reply subject");
+    assert!(reply.starts_with("_R_."), "{reply}");
+    responder.send(format!("PUB {reply} 4\r\npong\r\n").as_bytes());
+    responder.ping_pong();
+    let answer = b_pub.read_msg();
+    assert_eq!(
+        (answer.subject.as_str(), &answer.payload[..]),
+        ("_INBOX.b", &b"pong"[..])
+    );
+}
+
 /// A member of cluster `TC` with cluster TLS from `pki` (mutual: `verify`), dialling
 /// `routes`. `tag` names the config's directory.
 fn tls_node(bin: &Path, pki: &Pki, tag: &str, routes: &[u16]) -> (ConfFile, Node) {

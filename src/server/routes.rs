@@ -429,6 +429,14 @@ impl Shard {
             }
             Err(e) => tracing::error!("cannot accept routes: {e}"),
         }
+        // Stream imports are served by each server from the exporter's messages, so every
+        // server wants those, always (nats-server's import subscriptions).
+        for exporter in 0..self.g.accounts.len() as AccId {
+            for r in self.g.accounts.get(exporter).stream_routes() {
+                let subject = Bytes::copy_from_slice(r.filter());
+                self.cluster_interest((exporter, subject, None), 1);
+            }
+        }
         for url in cl.opts.routes.clone() {
             rt::spawn(solicit(self.clone(), url));
         }
@@ -1002,8 +1010,13 @@ fn handle_route_op(
             k.in_bytes += msg.msg().len() as u64;
             r.counts.set(k);
             // Plain subscribers here and on the other shards, and the queue groups the
-            // sender picked this server for; never another route.
+            // sender picked this server for; never another route. This server's importers
+            // of the account's streams get their copies here.
             shard.route_scoped(acc, &msg, 0, Some(&queues), false);
+            let a = shard.g.accounts.get(acc);
+            if !a.stream_routes().is_empty() {
+                shard.route_streams(a, &msg, 0);
+            }
         }
     }
     Ok(())
