@@ -1921,6 +1921,7 @@ impl Shard {
 
     /// Delivers a message another shard forwarded: locally only, never forwarded again
     /// (but a response to a service request this shard mapped goes on to the requester).
+    #[allow(clippy::too_many_arguments)]
     fn deliver_forwarded(
         &self,
         account: AccId,
