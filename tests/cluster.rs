@@ -124,7 +124,13 @@ fn exercise(nodes: &[Node]) {
     let mut subs: Vec<RawClient> = nodes.iter().map(client).collect();
     let mut pubs: Vec<RawClient> = nodes.iter().map(client).collect();
     for (j, c) in subs.iter_mut().enumerate() {
-        c.send(format!("SUB to.{j} 1\r\nSUB jobs workers 2\r\nSUB sync.{j} 9\r\n").as_bytes());
+        c.send(
+            format!(
+                "SUB to.{j} 1\r\nSUB jobs workers 2\r\nSUB wild.*.{j} 3\r\nSUB deep.{j}.> 4\r\n\
+                 SUB sync.{j} 9\r\n"
+            )
+            .as_bytes(),
+        );
         c.ping_pong();
     }
     for p in pubs.iter_mut() {
@@ -166,6 +172,29 @@ fn exercise(nodes: &[Node]) {
                 let h = String::from_utf8_lossy(m.headers.as_deref().unwrap_or_default());
                 assert!(h.contains("X-From: s"), "{h}");
             }
+        }
+    }
+    // Wildcard interest crosses routes as the patterns, and matches as they do.
+    for (i, p) in pubs.iter_mut().enumerate() {
+        for (j, sub) in subs.iter_mut().enumerate().filter(|(j, _)| *j != i) {
+            p.send(
+                format!(
+                    "PUB wild.x.y.{j} 1\r\nn\r\nPUB wild.x.{j} 1\r\ny\r\nPUB deep.{j} 1\r\nn\r\n\
+                     PUB deep.{j}.a.b 1\r\ny\r\nPUB sync.{j} 0\r\n\r\n"
+                )
+                .as_bytes(),
+            );
+            p.ping_pong();
+            let got = msgs_until(sub, &format!("sync.{j}"));
+            assert_eq!(
+                got,
+                [
+                    format!("3 wild.x.{j}"),
+                    format!("4 deep.{j}.a.b"),
+                    format!("9 sync.{j}")
+                ],
+                "wildcards {i}->{j}"
+            );
         }
     }
     // A queue group with a member on every server: 300 messages from each, each delivered once.

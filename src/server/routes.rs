@@ -2,7 +2,7 @@
 //! the I/O half; the wire format is `crate::route`).
 //!
 //! Shard 0 owns every route: it accepts on the cluster port and dials the configured routes
-//! (forever, one second apart). A route's interest joins shard 0's interest, which the
+//! (forever, backing off from one second to eight). A route's interest joins shard 0's interest, which the
 //! other shards learn by the usual gossip, so they forward matching messages to shard 0; shard
 //! 0 then sends each message once to every interested route (an `RMSG` naming the queue
 //! groups the route must serve). What a route sends is delivered here and on the other
@@ -14,19 +14,21 @@ use super::*;
 use crate::route::{self, RouteConnect, RouteInfo, RouteOp, RouteParser, RouteUrl};
 use crate::sublist::SublistResult;
 
-/// How long a dial may take, and the pause between attempts at a route (plus up to
-/// `RETRY_JITTER`, so servers restarted together do not dial in lockstep).
+/// How long a dial may take, and the pause between attempts at a route: `RETRY`, doubled
+/// after each failed attempt at an explicit route up to `RETRY_MAX`, plus up to a quarter
+/// more at random, so servers restarted together do not dial in lockstep.
 const DIAL_TIMEOUT: Duration = Duration::from_secs(2);
 const RETRY: Duration = Duration::from_secs(1);
-const RETRY_JITTER: Duration = Duration::from_millis(250);
+const RETRY_MAX: Duration = Duration::from_secs(8);
 
-/// The pause before the next dial: `RETRY` plus a random part of `RETRY_JITTER`.
-fn retry_pause() -> Duration {
+/// The pause before the next dial after `failures` failed attempts in a row.
+fn retry_pause(failures: u32) -> Duration {
     use std::hash::{BuildHasher, Hasher};
     let r = std::collections::hash_map::RandomState::new()
         .build_hasher()
         .finish();
-    RETRY + RETRY_JITTER.mul_f64((r % 1000) as f64 / 1000.0)
+    let base = RETRY.saturating_mul(1 << failures.min(8)).min(RETRY_MAX);
+    base + base.mul_f64((r % 1000) as f64 / 4000.0)
 }
 
 /// One route connection.
@@ -651,7 +653,7 @@ impl Shard {
         rt::spawn(async move {
             for attempt in 0..tries {
                 if attempt > 0 {
-                    rt::sleep(retry_pause()).await;
+                    rt::sleep(retry_pause(0)).await;
                 }
                 let addr = format!("{}:{}", url.host, url.port);
                 let Some(sa) = std::net::ToSocketAddrs::to_socket_addrs(&addr)
@@ -685,9 +687,10 @@ impl Shard {
     }
 }
 
-/// Dials an explicit route, and again a second (and a little) after each failure or close,
-/// forever.
+/// Dials an explicit route, and again after each failure or close, forever: a second (and
+/// a little) after a route that worked, longer after each attempt that did not.
 async fn solicit(shard: Rc<Shard>, url: RouteUrl) {
+    let mut failures: u32 = 0;
     loop {
         if shard.g.shutdown.load(Ordering::Relaxed) {
             return;
@@ -700,7 +703,8 @@ async fn solicit(shard: Rc<Shard>, url: RouteUrl) {
             match tern_shards::connect(sa, DIAL_TIMEOUT).await {
                 Ok(conn) => match route_main(shard.clone(), conn, Some(url.clone())).await {
                     RouteEnd::Never => return,
-                    RouteEnd::Retry => {}
+                    RouteEnd::Lost => failures = 0,
+                    RouteEnd::Retry => failures += 1,
                     // Connected the other way: dial again only once that link is gone.
                     RouteEnd::Duplicate(id) => {
                         while shard.cluster.as_ref().is_some_and(|cl| {
@@ -708,21 +712,27 @@ async fn solicit(shard: Rc<Shard>, url: RouteUrl) {
                                 .iter()
                                 .any(|r| r.remote.borrow().server_id == id)
                         }) {
-                            rt::sleep(retry_pause()).await;
+                            rt::sleep(retry_pause(0)).await;
                         }
+                        failures = 0;
                     }
                 },
-                Err(e) => tracing::debug!("Error trying to connect to route {addr}: {e}"),
+                Err(e) => {
+                    tracing::debug!("Error trying to connect to route {addr}: {e}");
+                    failures += 1;
+                }
             }
         }
-        rt::sleep(retry_pause()).await;
+        rt::sleep(retry_pause(failures.saturating_sub(1))).await;
     }
 }
 
 /// How a route connection ended, for the loop that dials an explicit route.
 enum RouteEnd {
-    /// Dial again after a pause.
+    /// It never became a route: dial again after a longer pause.
     Retry,
+    /// It was a route until it closed: dial again soon.
+    Lost,
     /// Never again (it was a route to ourselves).
     Never,
     /// Another link to this server is up: dial again once it is gone.
@@ -867,6 +877,9 @@ async fn route_main(
     }
     drop(ping);
     r.close();
+    if matches!(end, RouteEnd::Retry) && r.registered.get() {
+        end = RouteEnd::Lost;
+    }
     shard.unregister_route(&cl, &r);
     tracing::info!("{} - rid:{} - Router connection closed", r.addr, rid);
     end
@@ -1106,5 +1119,24 @@ async fn route_pinger(r: Rc<Route>, interval: Duration, ping_max: u32) {
         }
         r.pings_out.set(r.pings_out.get() + 1);
         r.ping();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redials_back_off_with_jitter() {
+        let within = |d: Duration, lo: u64, hi: u64| {
+            d >= Duration::from_millis(lo) && d <= Duration::from_millis(hi)
+        };
+        assert!(within(retry_pause(0), 1000, 1250));
+        assert!(within(retry_pause(1), 2000, 2500));
+        assert!(within(retry_pause(2), 4000, 5000));
+        assert!(within(retry_pause(40), 8000, 10_000));
+        // Not every pause is the same.
+        let pauses: std::collections::HashSet<Duration> = (0..20).map(|_| retry_pause(0)).collect();
+        assert!(pauses.len() > 1);
     }
 }
