@@ -2,13 +2,15 @@
 //! the I/O half; the wire format is `crate::route`).
 //!
 //! Shard 0 owns every route: it accepts on the cluster port and dials the configured routes
-//! (forever, backing off from one second to eight). A route's interest joins shard 0's interest, which the
-//! other shards learn by the usual gossip, so they forward matching messages to shard 0; shard
-//! 0 then sends each message once to every interested route (an `RMSG` naming the queue
-//! groups the route must serve). What a route sends is delivered here and on the other
-//! shards, never to another route (the one-hop rule). The interest sent to routes is the
-//! server's own clients' interest (shard 0's clients plus the other shards'), never what
-//! routes told us.
+//! (forever, backing off from one second to eight). A route's interest becomes shard 0's
+//! routed interest, which the other shards learn by the usual gossip (apart from shard 0's
+//! clients' interest, so queue groups prefer members on this server), so they forward
+//! matching messages to shard 0; shard 0 then sends each message once to every interested
+//! route (an `RMSG` naming the queue groups the route must serve). What a route sends is
+//! delivered here and on the other shards, never to another route (the one-hop rule). The
+//! interest sent to routes is the server's own clients' interest (shard 0's clients plus the
+//! other shards', and the exporters' subjects its stream imports need), never what routes
+//! told us.
 
 use super::*;
 use crate::route::{self, RouteConnect, RouteInfo, RouteOp, RouteParser, RouteUrl};
