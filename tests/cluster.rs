@@ -78,6 +78,37 @@ fn node_on(bin: &Path, name: &str, port: Option<u16>, routes: &[u16], extra: &[&
     Node { s, route }
 }
 
+/// A member of cluster `TC` started from a config file (in a directory named by `tag`): the
+/// cluster block holds `cluster_extra`, the file `top` besides; it dials `routes`.
+fn conf_node(
+    bin: &Path,
+    tag: &str,
+    routes: &[u16],
+    cluster_extra: &str,
+    top: &str,
+) -> (ConfFile, Node) {
+    let routes: Vec<String> = routes
+        .iter()
+        .map(|p| format!("\"nats-route://127.0.0.1:{p}\""))
+        .collect();
+    let conf = ConfFile::new(
+        tag,
+        "node.conf",
+        &format!(
+            "server_name: {tag}\n{top}\ncluster {{\n  name: TC\n  host: 127.0.0.1\n  port: -1\n  \
+             routes: [{}]\n  {cluster_extra}\n}}\n",
+            routes.join(", ")
+        ),
+    );
+    let mut args = vec!["-c", conf.arg()];
+    if is_tern_bin(bin) {
+        args.extend(["--shards", "2"]);
+    }
+    let s = Server::start_bin(bin, &args);
+    let route = s.route_port();
+    (conf, Node { s, route })
+}
+
 /// Three servers; the second and third know only the first (the seed).
 fn mesh(bins: [&Path; 3]) -> Vec<Node> {
     let mut nodes: Vec<Node> = Vec::new();
@@ -515,29 +546,16 @@ fn msgs_until(c: &mut RawClient, until: &str) -> Vec<String> {
 #[test]
 fn cluster_permissions() {
     let bin = server_bin();
-    let conf = ConfFile::new(
+    let (_conf, a) = conf_node(
+        &bin,
         "cluster-perms",
-        "a.conf",
-        "server_name: a\n\
-         cluster {\n\
-           name: TC\n\
-           host: 127.0.0.1\n\
-           port: -1\n\
-           permissions {\n\
-             import: { deny: [\"in.blocked\"] }\n\
-             export: { allow: [\"pub.>\", \"sync.>\"], deny: [\"pub.secret\"] }\n\
-           }\n\
-         }\n",
+        &[],
+        "permissions {\n\
+           import: { deny: [\"in.blocked\"] }\n\
+           export: { allow: [\"pub.>\", \"sync.>\"], deny: [\"pub.secret\"] }\n\
+         }",
+        "",
     );
-    let mut args = vec!["-c", conf.arg()];
-    if !bin.to_string_lossy().contains("nats-server") {
-        args.extend(["--shards", "2"]);
-    }
-    let a = Server::start_bin(&bin, &args);
-    let a = Node {
-        route: a.route_port(),
-        s: a,
-    };
     let b = node(&bin, "b", &[a.route]);
     let (mut on_a, mut on_b) = (client(&a), client(&b));
     on_b.send(b"SUB pub.x 1\r\nSUB priv.x 2\r\nSUB pub.> 3\r\nSUB sync.b 9\r\n");
@@ -658,27 +676,14 @@ accounts {
   }
 }
 "#;
-    let start = |bin: &Path, tag: &str, routes: Option<u16>| {
-        let routes = routes
-            .map(|p| format!("routes: [\"nats-route://127.0.0.1:{p}\"]"))
-            .unwrap_or_default();
-        let conf = ConfFile::new(
-            tag,
-            "node.conf",
-            &format!(
-                "server_name: {tag}\ncluster {{\n  name: TC\n  host: 127.0.0.1\n  port: -1\n  {routes}\n}}\n{accounts}"
-            ),
-        );
-        let mut args = vec!["-c", conf.arg()];
-        if is_tern_bin(bin) {
-            args.extend(["--shards", "2"]);
-        }
-        let s = Server::start_bin(bin, &args);
-        let route = s.route_port();
-        (conf, Node { s, route })
-    };
-    let (_c1, one) = start(first, &format!("acc-cluster-{i}-1"), None);
-    let (_c2, two) = start(second, &format!("acc-cluster-{i}-2"), Some(one.route));
+    let (_c1, one) = conf_node(first, &format!("acc-cluster-{i}-1"), &[], "", accounts);
+    let (_c2, two) = conf_node(
+        second,
+        &format!("acc-cluster-{i}-2"),
+        &[one.route],
+        "",
+        accounts,
+    );
     let login = |n: &Node, user: &str| {
         let mut c = n.s.raw();
         c.send(
@@ -734,35 +739,11 @@ accounts {
 /// A member of cluster `TC` with cluster TLS from `pki` (mutual: `verify`), dialling
 /// `routes`. `tag` names the config's directory.
 fn tls_node(bin: &Path, pki: &Pki, tag: &str, routes: &[u16]) -> (ConfFile, Node) {
-    let routes: Vec<String> = routes
-        .iter()
-        .map(|p| format!("\"nats-route://127.0.0.1:{p}\""))
-        .collect();
-    let conf = ConfFile::new(
-        tag,
-        "node.conf",
-        &format!(
-            "server_name: {tag}\n\
-             cluster {{\n\
-               name: TC\n\
-               host: 127.0.0.1\n\
-               port: -1\n\
-               routes: [{}]\n\
-               tls {{ cert_file: {:?}, key_file: {:?}, ca_file: {:?}, verify: true, timeout: 2 }}\n\
-             }}\n",
-            routes.join(", "),
-            pki.cert,
-            pki.key,
-            pki.ca
-        ),
+    let tls = format!(
+        "tls {{ cert_file: {:?}, key_file: {:?}, ca_file: {:?}, verify: true, timeout: 2 }}",
+        pki.cert, pki.key, pki.ca
     );
-    let mut args = vec!["-c", conf.arg()];
-    if is_tern_bin(bin) {
-        args.extend(["--shards", "2"]);
-    }
-    let s = Server::start_bin(bin, &args);
-    let route = s.route_port();
-    (conf, Node { s, route })
+    conf_node(bin, tag, routes, &tls, "")
 }
 
 /// Cluster TLS: routes are TLS from the first byte, both sides show certificates from the

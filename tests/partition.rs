@@ -181,6 +181,15 @@ fn await_route(p: &mut RawClient, s: &mut RawClient, subject: &str, limit: Durat
     false
 }
 
+/// Messages cross the route both ways within `limit` seconds: from a's publisher to b's
+/// subscriber (on `sync.b`) and from b's publisher to a's subscriber (on `sync.a`).
+fn both_ways(c: [&mut RawClient; 4], limit: u64, when: &str) {
+    let [pa, sb, pb, sa] = c;
+    let limit = Duration::from_secs(limit);
+    assert!(await_route(pa, sb, "sync.b", limit), "a→b {when}");
+    assert!(await_route(pb, sa, "sync.a", limit), "b→a {when}");
+}
+
 /// Subjects `c` receives up to and including the first on `until`.
 fn subjects_until(c: &mut RawClient, until: &str) -> Vec<String> {
     let mut seen = Vec::new();
@@ -210,15 +219,7 @@ fn partition_and_heal(bin_a: &Path, bin_b: &Path, tag: &str) {
     sb.ping_pong();
     sa.send(b"SUB y.> 1\r\nSUB sync.a 9\r\n");
     sa.ping_pong();
-    let joined = Duration::from_secs(10);
-    assert!(
-        await_route(&mut pa, &mut sb, "sync.b", joined),
-        "no route a→b"
-    );
-    assert!(
-        await_route(&mut pb, &mut sa, "sync.a", joined),
-        "no route b→a"
-    );
+    both_ways([&mut pa, &mut sb, &mut pb, &mut sa], 10, "never joined");
 
     // Partition: the link goes down, the route's TCP connection is left hanging.
     net.a.ip(&["link", "set", &net.link, "down"]).unwrap();
@@ -245,15 +246,7 @@ fn partition_and_heal(bin_a: &Path, bin_b: &Path, tag: &str) {
 
     // Heal: b dials a again, and both send their interest afresh.
     net.a.ip(&["link", "set", &net.link, "up"]).unwrap();
-    let healed = Duration::from_secs(20);
-    assert!(
-        await_route(&mut pa, &mut sb, "sync.b", healed),
-        "a→b not back"
-    );
-    assert!(
-        await_route(&mut pb, &mut sa, "sync.a", healed),
-        "b→a not back"
-    );
+    both_ways([&mut pa, &mut sb, &mut pb, &mut sa], 20, "not back");
     let mut batch = Vec::new();
     batch.extend_from_slice(b"PUB late.b 1\r\nx\r\n");
     for i in 0..100 {
