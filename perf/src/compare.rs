@@ -113,6 +113,8 @@ pub struct Settings {
     pub svg: bool,
     /// Progress bar on stderr.
     pub progress: bool,
+    /// Extra arguments for every Tern process (a setting under test).
+    pub tern_args: Vec<String>,
 }
 
 /// Resolves `--scenarios` (comma-separated names, `default`, or `all`).
@@ -180,7 +182,7 @@ pub struct Outcome {
     pub summary: String,
 }
 
-fn launch(which: Which, bin: &str, placement: char, cluster: Cluster) -> Launch {
+fn launch(which: Which, bin: &str, placement: char, cluster: Cluster, extra: &[String]) -> Launch {
     let (cores, threads) = match placement {
         'a' => (Some("1".to_string()), 1),
         _ => (None, 2),
@@ -191,6 +193,7 @@ fn launch(which: Which, bin: &str, placement: char, cluster: Cluster) -> Launch 
         cores,
         threads,
         cluster,
+        extra: extra.to_vec(),
     }
 }
 
@@ -251,7 +254,7 @@ fn open_loop_rate(s: &Settings, runs: &[Run], placement: char, v: Placement) -> 
             .find(|c| c.name == "pubsub128")
             .ok_or_else(|| Error::Config("pubsub128 missing from the catalogue".into()))?;
         let o = opts_for(s, spec, placement, v);
-        let (r, _, _) = one_run(Which::Nats, &s.nats, placement, &o, spec, false)?;
+        let (r, _, _) = one_run(Which::Nats, &s.nats, &[], placement, &o, spec, false)?;
         seen.push(r.msgs_out_per_s);
     }
     let max =
@@ -264,13 +267,14 @@ fn open_loop_rate(s: &Settings, runs: &[Run], placement: char, v: Placement) -> 
 fn one_run(
     which: Which,
     bin: &str,
+    extra: &[String],
     placement: char,
     o: &Opts,
     spec: &Spec,
     strace: bool,
 ) -> Result<(Report, Vec<String>, Option<u64>)> {
     let shards = if which == Which::Tern {
-        launch(which, bin, placement, Cluster::None).threads as u64
+        launch(which, bin, placement, Cluster::None, extra).threads as u64
     } else {
         1
     };
@@ -280,7 +284,7 @@ fn one_run(
     } else {
         Cluster::None
     };
-    servers.push(Server::start(&launch(which, bin, placement, first))?);
+    servers.push(Server::start(&launch(which, bin, placement, first, extra))?);
     if spec.routed {
         let seed = servers[0]
             .route_addr
@@ -291,6 +295,7 @@ fn one_run(
             bin,
             placement,
             Cluster::Join(seed),
+            extra,
         ))?);
     }
     let mut t = Target::from_url(&servers[0].addr, shards, 0, Some(servers[0].pid))?;
@@ -347,6 +352,13 @@ pub fn compare(s: &Settings) -> Result<Outcome> {
         None
     };
     let mut rates = Vec::new();
+    let extra = |which: Which| -> &[String] {
+        if which == Which::Tern {
+            &s.tern_args
+        } else {
+            &[]
+        }
+    };
     for &placement in &s.placements {
         for spec in &s.scenarios {
             for v in variants(spec, placement) {
@@ -367,7 +379,7 @@ pub fn compare(s: &Settings) -> Result<Outcome> {
                             pb.set_message(format!("{placement} {name} {}", which.name()));
                         }
                         let (result, warnings) =
-                            match one_run(which, bin, placement, &o, spec, false) {
+                            match one_run(which, bin, extra(which), placement, &o, spec, false) {
                                 Ok((r, w, _)) => (Ok(r), w),
                                 Err(e) => (Err(e.to_string()), Vec::new()),
                             };
@@ -397,7 +409,7 @@ pub fn compare(s: &Settings) -> Result<Outcome> {
                             } else {
                                 &s.nats
                             };
-                            match one_run(which, bin, placement, &o, spec, true) {
+                            match one_run(which, bin, extra(which), placement, &o, spec, true) {
                                 Ok((r, _, Some(calls))) => {
                                     let per = if r.received > 0 { r.received } else { r.sent };
                                     Ok(calls as f64 / per.max(1) as f64)
@@ -759,6 +771,9 @@ fn write_report(
         s.opts.duration.as_secs_f64(),
         s.rounds
     );
+    if !s.tern_args.is_empty() {
+        let _ = writeln!(m, "- Tern's extra arguments: `{}`", s.tern_args.join(" "));
+    }
     for p in &s.placements {
         let text = match p {
             'a' => {
@@ -957,7 +972,7 @@ mod tests {
             });
             // Subscribers sit on the second server and publishers on the first: every
             // delivery has crossed the route.
-            let (r, warnings, _) = one_run(Which::Tern, &tern, 'b', &o, &spec, false).unwrap();
+            let (r, warnings, _) = one_run(Which::Tern, &tern, &[], 'b', &o, &spec, false).unwrap();
             assert!(r.sent >= 300, "{name}: {r:?}");
             assert_eq!((r.received, r.lost), (r.sent, 0), "{name}: {r:?}");
             assert!(

@@ -162,6 +162,10 @@ struct CompareArgs {
     /// Also write SVG percentile plots for latency scenarios.
     #[arg(long)]
     svg: bool,
+    /// An extra argument for every Tern process (repeat it), e.g.
+    /// `--tern-arg=--spin_before_park --tern-arg=0` to compare a setting.
+    #[arg(long = "tern-arg", allow_hyphen_values = true, value_name = "ARG")]
+    tern_args: Vec<String>,
     #[command(flatten)]
     common: Common,
 }
@@ -342,6 +346,7 @@ fn compare(a: CompareArgs) -> Result<()> {
         out: a.out.clone(),
         svg: a.svg,
         progress: !c.json,
+        tern_args: a.tern_args.clone(),
     };
     let out = compare::compare(&s)?;
     if c.json {

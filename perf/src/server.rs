@@ -42,6 +42,8 @@ pub struct Launch {
     pub threads: usize,
     /// Whether the server is a member of a cluster, and how it finds the others.
     pub cluster: Cluster,
+    /// More arguments, after the ones `start` gives.
+    pub extra: Vec<String>,
 }
 
 /// Cluster membership of a launched server (the routed scenarios). Every member listens for
@@ -114,6 +116,7 @@ impl Server {
         if let Cluster::Join(seed) = &l.cluster {
             cmd.args(["--routes", &format!("nats://{seed}")]);
         }
+        cmd.args(&l.extra);
         match l.which {
             Which::Tern => {
                 cmd.args(["--shards", &l.threads.to_string()]);
