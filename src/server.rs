@@ -1919,8 +1919,10 @@ impl Shard {
         any
     }
 
-    /// Delivers a message another shard forwarded: locally only, never forwarded again
-    /// (but a response to a service request this shard mapped goes on to the requester).
+    /// Delivers a message another shard forwarded: to this shard's subscribers, never to
+    /// another shard; on the shard that owns the routes also to them when `to_routes` (a
+    /// client's message, not one a route or a stream import delivered). A response to a
+    /// service request this shard mapped goes on to the requester.
     #[allow(clippy::too_many_arguments)]
     fn deliver_forwarded(
         &self,
