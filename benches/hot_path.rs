@@ -28,11 +28,12 @@ fn parser(c: &mut Criterion) {
         g.throughput(Throughput::Elements(n as u64));
         g.bench_function(format!("pub_{size}B"), |b| {
             b.iter_batched(
-                || BytesMut::from(&input[..]),
-                |mut buf| {
+                || Bytes::copy_from_slice(&input[..]),
+                |buf| {
                     let mut p = Parser::new(4096, 1 << 20);
                     let mut count = 0;
-                    while let Ok(Some(op)) = p.next(&mut buf) {
+                    let mut pos = 0;
+                    while let Ok(Some(op)) = p.next(&buf, &mut pos) {
                         if let Op::Pub(_) = op {
                             count += 1;
                         }

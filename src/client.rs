@@ -189,6 +189,132 @@ pub fn write_msg(
     out.put_slice(b"\r\n");
 }
 
+/// The longest `HMSG <subject> ` plus tails that [`Outgoing`] formats in place; a longer
+/// subject or reply takes [`write_msg`].
+const LINE_MAX: usize = 384;
+
+/// The parts of a message's `MSG`/`HMSG` line that are the same for every subscriber: the
+/// verb and subject before the sid, and the reply and sizes after it.
+struct Line {
+    buf: [u8; LINE_MAX],
+    /// `HMSG <subject> ` is `buf[..head]`; `MSG <subject> ` is `buf[1..head]`.
+    head: usize,
+    /// ` [reply ]<size>\r\n` for `MSG`.
+    msg_tail: std::ops::Range<usize>,
+    /// ` [reply ]<hdr_len> <total>\r\n` for `HMSG`.
+    hmsg_tail: std::ops::Range<usize>,
+}
+
+impl Line {
+    fn new(subject: &[u8], reply: Option<&[u8]>, hdr_len: usize, msg: &[u8]) -> Option<Line> {
+        let reply_len = reply.map_or(0, |r| r.len() + 1);
+        if subject.len() + 2 * reply_len + 80 > LINE_MAX {
+            return None;
+        }
+        let mut buf = [0; LINE_MAX];
+        let mut num = itoa::Buffer::new();
+        let mut w = &mut buf[..];
+        let tail_start = |w: &mut &mut [u8]| {
+            if let Some(r) = reply {
+                w.put_u8(b' ');
+                w.put_slice(r);
+            }
+            w.put_u8(b' ');
+        };
+        w.put_slice(b"HMSG ");
+        w.put_slice(subject);
+        w.put_u8(b' ');
+        let head = LINE_MAX - w.len();
+        tail_start(&mut w);
+        w.put_slice(num.format(msg.len() - hdr_len.min(msg.len())).as_bytes());
+        w.put_slice(b"\r\n");
+        let msg_end = LINE_MAX - w.len();
+        if hdr_len > 0 {
+            tail_start(&mut w);
+            w.put_slice(num.format(hdr_len).as_bytes());
+            w.put_u8(b' ');
+            w.put_slice(num.format(msg.len()).as_bytes());
+            w.put_slice(b"\r\n");
+        }
+        let hmsg_end = LINE_MAX - w.len();
+        Some(Line {
+            buf,
+            head,
+            msg_tail: head..msg_end,
+            hmsg_tail: msg_end..hmsg_end,
+        })
+    }
+}
+
+/// One message as its subscribers get it. The line's parts that do not depend on the
+/// subscriber are formatted on the first delivery and copied for each one after it, so a
+/// delivery costs four copies (head, sid, tail, body) rather than formatting the line again.
+pub struct Outgoing<'a> {
+    pub subject: &'a [u8],
+    pub reply: Option<&'a [u8]>,
+    /// Size of the header block at the start of `msg` (0 for none).
+    pub hdr_len: usize,
+    /// The header block followed by the payload.
+    pub msg: &'a [u8],
+    line: std::cell::OnceCell<Option<Line>>,
+}
+
+impl<'a> Outgoing<'a> {
+    /// A message to deliver; nothing is formatted yet.
+    pub fn new(subject: &'a [u8], reply: Option<&'a [u8]>, hdr_len: usize, msg: &'a [u8]) -> Self {
+        Outgoing {
+            subject,
+            reply,
+            hdr_len,
+            msg,
+            line: std::cell::OnceCell::new(),
+        }
+    }
+
+    /// The payload bytes a subscriber with or without `headers` support receives.
+    pub fn size_for(&self, headers: bool) -> usize {
+        if headers {
+            self.msg.len()
+        } else {
+            self.msg.len() - self.hdr_len.min(self.msg.len())
+        }
+    }
+
+    /// Appends the delivery to subscription `sid`, as [`write_msg`] would.
+    pub fn write(&self, out: &mut BytesMut, sid: &[u8], headers: bool) {
+        let line = self
+            .line
+            .get_or_init(|| Line::new(self.subject, self.reply, self.hdr_len, self.msg));
+        let Some(l) = line else {
+            return write_msg(
+                out,
+                self.subject,
+                sid,
+                self.reply,
+                self.hdr_len,
+                self.msg,
+                headers,
+            );
+        };
+        let with_hdr = headers && self.hdr_len > 0;
+        let (head, tail, body) = if with_hdr {
+            (&l.buf[..l.head], &l.buf[l.hmsg_tail.clone()], self.msg)
+        } else {
+            (
+                &l.buf[1..l.head],
+                &l.buf[l.msg_tail.clone()],
+                &self.msg[self.hdr_len.min(self.msg.len())..],
+            )
+        };
+        out.reserve(head.len() + sid.len() + tail.len() + body.len() + 2);
+        out.put_slice(head);
+        out.put_slice(sid);
+        out.put_slice(tail);
+        out.put_slice(body);
+        out.put_slice(b"\r\n");
+    }
+}
+
 /// The "no responders" status a requester gets when nobody is listening.
 pub const NO_RESPONDERS_HDR: &[u8] = b"NATS/1.0 503\r\n\r\n";
 
@@ -217,6 +343,41 @@ pub fn add_header(hdr_len: usize, msg: &[u8], name: &[u8], value: &[u8]) -> (usi
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The shared-line encoder writes exactly what the one-off encoder does, for every
+    /// shape of message and subscriber, and falls back to it for a line too long to hold.
+    #[test]
+    fn outgoing_matches_write_msg() {
+        let long = "s".repeat(LINE_MAX);
+        let hmsg = b"NATS/1.0\r\nA: b\r\n\r\nhello";
+        for subject in ["foo.bar", long.as_str()] {
+            for reply in [None, Some(&b"_INBOX.1"[..])] {
+                for (hdr_len, msg) in [(0, &b"hello"[..]), (hmsg.len() - 5, &hmsg[..]), (0, b"")] {
+                    let o = Outgoing::new(subject.as_bytes(), reply, hdr_len, msg);
+                    for headers in [false, true] {
+                        for sid in [&b"1"[..], b"12345"] {
+                            let (mut a, mut b) = (BytesMut::new(), BytesMut::new());
+                            o.write(&mut a, sid, headers);
+                            write_msg(
+                                &mut b,
+                                subject.as_bytes(),
+                                sid,
+                                reply,
+                                hdr_len,
+                                msg,
+                                headers,
+                            );
+                            assert_eq!(a, b);
+                            assert_eq!(
+                                o.size_for(headers) + 2,
+                                a.len() - a.iter().position(|&c| c == b'\n').unwrap() - 1
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
 
     #[test]
     fn add_header_to_plain_and_header_messages() {

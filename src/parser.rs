@@ -2,20 +2,22 @@
 //!
 //! It owns framing: verbs (case-insensitive), argument splitting on spaces and tabs, `\r\n` or
 //! bare `\n` line ends, payload lengths and their trailing CRLF, and the limits that apply while
-//! parsing (`max_control_line`, `max_payload`). A publish comes out as a [`PubMsg`]: one shared slice
-//! of the read buffer plus the spans of its parts, so nothing is copied and nothing is
-//! allocated per message. It must not know about subscriptions, connections or sockets.
+//! parsing (`max_control_line`, `max_payload`). It reads a whole read's bytes (one shared
+//! `Bytes`) from a position and moves the position past each operation: a publish comes out
+//! as a [`PubMsg`] that borrows that chunk and names the spans of its parts, so nothing is
+//! copied, allocated or reference-counted per message. It must not know about subscriptions,
+//! connections or sockets.
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::Bytes;
 use std::fmt;
 
-/// One protocol operation from a client.
+/// One protocol operation from a client, borrowing the chunk it was parsed from.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Op {
+pub enum Op<'a> {
     /// `CONNECT <json>`: the raw JSON.
-    Connect(Bytes),
+    Connect(&'a [u8]),
     /// `PUB`/`HPUB`.
-    Pub(PubMsg),
+    Pub(PubMsg<'a>),
     /// `SUB <subject> [queue] <sid>`. The fields are copies: a subscription lives long and
     /// must not pin the read buffer it arrived in.
     Sub {
@@ -24,7 +26,7 @@ pub enum Op {
         sid: Bytes,
     },
     /// `UNSUB <sid> [max]`.
-    Unsub { sid: Bytes, max: Option<u64> },
+    Unsub { sid: &'a [u8], max: Option<u64> },
     /// `PING`.
     Ping,
     /// `PONG`.
@@ -32,15 +34,12 @@ pub enum Op {
     /// `INFO` or `+OK` sent by a client: accepted and ignored.
     Ignored,
     /// `-ERR` sent by a client: nats-server logs it and closes the connection.
-    ClientErr(Bytes),
+    ClientErr(&'a [u8]),
 }
 
-/// A published message: its whole frame, and where the parts are inside it. Reading the parts
-/// costs nothing; a part becomes a `Bytes` (one refcount) only when it must outlive the read,
-/// as a forward to another shard does.
-#[derive(Debug, Clone)]
-pub struct PubMsg {
-    frame: Bytes,
+/// Where a message's parts lie inside its frame.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Parts {
     subject: Span,
     reply: Option<Span>,
     /// `HPUB` (the message starts with a header block).
@@ -50,71 +49,62 @@ pub struct PubMsg {
     msg: Span,
 }
 
-impl PubMsg {
-    /// A message inside `frame` (a whole protocol frame read off a connection), with its
-    /// parts at these places. No copy is made.
-    pub fn from_frame(
-        frame: Bytes,
-        subject: Span,
-        reply: Option<Span>,
-        hdr_len: usize,
-        msg: Span,
-    ) -> Self {
-        PubMsg {
-            frame,
-            subject,
-            reply,
-            headers: hdr_len > 0,
-            hdr_len,
-            msg,
+impl Parts {
+    fn shifted(self, by: usize) -> Parts {
+        let shift = |s: Span| s.start + by..s.end + by;
+        Parts {
+            subject: shift(self.subject),
+            reply: self.reply.map(shift),
+            msg: shift(self.msg),
+            ..self
         }
-    }
-
-    /// A message built from its parts (for tests and benchmarks).
-    pub fn from_parts(subject: &[u8], reply: Option<&[u8]>, hdr_len: usize, msg: &[u8]) -> Self {
-        let mut frame = subject.to_vec();
-        let reply_span = reply.map(|r| {
-            frame.extend_from_slice(r);
-            subject.len()..frame.len()
-        });
-        let start = frame.len();
-        frame.extend_from_slice(msg);
-        PubMsg {
-            subject: 0..subject.len(),
-            reply: reply_span,
-            headers: hdr_len > 0,
-            hdr_len,
-            msg: start..frame.len(),
-            frame: frame.into(),
-        }
-    }
-    /// The subject.
-    pub fn subject(&self) -> &[u8] {
-        &self.frame[self.subject.clone()]
-    }
-    /// The reply subject, if any.
-    pub fn reply(&self) -> Option<&[u8]> {
-        self.reply.clone().map(|r| &self.frame[r])
-    }
-    /// The header block followed by the payload.
-    pub fn msg(&self) -> &[u8] {
-        &self.frame[self.msg.clone()]
-    }
-    /// The subject as shared bytes.
-    pub fn subject_bytes(&self) -> Bytes {
-        self.frame.slice(self.subject.clone())
-    }
-    /// The reply as shared bytes.
-    pub fn reply_bytes(&self) -> Option<Bytes> {
-        self.reply.clone().map(|r| self.frame.slice(r))
-    }
-    /// The message as shared bytes.
-    pub fn msg_bytes(&self) -> Bytes {
-        self.frame.slice(self.msg.clone())
     }
 }
 
-impl PartialEq for PubMsg {
+/// A published message: the chunk it lies in, and where its parts are. Reading the parts
+/// costs nothing; a part becomes a `Bytes` (one refcount) only when it must outlive the read,
+/// as a forward to another shard does.
+#[derive(Debug, Clone)]
+pub struct PubMsg<'a> {
+    frame: &'a Bytes,
+    parts: Parts,
+}
+
+impl std::ops::Deref for PubMsg<'_> {
+    type Target = Parts;
+    fn deref(&self) -> &Parts {
+        &self.parts
+    }
+}
+
+impl PubMsg<'_> {
+    /// The subject.
+    pub fn subject(&self) -> &[u8] {
+        &self.frame[self.parts.subject.clone()]
+    }
+    /// The reply subject, if any.
+    pub fn reply(&self) -> Option<&[u8]> {
+        self.parts.reply.clone().map(|r| &self.frame[r])
+    }
+    /// The header block followed by the payload.
+    pub fn msg(&self) -> &[u8] {
+        &self.frame[self.parts.msg.clone()]
+    }
+    /// The subject as shared bytes.
+    pub fn subject_bytes(&self) -> Bytes {
+        self.frame.slice(self.parts.subject.clone())
+    }
+    /// The reply as shared bytes.
+    pub fn reply_bytes(&self) -> Option<Bytes> {
+        self.parts.reply.clone().map(|r| self.frame.slice(r))
+    }
+    /// The message as shared bytes.
+    pub fn msg_bytes(&self) -> Bytes {
+        self.frame.slice(self.parts.msg.clone())
+    }
+}
+
+impl PartialEq for PubMsg<'_> {
     fn eq(&self, o: &Self) -> bool {
         self.subject() == o.subject()
             && self.reply() == o.reply()
@@ -124,7 +114,69 @@ impl PartialEq for PubMsg {
     }
 }
 
-impl Eq for PubMsg {}
+impl Eq for PubMsg<'_> {}
+
+/// A message that owns its frame: one a route delivered (its own frame of the read buffer),
+/// or one the server makes (a system reply, a mapped import). [`OwnedPub::as_msg`] lends it
+/// out as the [`PubMsg`] the delivery path takes.
+#[derive(Debug, Clone)]
+pub struct OwnedPub {
+    frame: Bytes,
+    parts: Parts,
+}
+
+impl OwnedPub {
+    /// A message inside `frame` (a whole protocol frame read off a connection), with its
+    /// parts at these places. No copy is made.
+    pub fn from_frame(
+        frame: Bytes,
+        subject: Span,
+        reply: Option<Span>,
+        hdr_len: usize,
+        msg: Span,
+    ) -> Self {
+        let headers = hdr_len > 0;
+        OwnedPub {
+            frame,
+            parts: Parts {
+                subject,
+                reply,
+                headers,
+                hdr_len,
+                msg,
+            },
+        }
+    }
+
+    /// A message built from its parts (copied into one new frame).
+    pub fn from_parts(subject: &[u8], reply: Option<&[u8]>, hdr_len: usize, msg: &[u8]) -> Self {
+        let mut frame = subject.to_vec();
+        let reply_span = reply.map(|r| {
+            frame.extend_from_slice(r);
+            subject.len()..frame.len()
+        });
+        let start = frame.len();
+        frame.extend_from_slice(msg);
+        let msg = start..frame.len();
+        OwnedPub::from_frame(frame.into(), 0..subject.len(), reply_span, hdr_len, msg)
+    }
+
+    /// The message, borrowed.
+    pub fn as_msg(&self) -> PubMsg<'_> {
+        PubMsg {
+            frame: &self.frame,
+            parts: self.parts.clone(),
+        }
+    }
+}
+
+impl PartialEq for OwnedPub {
+    fn eq(&self, o: &Self) -> bool {
+        self.as_msg() == o.as_msg()
+    }
+}
+
+impl Eq for OwnedPub {}
 
 /// Why parsing stopped. Each variant says how nats-server answers it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -198,16 +250,14 @@ const VERBS: &[(&[u8], Verb)] = &[
 pub type Span = std::ops::Range<usize>;
 
 /// A `PUB`/`HPUB` whose control line has been parsed but whose payload has not fully arrived.
-/// Nothing is consumed until the whole frame is there; the spans index the read buffer.
+/// Nothing is consumed until the whole frame is there; the spans count from its first byte.
 #[derive(Debug)]
 struct PendingPub {
-    /// Where the payload starts (just after the control line's `\n`).
+    /// Where the payload starts (just after the control line's `\n`), from the frame's start.
     line_end: usize,
-    subject: Span,
-    reply: Option<Span>,
-    headers: bool,
-    hdr_len: usize,
     size: usize,
+    /// The parts, from the frame's start.
+    parts: Parts,
 }
 
 /// Parser state for one connection.
@@ -309,49 +359,64 @@ impl Parser {
         self.headers = on;
     }
 
-    /// Takes the next operation off the front of `buf`. `Ok(None)` means more bytes are needed
-    /// (what was consumed so far is remembered). After an error the connection must close.
-    pub fn next(&mut self, buf: &mut BytesMut) -> Result<Option<Op>, ParseError> {
+    /// How many bytes, counted from the position of the next call, must be there before it
+    /// can make progress: a pending message's frame (up to the byte where its CR belongs),
+    /// or 1. A reader holding fewer reads on before it parses, so a large message is not
+    /// re-examined (or re-buffered) on every read.
+    pub fn wants(&self) -> usize {
+        self.pending.as_ref().map_or(1, |p| p.line_end + p.size + 1)
+    }
+
+    /// Takes the next operation from `buf[*pos..]` and moves `*pos` past it. `Ok(None)` means
+    /// more bytes are needed: what is left from `*pos` on must come first in the next chunk (a
+    /// message whose control line was parsed is remembered relative to it). After an error
+    /// the connection must close.
+    pub fn next<'a>(
+        &mut self,
+        buf: &'a Bytes,
+        pos: &mut usize,
+    ) -> Result<Option<Op<'a>>, ParseError> {
+        let base = *pos;
+        let rest = &buf[base..];
         if let Some(p) = &self.pending {
             let end = p.line_end + p.size;
-            if buf.len() < end + 2 {
+            if rest.len() < end + 2 {
                 // A wrong byte where the CR belongs is an error as soon as it arrives.
-                if buf.len() > end && buf[end] != b'\r' {
+                if rest.len() > end && rest[end] != b'\r' {
                     return Err(ParseError::UnknownOp);
                 }
                 return Ok(None);
             }
-            if &buf[end..end + 2] != b"\r\n" {
+            if &rest[end..end + 2] != b"\r\n" {
                 return Err(ParseError::UnknownOp);
             }
             let p = self.pending.take().expect("checked above");
-            // One split per frame; the parts stay spans into it.
+            *pos = base + end + 2;
             return Ok(Some(Op::Pub(PubMsg {
-                frame: buf.split_to(end + 2).freeze(),
-                subject: p.subject,
-                reply: p.reply,
-                headers: p.headers,
-                hdr_len: p.hdr_len,
-                msg: p.line_end..end,
+                frame: buf,
+                parts: p.parts.shifted(base),
             })));
         }
-        if buf.is_empty() {
+        if rest.is_empty() {
             return Ok(None);
         }
-        let Some(nl) = memchr::memchr(b'\n', buf) else {
-            return self.check_partial(buf).map(|()| None);
+        if let Some(op) = self.fast_pub(buf, pos)? {
+            return Ok(Some(op));
+        }
+        let Some(nl) = memchr::memchr(b'\n', rest) else {
+            return self.check_partial(rest).map(|()| None);
         };
-        let line_len = if nl > 0 && buf[nl - 1] == b'\r' {
+        let line_len = if nl > 0 && rest[nl - 1] == b'\r' {
             nl - 1
         } else {
             nl
         };
-        let verb_end = buf[..line_len]
+        let verb_end = rest[..line_len]
             .iter()
             .position(|&b| is_space(b))
             .unwrap_or(line_len);
-        let verb = verb_of(&buf[..verb_end]).ok_or(ParseError::UnknownOp)?;
-        let args_start = buf[verb_end..line_len]
+        let verb = verb_of(&rest[..verb_end]).ok_or(ParseError::UnknownOp)?;
+        let args_start = rest[verb_end..line_len]
             .iter()
             .position(|&b| !is_space(b))
             .map_or(line_len, |p| verb_end + p);
@@ -364,40 +429,75 @@ impl Parser {
             // A verb that takes arguments but has none is a framing error in nats-server.
             return Err(ParseError::UnknownOp);
         }
-        match verb {
-            Verb::Ping | Verb::Pong | Verb::Info | Verb::Ok => {
-                buf.advance(nl + 1);
-                Ok(Some(match verb {
-                    Verb::Ping => Op::Ping,
-                    Verb::Pong => Op::Pong,
-                    _ => Op::Ignored,
-                }))
-            }
-            Verb::Connect | Verb::Err => {
-                let line = buf.split_to(nl + 1).freeze().slice(args);
-                Ok(Some(match verb {
-                    Verb::Connect => Op::Connect(line),
-                    _ => Op::ClientErr(line),
-                }))
-            }
-            Verb::Sub | Verb::Unsub => {
-                let op = if verb == Verb::Sub {
-                    parse_sub(buf, args)?
-                } else {
-                    parse_unsub(buf, args)?
-                };
-                buf.advance(nl + 1);
-                Ok(Some(op))
-            }
+        let line = &buf[base..base + nl + 1];
+        let op = match verb {
+            Verb::Ping => Op::Ping,
+            Verb::Pong => Op::Pong,
+            Verb::Info | Verb::Ok => Op::Ignored,
+            Verb::Connect => Op::Connect(&line[args]),
+            Verb::Err => Op::ClientErr(&line[args]),
+            Verb::Sub => parse_sub(line, args)?,
+            Verb::Unsub => parse_unsub(line, args)?,
             Verb::Pub | Verb::HPub => {
-                self.pending = Some(self.parse_pub(buf, args, nl + 1, verb == Verb::HPub)?);
-                self.next(buf)
+                self.pending = Some(self.parse_pub(rest, args, nl + 1, verb == Verb::HPub)?);
+                return self.next(buf, pos);
             }
+        };
+        *pos = base + nl + 1;
+        Ok(Some(op))
+    }
+
+    /// The common case in one pass: `PUB <subject> [reply] <size>\r\n` with single spaces
+    /// and the whole frame in `buf`. Anything else (other verbs, tabs, repeated spaces, a bad
+    /// size, a frame not all there yet) returns `None` for the general path, which gives the
+    /// exact nats-server answer.
+    fn fast_pub<'a>(
+        &mut self,
+        buf: &'a Bytes,
+        pos: &mut usize,
+    ) -> Result<Option<Op<'a>>, ParseError> {
+        let base = *pos;
+        let rest = &buf[base..];
+        let Some(head) = rest.first_chunk::<4>() else {
+            return Ok(None);
+        };
+        // Case-insensitive "PUB " in one compare: OR-ing 0x20 lowercases the three letters.
+        if u32::from_le_bytes(*head) | 0x0020_2020 != u32::from_le_bytes(*b"pub ") {
+            return Ok(None);
         }
+        let Some(nl) = memchr::memchr(b'\n', &rest[4..]).map(|i| i + 4) else {
+            return Ok(None);
+        };
+        if nl < 5 || rest[nl - 1] != b'\r' || nl - 5 > self.max_control_line {
+            return Ok(None);
+        }
+        let args = 4..nl - 1;
+        let Some((subject, reply, size)) = split_pub(rest, &args) else {
+            return Ok(None);
+        };
+        if size > self.max_payload as u64 {
+            return Err(ParseError::MaxPayload);
+        }
+        let start = nl + 1;
+        let end = start + size as usize;
+        if rest.len() < end + 2 || &rest[end..end + 2] != b"\r\n" {
+            return Ok(None);
+        }
+        *pos = base + end + 2;
+        Ok(Some(Op::Pub(PubMsg {
+            frame: buf,
+            parts: Parts {
+                subject: base + subject.start..base + subject.end,
+                reply: reply.map(|r| base + r.start..base + r.end),
+                headers: false,
+                hdr_len: 0,
+                msg: base + start..base + end,
+            },
+        })))
     }
 
     /// Without a complete line: refuse garbage and overlong lines early.
-    fn check_partial(&self, buf: &BytesMut) -> Result<(), ParseError> {
+    fn check_partial(&self, buf: &[u8]) -> Result<(), ParseError> {
         let verb_end = buf.iter().position(|&b| is_space(b));
         let word = &buf[..verb_end.unwrap_or(buf.len())];
         if !could_be_verb(word) || (verb_end.is_some() && verb_of(word).is_none()) {
@@ -418,21 +518,6 @@ impl Parser {
     ) -> Result<PendingPub, ParseError> {
         if headers && !self.headers {
             return Err(ParseError::HeadersNotEnabled);
-        }
-        if !headers {
-            if let Some((subject, reply, size)) = fast_pub(buf, &args) {
-                if size > self.max_payload as u64 {
-                    return Err(ParseError::MaxPayload);
-                }
-                return Ok(PendingPub {
-                    line_end,
-                    subject,
-                    reply,
-                    headers,
-                    hdr_len: 0,
-                    size: size as usize,
-                });
-            }
         }
         let verb = if headers {
             "processHeaderPub"
@@ -461,40 +546,44 @@ impl Parser {
         if size > self.max_payload as u64 {
             return Err(ParseError::MaxPayload);
         }
+        let size = size as usize;
         Ok(PendingPub {
             line_end,
-            subject,
-            reply,
-            headers,
-            hdr_len: hdr_len as usize,
-            size: size as usize,
+            size,
+            parts: Parts {
+                subject,
+                reply,
+                headers,
+                hdr_len: hdr_len as usize,
+                msg: line_end..line_end + size,
+            },
         })
     }
 }
 
-/// The common `PUB <subject> [reply] <size>` with single spaces, without the general splitter.
-/// Anything unusual (tabs, repeated spaces, a bad size) returns `None` and takes the general
-/// path, which gives the exact nats-server answer.
-fn fast_pub(buf: &[u8], args: &Span) -> Option<(Span, Option<Span>, u64)> {
+/// The arguments of a `PUB` with single spaces, `<subject> [reply] <size>`: the spans (in
+/// `buf`) and the size. Anything unusual (tabs, repeated spaces, a bad size) returns `None`.
+fn split_pub(buf: &[u8], args: &Span) -> Option<(Span, Option<Span>, u64)> {
     let a = &buf[args.clone()];
-    // One pass over a short line: the (at most two) single spaces that separate the fields.
+    // One pass over a short line, one compare per ordinary byte: the (at most two) single
+    // spaces that separate the fields.
     let mut spaces = [0usize; 2];
     let mut n = 0;
     for (i, &b) in a.iter().enumerate() {
-        if b == b' ' {
-            if n == 2 {
+        if b <= b' ' {
+            if b == b'\t' || (b == b' ' && n == 2) {
                 return None;
             }
-            spaces[n] = i;
-            n += 1;
-        } else if b == b'\t' {
-            return None;
+            if b == b' ' {
+                spaces[n] = i;
+                n += 1;
+            }
         }
     }
     let base = args.start;
     let (subject_end, reply, size) = match n {
-        1 => (spaces[0], None, &a[spaces[0] + 1..]),
-        2 if spaces[1] > spaces[0] + 1 => (
+        1 if spaces[0] > 0 => (spaces[0], None, &a[spaces[0] + 1..]),
+        2 if spaces[0] > 0 && spaces[1] > spaces[0] + 1 => (
             spaces[0],
             Some(base + spaces[0] + 1..base + spaces[1]),
             &a[spaces[1] + 1..],
@@ -513,7 +602,7 @@ fn field(buf: &[u8], span: Span) -> Bytes {
     Bytes::copy_from_slice(&buf[span])
 }
 
-fn parse_sub(buf: &[u8], args: Span) -> Result<Op, ParseError> {
+fn parse_sub(buf: &[u8], args: Span) -> Result<Op<'_>, ParseError> {
     let mut f: [Span; 3] = Default::default();
     match split_args(&buf[args.clone()], args.start, &mut f) {
         2 => Ok(Op::Sub {
@@ -530,16 +619,16 @@ fn parse_sub(buf: &[u8], args: Span) -> Result<Op, ParseError> {
     }
 }
 
-fn parse_unsub(buf: &[u8], args: Span) -> Result<Op, ParseError> {
+fn parse_unsub(buf: &[u8], args: Span) -> Result<Op<'_>, ParseError> {
     let mut f: [Span; 2] = Default::default();
     let bad = || bad_args("processUnsub", &buf[args.clone()]);
     match split_args(&buf[args.clone()], args.start, &mut f) {
         1 => Ok(Op::Unsub {
-            sid: field(buf, f[0].clone()),
+            sid: &buf[f[0].clone()],
             max: None,
         }),
         2 => Ok(Op::Unsub {
-            sid: field(buf, f[0].clone()),
+            sid: &buf[f[0].clone()],
             max: Some(parse_size(&buf[f[1].clone()]).ok_or_else(bad)?),
         }),
         _ => Err(bad()),
@@ -550,18 +639,48 @@ fn parse_unsub(buf: &[u8], args: Span) -> Result<Op, ParseError> {
 mod tests {
     use super::*;
 
-    fn parse_all(input: &[u8]) -> (Vec<Op>, Option<ParseError>) {
+    /// A chunk that outlives the test, so the operations that borrow it can be kept.
+    fn chunk(input: &[u8]) -> &'static Bytes {
+        Box::leak(Box::new(Bytes::copy_from_slice(input)))
+    }
+
+    fn parse_all(input: &[u8]) -> (Vec<Op<'static>>, Option<ParseError>) {
         let mut p = Parser::new(4096, 1024 * 1024);
         p.set_headers(true);
-        let mut buf = BytesMut::from(input);
+        let buf = chunk(input);
+        let mut pos = 0;
         let mut ops = Vec::new();
         loop {
-            match p.next(&mut buf) {
+            match p.next(buf, &mut pos) {
                 Ok(Some(op)) => ops.push(op),
                 Ok(None) => return (ops, None),
                 Err(e) => return (ops, Some(e)),
             }
         }
+    }
+
+    /// Feeds `reads` one after another as a connection would: each read's chunk starts with
+    /// what the previous one left unparsed.
+    fn parse_reads(p: &mut Parser, reads: &[&[u8]]) -> (Vec<Op<'static>>, Option<ParseError>) {
+        let mut left = Vec::new();
+        let mut ops = Vec::new();
+        for r in reads {
+            left.extend_from_slice(r);
+            if left.len() < p.wants() {
+                continue;
+            }
+            let buf = chunk(&left);
+            let mut pos = 0;
+            loop {
+                match p.next(buf, &mut pos) {
+                    Ok(Some(op)) => ops.push(op),
+                    Ok(None) => break,
+                    Err(e) => return (ops, Some(e)),
+                }
+            }
+            left = buf[pos..].to_vec();
+        }
+        (ops, None)
     }
 
     fn b(s: &str) -> Bytes {
@@ -580,10 +699,10 @@ mod tests {
                     queue: None,
                     sid: b("1")
                 },
-                Op::Pub(PubMsg::from_parts(b"foo", Some(b"bar"), 0, b"hello")),
+                Op::Pub(OwnedPub::from_parts(b"foo", Some(b"bar"), 0, b"hello").as_msg()),
                 Op::Ping,
                 Op::Unsub {
-                    sid: b("1"),
+                    sid: b"1",
                     max: Some(3)
                 },
             ]
@@ -604,7 +723,7 @@ mod tests {
         );
         assert_eq!(
             ops[1],
-            Op::Pub(PubMsg::from_parts(b"foo", None, 12, b"NATS/1.0\r\n\r\nhi"))
+            Op::Pub(OwnedPub::from_parts(b"foo", None, 12, b"NATS/1.0\r\n\r\nhi").as_msg())
         );
     }
 
@@ -612,16 +731,11 @@ mod tests {
     fn split_input_byte_by_byte() {
         let input = b"CONNECT {\"verbose\":false}\r\nPUB a.b 3\r\nxyz\r\nPING\r\n";
         let mut p = Parser::new(4096, 1024);
-        let mut buf = BytesMut::new();
-        let mut ops = Vec::new();
-        for &c in input.iter() {
-            buf.extend_from_slice(&[c]);
-            while let Some(op) = p.next(&mut buf).unwrap() {
-                ops.push(op);
-            }
-        }
+        let reads: Vec<&[u8]> = input.chunks(1).collect();
+        let (ops, err) = parse_reads(&mut p, &reads);
+        assert_eq!(err, None);
         assert_eq!(ops.len(), 3);
-        assert_eq!(ops[0], Op::Connect(b("{\"verbose\":false}")));
+        assert_eq!(ops[0], Op::Connect(b"{\"verbose\":false}"));
         assert_eq!(ops[2], Op::Ping);
     }
 
@@ -766,21 +880,7 @@ mod tests {
             let cut = rng.gen_range(0..=input.len());
             let mut p = Parser::new(4096, 1024 * 1024);
             p.set_headers(true);
-            let mut buf = BytesMut::new();
-            let (mut split, mut err) = (Vec::new(), None);
-            'reads: for chunk in [&input[..cut], &input[cut..]] {
-                buf.extend_from_slice(chunk);
-                loop {
-                    match p.next(&mut buf) {
-                        Ok(Some(op)) => split.push(op),
-                        Ok(None) => break,
-                        Err(e) => {
-                            err = Some(e);
-                            break 'reads;
-                        }
-                    }
-                }
-            }
+            let (split, err) = parse_reads(&mut p, &[&input[..cut], &input[cut..]]);
             let a: Vec<String> = whole.0.iter().map(meaning).collect();
             let b: Vec<String> = split.iter().map(meaning).collect();
             assert_eq!(

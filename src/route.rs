@@ -7,7 +7,7 @@
 //! 2.6): one connection per remote server, the account named in every message. It does not
 //! touch sockets or shards: `server` drives route connections with it.
 
-use crate::parser::{PubMsg, Span};
+use crate::parser::{OwnedPub, Span};
 use bytes::{Buf, Bytes, BytesMut};
 use serde::{Deserialize, Serialize};
 
@@ -263,7 +263,7 @@ pub enum RouteOp {
         account: Bytes,
         /// The queue groups the sender picked this server for.
         queues: Vec<Bytes>,
-        msg: PubMsg,
+        msg: OwnedPub,
     },
 }
 
@@ -391,7 +391,7 @@ impl RouteParser {
                     .collect();
                 let account = frame.slice(m.account);
                 let body = nl + 1..nl + 1 + m.total;
-                let msg = PubMsg::from_frame(frame, m.subject, m.reply, m.hdr_len, body);
+                let msg = OwnedPub::from_frame(frame, m.subject, m.reply, m.hdr_len, body);
                 return Ok(Some(RouteOp::Msg {
                     account,
                     queues,
@@ -676,13 +676,16 @@ mod tests {
         assert!(matches!(&ops[3], RouteOp::Sub { subject, .. } if subject == "x.y"));
         assert!(matches!(&ops[4], RouteOp::Unsub { subject, queue: None, .. } if subject == "x.y"));
         let msg = |i: usize| match &ops[i] {
-            RouteOp::Msg { queues, msg, .. } => (
-                b(std::str::from_utf8(msg.subject()).unwrap()),
-                msg.reply().map(|r| b(std::str::from_utf8(r).unwrap())),
-                queues.clone(),
-                msg.hdr_len,
-                Bytes::copy_from_slice(msg.msg()),
-            ),
+            RouteOp::Msg { queues, msg, .. } => {
+                let msg = msg.as_msg();
+                (
+                    b(std::str::from_utf8(msg.subject()).unwrap()),
+                    msg.reply().map(|r| b(std::str::from_utf8(r).unwrap())),
+                    queues.clone(),
+                    msg.hdr_len,
+                    Bytes::copy_from_slice(msg.msg()),
+                )
+            }
             o => panic!("{o:?}"),
         };
         assert_eq!(msg(5), (b("foo"), None, vec![], 0, b("hello")));

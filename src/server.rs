@@ -17,7 +17,7 @@ use crate::auth::{Auth, ClientPerms, Grant, Verdict};
 use crate::client::{self, ConnectOpts};
 use crate::events;
 use crate::opts::Options;
-use crate::parser::{Op, ParseError, Parser, PubMsg};
+use crate::parser::{Op, OwnedPub, ParseError, Parser, PubMsg};
 use crate::sublist::{self, Sublist};
 use bytes::{Bytes, BytesMut};
 use std::cell::{Cell, RefCell};
@@ -1412,15 +1412,8 @@ impl Shard {
     }
 
     /// Appends one delivery to a subscriber. Returns whether it was delivered.
-    fn deliver(
-        &self,
-        sub: &SubRef,
-        subject: &[u8],
-        reply: Option<&[u8]>,
-        hdr_len: usize,
-        msg: &[u8],
-        publisher: u64,
-    ) -> bool {
+    fn deliver(&self, sub: &SubRef, m: &client::Outgoing, publisher: u64) -> bool {
+        let (subject, reply) = (m.subject, m.reply);
         let s = &sub.0;
         let c = &s.client;
         if c.closed.get() || (publisher == c.cid && !c.echo.get()) {
@@ -1448,28 +1441,16 @@ impl Shard {
                 c.cid,
                 String::from_utf8_lossy(subject),
                 String::from_utf8_lossy(&s.sid),
-                msg.len() - hdr_len
+                m.size_for(false)
             );
         }
+        let headers = c.headers.get();
         let pending = {
             let mut out = c.out.borrow_mut();
-            client::write_msg(
-                &mut out,
-                subject,
-                &s.sid,
-                reply,
-                hdr_len,
-                msg,
-                c.headers.get(),
-            );
+            m.write(&mut out, &s.sid, headers);
             out.len() + c.in_flight.get()
         };
-        let size = if c.headers.get() {
-            msg.len()
-        } else {
-            msg.len() - hdr_len.min(msg.len())
-        };
-        c.count_out(size);
+        c.count_out(m.size_for(headers));
         let max_pending = self.opts.borrow().max_pending;
         if pending as u64 > max_pending {
             tracing::info!(
@@ -1493,23 +1474,13 @@ impl Shard {
     }
 
     /// Picks one deliverable member of a local queue group and delivers to it.
-    fn deliver_queue(
-        &self,
-        members: &[SubRef],
-        subject: &[u8],
-        reply: Option<&[u8]>,
-        hdr_len: usize,
-        msg: &[u8],
-        publisher: u64,
-    ) -> bool {
+    fn deliver_queue(&self, members: &[SubRef], m: &client::Outgoing, publisher: u64) -> bool {
         if members.is_empty() {
             return false;
         }
         let start = self.next_rand(members.len());
-        (0..members.len()).any(|i| {
-            let m = &members[(start + i) % members.len()];
-            self.deliver(m, subject, reply, hdr_len, msg, publisher)
-        })
+        (0..members.len())
+            .any(|i| self.deliver(&members[(start + i) % members.len()], m, publisher))
     }
 
     /// Whether anyone (here or on another shard) listens to `subject` in `account`.
@@ -1527,8 +1498,8 @@ impl Shard {
         for (subject, body) in build(&self.g) {
             if self.has_interest(sys, subject.as_bytes()) {
                 let body = body.to_string();
-                let m = PubMsg::from_parts(subject.as_bytes(), None, 0, body.as_bytes());
-                self.route(sys, &m, 0);
+                let m = OwnedPub::from_parts(subject.as_bytes(), None, 0, body.as_bytes());
+                self.route(sys, &m.as_msg(), 0);
             }
         }
     }
@@ -1638,8 +1609,8 @@ impl Shard {
             let key = if kind == "STATSZ" { "statsz" } else { "data" };
             let body =
                 events::response(&shard.g.event_server(), key, data, SystemTime::now()).to_string();
-            let m = PubMsg::from_parts(&reply, None, 0, body.as_bytes());
-            shard.route(account, &m, 0);
+            let m = OwnedPub::from_parts(&reply, None, 0, body.as_bytes());
+            shard.route(account, &m.as_msg(), 0);
             shard.flush();
         });
         true
@@ -1669,8 +1640,8 @@ impl Shard {
         let mut any = false;
         for r in a.stream_routes() {
             if let Some(subject) = r.map(m.subject()) {
-                let mapped = PubMsg::from_parts(&subject, m.reply(), m.hdr_len, m.msg());
-                any |= self.route_scoped(r.to, &mapped, cid, None, false);
+                let mapped = OwnedPub::from_parts(&subject, m.reply(), m.hdr_len, m.msg());
+                any |= self.route_scoped(r.to, &mapped.as_msg(), cid, None, false);
             }
         }
         any
@@ -1713,8 +1684,8 @@ impl Shard {
             b"Nats-Request-Info",
             info.to_string().as_bytes(),
         );
-        let request = PubMsg::from_parts(&si.map(m.subject()), reply.as_deref(), hdr_len, &msg);
-        self.route(si.to, &request, c.cid)
+        let request = OwnedPub::from_parts(&si.map(m.subject()), reply.as_deref(), hdr_len, &msg);
+        self.route(si.to, &request.as_msg(), c.cid)
     }
 
     /// Forgets the mapped replies whose time is up.
@@ -1755,8 +1726,8 @@ impl Shard {
                 (p.to, p.reply)
             }
         };
-        let response = PubMsg::from_parts(&pending.1, reply, hdr_len, msg);
-        self.route(pending.0, &response, 0)
+        let response = OwnedPub::from_parts(&pending.1, reply, hdr_len, msg);
+        self.route(pending.0, &response.as_msg(), 0)
     }
 
     /// Routes a message within one account: to this shard's subscribers, and once to each
@@ -1839,8 +1810,9 @@ impl Shard {
         };
         let local = self.subs.borrow_mut()[account as usize].matches(subject);
         let mut any = false;
+        let out = client::Outgoing::new(subject, rep, hdr_len, msg);
         for s in &local.psubs {
-            any |= self.deliver(s, subject, rep, hdr_len, msg, cid);
+            any |= self.deliver(s, &out, cid);
         }
         if self.g.accounts.get(account).exports_services && subject.starts_with(&self.resp_prefix) {
             any |= self.service_response(subject, rep, hdr_len, msg);
@@ -1861,7 +1833,7 @@ impl Shard {
                 .map_or(&[][..], |(_, m)| &m[..]);
             match self.choose_member(name, members, cid, rmembers, route_set, to_routes) {
                 QueuePick::Here => {
-                    any |= self.deliver_queue(members, subject, rep, hdr_len, msg, cid);
+                    any |= self.deliver_queue(members, &out, cid);
                 }
                 QueuePick::Shard(r) => scratch[r.shard].1.extend(r.queue.clone()),
                 QueuePick::Route(pick) => {
@@ -1942,8 +1914,9 @@ impl Shard {
         else {
             return;
         };
+        let out = client::Outgoing::new(subject, reply, hdr_len, msg);
         for s in &local.psubs {
-            self.deliver(s, subject, reply, hdr_len, msg, 0);
+            self.deliver(s, &out, 0);
         }
         // The shard that owns the routes passes a client's message on to them too: its
         // share of a queue group counts the routes' members.
@@ -1965,7 +1938,7 @@ impl Shard {
             };
             let pick = self.next_rand(members.len() + cweight);
             if pick < members.len() || cweight == 0 {
-                self.deliver_queue(members, subject, reply, hdr_len, msg, 0);
+                self.deliver_queue(members, &out, 0);
             } else if let Some(r) = &rmatch {
                 rsend.pick_queue(r, q, pick - members.len());
             }
@@ -2157,8 +2130,18 @@ async fn read_loop(shard: &Rc<Shard>, c: &Rc<Client>, mut reader: ConnReader) ->
             );
         }
         read_size = next_read_size(read_size, n);
+        if buf.len() < parser.wants() {
+            // A large message still arriving: read on before looking at it again.
+            continue;
+        }
+        // One shared chunk per read: the messages in it borrow it, and only a forward to
+        // another shard or a route takes a reference. What is left of a frame not all
+        // there yet goes back into `buf` (which kept this allocation's spare room, and
+        // reclaims all of it once the chunk is gone) to meet the next read.
+        let chunk = buf.split().freeze();
+        let mut pos = 0;
         loop {
-            match parser.next(&mut buf) {
+            match parser.next(&chunk, &mut pos) {
                 Ok(Some(op)) => match handle_op(shard, c, op) {
                     Next::Continue => parser.set_headers(c.headers.get()),
                     Next::Pong => {
@@ -2182,7 +2165,10 @@ async fn read_loop(shard: &Rc<Shard>, c: &Rc<Client>, mut reader: ConnReader) ->
                         parser.set_headers(c.headers.get());
                     }
                 },
-                Ok(None) => break,
+                Ok(None) => {
+                    buf.extend_from_slice(&chunk[pos..]);
+                    break;
+                }
                 Err(e) => {
                     protocol_error(c, &e);
                     return match e {
@@ -2248,7 +2234,7 @@ fn handle_op(shard: &Rc<Shard>, c: &Rc<Client>, op: Op) -> Next {
     }
     let verbose = c.opts.borrow().verbose;
     match op {
-        Op::Connect(json) => match ConnectOpts::parse(&json) {
+        Op::Connect(json) => match ConnectOpts::parse(json) {
             Ok(o) => {
                 c.echo.set(o.echo);
                 c.headers
@@ -2388,11 +2374,11 @@ fn handle_op(shard: &Rc<Shard>, c: &Rc<Client>, op: Op) -> Next {
             }
         }
         Op::Unsub { sid, max } => {
-            let sub = c.subs.borrow().get(&sid).cloned();
+            let sub = c.subs.borrow().get(sid).cloned();
             if let Some(sub) = sub {
                 match max {
                     Some(m) if m > 0 && sub.0.delivered.get() < m => sub.0.max.set(m),
-                    _ => shard.remove_sub(c, &sid),
+                    _ => shard.remove_sub(c, sid),
                 }
             }
             if verbose {
@@ -2413,7 +2399,7 @@ fn handle_op(shard: &Rc<Shard>, c: &Rc<Client>, op: Op) -> Next {
                 "{} - cid:{} - Client Error {}",
                 c.addr,
                 c.cid,
-                String::from_utf8_lossy(&text)
+                String::from_utf8_lossy(text)
             );
             return Next::Close(CloseReason::ClientClosed);
         }

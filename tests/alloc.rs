@@ -46,7 +46,10 @@ fn allocations_for(n: usize, index: &mut Sublist<u32>, out: &mut BytesMut) -> us
     out.clear();
     let before = ALLOCS.load(Ordering::Relaxed);
     let mut delivered = 0;
-    while let Ok(Some(op)) = parser.next(&mut buf) {
+    // The read loop's shape: one shared chunk per read, parsed from a position.
+    let chunk = buf.split().freeze();
+    let mut pos = 0;
+    while let Ok(Some(op)) = parser.next(&chunk, &mut pos) {
         if let Op::Pub(m) = op {
             let r = index.matches(m.subject());
             for sid in &r.psubs {

@@ -140,6 +140,38 @@ fn pub_max_payload_exactly_is_accepted() {
     assert!(m.payload.iter().all(|&b| b == b'z'));
 }
 
+/// A large message trickled in small writes, between small ones, arrives whole and in
+/// order: the server holds a frame that spans many reads without losing or reordering bytes.
+#[test]
+fn large_message_across_many_reads() {
+    let s = Server::start(&[]);
+    let mut sub = s.raw_quiet();
+    sub.send(b"SUB big.* 1\r\nPING\r\n");
+    sub.expect(b"PONG\r\n");
+    let mut p = s.raw_quiet();
+    let payload: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+    let mut input = b"PUB big.a 2\r\nhi\r\nPUB big.b 300000\r\n".to_vec();
+    input.extend_from_slice(&payload);
+    input.extend_from_slice(b"\r\nPUB big.c r 3\r\nend\r\nPING\r\n");
+    for (i, piece) in input.chunks(4093).enumerate() {
+        p.send(piece);
+        if i % 8 == 0 {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+    p.expect(b"PONG\r\n");
+    let a = sub.read_msg();
+    assert_eq!((a.subject.as_str(), &a.payload[..]), ("big.a", &b"hi"[..]));
+    let b = sub.read_msg();
+    assert_eq!(b.subject, "big.b");
+    assert!(b.payload == payload, "the large payload changed in transit");
+    let c = sub.read_msg();
+    assert_eq!(
+        (c.subject.as_str(), c.reply.as_deref(), &c.payload[..]),
+        ("big.c", Some("r"), &b"end"[..])
+    );
+}
+
 #[test]
 fn hpub_hmsg_exact_bytes() {
     let s = Server::start(&[]);

@@ -3,24 +3,28 @@
 //! sans-IO, so reads can cut anywhere).
 #![no_main]
 
-use bytes::BytesMut;
+use bytes::Bytes;
 use libfuzzer_sys::fuzz_target;
 use tern::parser::{Op, Parser};
 
 fn parse(chunks: &[&[u8]]) -> (Vec<String>, bool) {
     let mut p = Parser::new(4096, 1 << 20);
     p.set_headers(true);
-    let mut buf = BytesMut::new();
+    let mut left = Vec::new();
     let mut ops = Vec::new();
     for c in chunks {
-        buf.extend_from_slice(c);
+        // Each read's chunk starts with what the previous one left unparsed.
+        left.extend_from_slice(c);
+        let buf = Bytes::from(std::mem::take(&mut left));
+        let mut pos = 0;
         loop {
-            match p.next(&mut buf) {
+            match p.next(&buf, &mut pos) {
                 Ok(Some(op)) => ops.push(describe(&op)),
                 Ok(None) => break,
                 Err(_) => return (ops, true),
             }
         }
+        left = buf[pos..].to_vec();
     }
     (ops, false)
 }

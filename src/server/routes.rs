@@ -1020,6 +1020,7 @@ fn handle_route_op(
             let Some(acc) = account_id(shard, &account) else {
                 return Ok(());
             };
+            let msg = msg.as_msg();
             let mut k = r.counts.get();
             k.in_msgs += 1;
             k.in_bytes += msg.msg().len() as u64;
