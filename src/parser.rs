@@ -465,14 +465,15 @@ impl Parser {
         if u32::from_le_bytes(*head) | 0x0020_2020 != u32::from_le_bytes(*b"pub ") {
             return Ok(None);
         }
-        let Some(nl) = memchr::memchr(b'\n', &rest[4..]).map(|i| i + 4) else {
+        // One scan over the control line finds the separators and its end: the subject
+        // ends at the first space, then either the size or a reply and the size follow.
+        let Some((subject, reply, size, nl)) = split_pub_line(rest) else {
             return Ok(None);
         };
-        if nl < 5 || rest[nl - 1] != b'\r' || nl - 5 > self.max_control_line {
+        if nl - 5 > self.max_control_line {
             return Ok(None);
         }
-        let args = 4..nl - 1;
-        let Some((subject, reply, size)) = split_pub(rest, &args) else {
+        let Some(size) = parse_size(&rest[size]) else {
             return Ok(None);
         };
         if size > self.max_payload as u64 {
@@ -561,36 +562,44 @@ impl Parser {
     }
 }
 
-/// The arguments of a `PUB` with single spaces, `<subject> [reply] <size>`: the spans (in
-/// `buf`) and the size. Anything unusual (tabs, repeated spaces, a bad size) returns `None`.
-fn split_pub(buf: &[u8], args: &Span) -> Option<(Span, Option<Span>, u64)> {
-    let a = &buf[args.clone()];
-    // One pass over a short line, one compare per ordinary byte: the (at most two) single
-    // spaces that separate the fields.
-    let mut spaces = [0usize; 2];
-    let mut n = 0;
-    for (i, &b) in a.iter().enumerate() {
-        if b <= b' ' {
-            if b == b'\t' || (b == b' ' && n == 2) {
-                return None;
-            }
-            if b == b' ' {
-                spaces[n] = i;
-                n += 1;
-            }
+/// The first byte at or after `from` that is a space or a control character (tab, CR, LF
+/// and the like), eight bytes per step while there is none.
+fn find_separator(a: &[u8], from: usize) -> Option<usize> {
+    const ONES: u64 = u64::from_le_bytes([0x01; 8]);
+    let mut i = from;
+    while let Some(word) = a.get(i..i + 8) {
+        let w = u64::from_le_bytes(word.try_into().expect("eight bytes"));
+        // Some byte of `w` is below 0x21 (the classic "has less than" test, exact as to
+        // whether there is one).
+        if w.wrapping_sub(ONES * 0x21) & !w & (ONES * 0x80) != 0 {
+            break;
         }
+        i += 8;
     }
-    let base = args.start;
-    let (subject_end, reply, size) = match n {
-        1 if spaces[0] > 0 => (spaces[0], None, &a[spaces[0] + 1..]),
-        2 if spaces[0] > 0 && spaces[1] > spaces[0] + 1 => (
-            spaces[0],
-            Some(base + spaces[0] + 1..base + spaces[1]),
-            &a[spaces[1] + 1..],
-        ),
+    a.get(i..)?.iter().position(|&b| b <= b' ').map(|p| i + p)
+}
+
+/// Splits `PUB <subject> [reply] <size>\r\n` at the start of `rest`, with single spaces
+/// and nothing else below 0x21 in the fields: the subject, reply and size spans and where the
+/// `\n` is. Anything else returns `None`, for the general path.
+fn split_pub_line(rest: &[u8]) -> Option<(Span, Option<Span>, Span, usize)> {
+    let s1 = find_separator(rest, 4)?;
+    if s1 == 4 || rest[s1] != b' ' {
+        return None;
+    }
+    let s2 = find_separator(rest, s1 + 1)?;
+    let (reply, size_start, cr) = match rest[s2] {
+        b'\r' => (None, s1 + 1, s2),
+        b' ' if s2 > s1 + 1 => {
+            let cr = find_separator(rest, s2 + 1)?;
+            (Some(s1 + 1..s2), s2 + 1, cr)
+        }
         _ => return None,
     };
-    Some((base..base + subject_end, reply, parse_size(size)?))
+    if rest[cr] != b'\r' || rest.get(cr + 1) != Some(&b'\n') {
+        return None;
+    }
+    Some((4..s1, reply, size_start..cr, cr + 1))
 }
 
 fn bad_args(verb: &'static str, args: &[u8]) -> ParseError {
@@ -725,6 +734,51 @@ mod tests {
             ops[1],
             Op::Pub(OwnedPub::from_parts(b"foo", None, 12, b"NATS/1.0\r\n\r\nhi").as_msg())
         );
+    }
+
+    /// The one-pass `PUB` path and the general one agree, on lines that take either.
+    #[test]
+    fn pub_lines_fast_and_general() {
+        // (input, subject, reply, payload)
+        type Case<'a> = (&'a [u8], &'a [u8], Option<&'a [u8]>, &'a [u8]);
+        let cases: &[Case] = &[
+            (
+                b"PUB a.b.c.d.e.f.g.h.i 3\r\nabc\r\n",
+                b"a.b.c.d.e.f.g.h.i",
+                None,
+                b"abc",
+            ),
+            (
+                b"pub \xc3\xa9t\xc3\xa9.a.long.subject _INBOX.abcdefgh.12345678 2\r\nhi\r\n",
+                b"\xc3\xa9t\xc3\xa9.a.long.subject",
+                Some(b"_INBOX.abcdefgh.12345678"),
+                b"hi",
+            ),
+            (b"PUB sub\x01ject 1\r\nx\r\n", b"sub\x01ject", None, b"x"),
+            (b"PUB foo  5\r\nhello\r\n", b"foo", None, b"hello"),
+            (b"PUB foo\tr 0\r\n\r\n", b"foo", Some(b"r"), b""),
+            (b"PUB foo 2\nhi\r\n", b"foo", None, b"hi"),
+            (
+                b"PUB abcdefgh 8\r\nabcdefgh\r\n",
+                b"abcdefgh",
+                None,
+                b"abcdefgh",
+            ),
+        ];
+        for &(input, subject, reply, payload) in cases {
+            let (ops, err) = parse_all(input);
+            assert_eq!(err, None, "{:?}", String::from_utf8_lossy(input));
+            let want = OwnedPub::from_parts(subject, reply, 0, payload);
+            assert_eq!(
+                ops,
+                vec![Op::Pub(want.as_msg())],
+                "{:?}",
+                String::from_utf8_lossy(input)
+            );
+        }
+        for bad in [&b"PUB foo\r\n"[..], b"PUB foo 1 2 3\r\n", b"PUB foo x1\r\n"] {
+            assert!(matches!(parse_all(bad).1, Some(ParseError::BadArgs(..))));
+        }
     }
 
     #[test]
