@@ -70,6 +70,7 @@ pub const CATALOG: &[Spec] = &[
     spec("pubsub16k", Kind::Pubsub, 16384, 1, 1),
     spec("fanout16x128", Kind::Fanout, 128, 1, 16),
     spec("reqreply", Kind::Reqreply, 128, 1, 1),
+    spec("reqpoll", Kind::Reqpoll, 128, 1, 1),
     spec("openloop", Kind::Openloop, 128, 1, 1),
     routed(spec("routed128", Kind::Pubsub, 128, 1, 1)),
     routed(spec("routedreq", Kind::Reqreply, 128, 1, 1)),
@@ -487,7 +488,10 @@ fn metrics(kind: Kind) -> Vec<Metric> {
             });
         }
     }
-    if matches!(kind, Kind::Reqreply | Kind::Requesters | Kind::Openloop) {
+    if matches!(
+        kind,
+        Kind::Reqreply | Kind::Reqpoll | Kind::Requesters | Kind::Openloop
+    ) {
         m.push(Metric {
             label: "p50 µs ↓",
             get: |r| r.latency.as_ref().map(|l| l.p50),
@@ -941,7 +945,7 @@ mod tests {
         assert_eq!(civil_from_days(20_454), (2026, 1, 1));
         assert_eq!(civil_from_days(11_016), (2000, 2, 29));
         let d = pick("default").unwrap();
-        assert_eq!(d.len(), 9);
+        assert_eq!(d.len(), 10);
         assert!(d.iter().any(|s| s.routed && s.kind == Kind::Reqreply));
         assert!(pick("pub16,nope").is_err());
         assert_eq!(pick("churn,conns1k").unwrap()[1].count, 1000);
@@ -981,6 +985,20 @@ mod tests {
             );
             assert!(warnings.is_empty(), "{name}: {warnings:?}");
         }
+    }
+
+    /// The polling request/reply gets every reply back, with a latency for each.
+    #[test]
+    fn reqpoll_round_trips() {
+        let tern = tern_binary();
+        let spec = pick("reqpoll").unwrap()[0];
+        let mut o = opts_for_test(&spec);
+        o.msgs = Some(500);
+        let (r, warnings, _) = one_run(Which::Tern, &tern, &[], 'a', &o, &spec, false).unwrap();
+        assert_eq!((r.sent, r.received, r.lost), (500, 500, 0), "{r:?}");
+        let l = r.latency.expect("latency");
+        assert!(l.p50 > 0.0 && l.p50 <= l.p99, "{l:?}");
+        assert!(warnings.is_empty(), "{warnings:?}");
     }
 
     fn opts_for_test(spec: &Spec) -> Opts {

@@ -296,6 +296,14 @@ impl Conn {
             .set_read_timeout(t)
             .ctx(|| "set read timeout".into())
     }
+
+    /// Makes reads return at once when nothing is there (polling loops). Writes of a few
+    /// frames still go whole: the kernel's send buffer takes them.
+    pub fn set_nonblocking(&self) -> Result<()> {
+        self.stream
+            .set_nonblocking(true)
+            .ctx(|| "set non-blocking".into())
+    }
 }
 
 /// A second handle on the connection's socket (kept only while swapping in TLS).

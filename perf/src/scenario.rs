@@ -35,6 +35,10 @@ pub enum Kind {
     Reqreply,
     /// --pubs synchronous requesters against a queue group of --subs responders.
     Requesters,
+    /// Reqreply with the requester and the responder in one generator thread that polls both
+    /// sockets without blocking: no generator thread wake-up in the round trip, so the
+    /// latency is the server's and the kernel's (how a latency rig's client measures).
+    Reqpoll,
     /// Open loop at --rate msgs/s; latency from each message's intended send time.
     Openloop,
     /// Preload --preload subscriptions on idle connections, then pubsub throughput.
@@ -192,6 +196,7 @@ pub fn run(kind: Kind, o: &Opts, t: &Target) -> Result<Report> {
         }
         Kind::Reqreply => reqreply(t, o, 1, 1)?,
         Kind::Requesters => reqreply(t, o, o.pubs, o.subs)?,
+        Kind::Reqpoll => reqpoll(t, o)?,
         Kind::Subscale => subscale(t, o)?,
         Kind::Churn => churn(t, o)?,
         Kind::Conns => conns(t, o)?,
@@ -871,37 +876,145 @@ fn responder(mut c: Conn, stop: &AtomicBool) -> Result<()> {
     loop {
         match c.parser.read_from(&mut c.stream) {
             Ok(0) => return Ok(()),
-            Ok(_) => {}
+            Ok(_) => answer(&mut c, &mut out)?,
             Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
                 if stop.load(Ordering::Relaxed) {
                     return Ok(());
                 }
-                continue;
             }
             Err(e) => return Err(Error::Io("read on a responder".into(), e)),
         }
-        while let Some(f) = c.parser.next_frame()? {
-            match f {
-                Frame::Msg {
-                    reply: Some(reply),
-                    payload,
-                    ..
-                } => {
-                    out.extend_from_slice(b"PUB ");
-                    out.extend_from_slice(reply);
-                    let _ = write!(out, " {}\r\n", payload.len());
-                    out.extend_from_slice(payload);
-                    out.extend_from_slice(b"\r\n");
+    }
+}
+
+/// Answers the requests read so far on a responder's connection, in one write.
+fn answer(c: &mut Conn, out: &mut Vec<u8>) -> Result<()> {
+    while let Some(f) = c.parser.next_frame()? {
+        match f {
+            Frame::Msg {
+                reply: Some(reply),
+                payload,
+                ..
+            } => {
+                out.extend_from_slice(b"PUB ");
+                out.extend_from_slice(reply);
+                let _ = write!(out, " {}\r\n", payload.len());
+                out.extend_from_slice(payload);
+                out.extend_from_slice(b"\r\n");
+            }
+            Frame::Ping => out.extend_from_slice(b"PONG\r\n"),
+            Frame::Err(e) => return Err(Error::Server(String::from_utf8_lossy(e).into())),
+            _ => {}
+        }
+    }
+    if !out.is_empty() {
+        c.write(out)?;
+        out.clear();
+    }
+    Ok(())
+}
+
+/// One request/reply round trip at a time, with the requester and the responder polled by
+/// the calling thread: sockets in non-blocking mode, never a sleep.
+fn reqpoll(t: &Target, o: &Opts) -> Result<Report> {
+    let mut resp = t
+        .sub_side()
+        .connect("bench-resp-0", o.placement.subscriber())?;
+    resp.write(b"SUB bench.req 1\r\n")?;
+    resp.flush()?;
+    let mut req = t.connect("bench-req-0", o.placement.publisher())?;
+    req.write(b"SUB _INBOX.bench.0 1\r\n")?;
+    req.flush()?;
+    req.set_nonblocking()?;
+    resp.set_nonblocking()?;
+    let (o, target) = (o.clone(), t.clone());
+    let core = core_for(&o, 0);
+    // The polling thread is pinned; the calling thread never is (see `run`).
+    let h = thread::spawn(move || -> Result<Report> {
+        pin(core);
+        let size = o.size.max(8);
+        let mut batch = PubBatch::new("bench.req", Some("_INBOX.bench.0"), size, 1);
+        let mut out = Vec::with_capacity(64 * 1024);
+        // One round trip: the stamp of the reply that came back, or None after `limit`.
+        let mut round_trip = |stamp: u64, limit: Duration| -> Result<Option<u64>> {
+            batch.stamp(1, stamp);
+            req.write(batch.frames(1))?;
+            let give_up = Instant::now() + limit;
+            loop {
+                if poll_read(&mut resp, "a responder")? {
+                    answer(&mut resp, &mut out)?;
                 }
-                Frame::Ping => out.extend_from_slice(b"PONG\r\n"),
-                Frame::Err(e) => return Err(Error::Server(String::from_utf8_lossy(e).into())),
-                _ => {}
+                poll_read(&mut req, "a requester")?;
+                while let Some(f) = req.parser.next_frame()? {
+                    match f {
+                        Frame::Msg { payload, .. } => match payload_stamp(payload) {
+                            Some(ts) if ts == stamp => return Ok(Some(ts)),
+                            _ => {}
+                        },
+                        Frame::Ping => req.write(b"PONG\r\n")?,
+                        Frame::Err(e) => {
+                            return Err(Error::Server(String::from_utf8_lossy(e).into()))
+                        }
+                        _ => {}
+                    }
+                }
+                if Instant::now() > give_up {
+                    return Ok(None);
+                }
+            }
+        };
+        // Warm up until one reply comes back (interest may still be travelling).
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while round_trip(now_ns(), Duration::from_millis(100))?.is_none() {
+            if Instant::now() > deadline {
+                return Err(Error::Timeout("no reply to warm-up requests".into()));
             }
         }
-        if !out.is_empty() {
-            c.write(&out)?;
-            out.clear();
+        let meter = Meter::start(&target);
+        let mut hist = new_histogram();
+        let end = Instant::now() + o.duration;
+        let (mut sent, mut got) = (0u64, 0u64);
+        while match o.msgs {
+            Some(q) => sent < q,
+            None => sent & 15 != 0 || Instant::now() < end,
+        } {
+            let t0 = now_ns();
+            sent += 1;
+            if round_trip(t0, Duration::from_secs(1))?.is_some() {
+                record(&mut hist, now_ns() - t0);
+                got += 1;
+            }
         }
+        let wall = meter.t0.elapsed().as_secs_f64();
+        let mut r = Report {
+            size: o.size,
+            pubs: 1,
+            subs: 1,
+            sent,
+            received: got,
+            expected: sent,
+            lost: sent - got,
+            elapsed_s: wall,
+            msgs_in_per_s: sent as f64 / wall,
+            msgs_out_per_s: got as f64 / wall,
+            mb_in_per_s: sent as f64 / wall * o.size as f64 / 1e6,
+            mb_out_per_s: got as f64 / wall * o.size as f64 / 1e6,
+            latency: Some(latency(&hist)),
+            ..Report::default()
+        };
+        meter.finish(&mut r, got);
+        Ok(r)
+    });
+    join(h)
+}
+
+/// One non-blocking read into the connection's parser: whether it brought bytes.
+fn poll_read(c: &mut Conn, what: &str) -> Result<bool> {
+    match c.parser.read_from(&mut c.stream) {
+        Ok(0) => Err(Error::Protocol(format!("server closed {what}"))),
+        Ok(_) => Ok(true),
+        Err(e) if e.kind() == ErrorKind::WouldBlock => Ok(false),
+        Err(e) => Err(Error::Io(format!("read on {what}"), e)),
     }
 }
 
