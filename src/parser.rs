@@ -452,7 +452,7 @@ impl Parser {
     /// size, a frame not all there yet) returns `None` for the general path, which gives the
     /// exact nats-server answer.
     fn fast_pub<'a>(
-        &mut self,
+        &self,
         buf: &'a Bytes,
         pos: &mut usize,
     ) -> Result<Option<Op<'a>>, ParseError> {
