@@ -451,11 +451,7 @@ impl Parser {
     /// and the whole frame in `buf`. Anything else (other verbs, tabs, repeated spaces, a bad
     /// size, a frame not all there yet) returns `None` for the general path, which gives the
     /// exact nats-server answer.
-    fn fast_pub<'a>(
-        &self,
-        buf: &'a Bytes,
-        pos: &mut usize,
-    ) -> Result<Option<Op<'a>>, ParseError> {
+    fn fast_pub<'a>(&self, buf: &'a Bytes, pos: &mut usize) -> Result<Option<Op<'a>>, ParseError> {
         let base = *pos;
         let rest = &buf[base..];
         let Some(head) = rest.first_chunk::<4>() else {
