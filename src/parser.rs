@@ -565,10 +565,12 @@ fn find_separator(a: &[u8], from: usize) -> Option<usize> {
     let mut i = from;
     while let Some(word) = a.get(i..i + 8) {
         let w = u64::from_le_bytes(word.try_into().expect("eight bytes"));
-        // Some byte of `w` is below 0x21 (the classic "has less than" test, exact as to
-        // whether there is one).
-        if w.wrapping_sub(ONES * 0x21) & !w & (ONES * 0x80) != 0 {
-            break;
+        // The classic "has a byte less than 0x21" test. A flag can be wrong only above a
+        // true one (a borrow runs upwards from a matching byte), so the lowest flag is
+        // exactly the first such byte.
+        let flags = w.wrapping_sub(ONES * 0x21) & !w & (ONES * 0x80);
+        if flags != 0 {
+            return Some(i + flags.trailing_zeros() as usize / 8);
         }
         i += 8;
     }
@@ -774,6 +776,30 @@ mod tests {
         }
         for bad in [&b"PUB foo\r\n"[..], b"PUB foo 1 2 3\r\n", b"PUB foo x1\r\n"] {
             assert!(matches!(parse_all(bad).1, Some(ParseError::BadArgs(..))));
+        }
+    }
+
+    /// The word-at-a-time separator search finds what a byte loop finds, from any start.
+    #[test]
+    fn find_separator_is_a_byte_loop() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(5);
+        let alphabet = b"ab.\x80\xff\x21\x20\x09\r\n\x00\x01";
+        for _ in 0..20_000 {
+            let len = rng.gen_range(0..40);
+            let a: Vec<u8> = (0..len)
+                .map(|_| {
+                    // Mostly ordinary bytes, so separators sit at every distance.
+                    if rng.gen_bool(0.85) {
+                        alphabet[rng.gen_range(0..6)]
+                    } else {
+                        alphabet[rng.gen_range(0..alphabet.len())]
+                    }
+                })
+                .collect();
+            let from = rng.gen_range(0..=len);
+            let naive = a[from..].iter().position(|&b| b <= b' ').map(|p| from + p);
+            assert_eq!(find_separator(&a, from), naive, "{a:?} from {from}");
         }
     }
 

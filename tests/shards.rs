@@ -212,3 +212,33 @@ fn flushed_publish_is_delivered_2_shards() {
 fn flushed_publish_is_delivered_4_shards() {
     flushed_publish_is_delivered(4);
 }
+
+/// utime + stime of a process, in clock ticks.
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // Fields after the command name (which may hold spaces) start after the last ')'.
+    let rest = &stat[stat.rfind(')').unwrap() + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()
+}
+
+/// Shards spin (and give their core away) only for a moment after work: once traffic has
+/// stopped, a server with two shards uses next to no CPU.
+#[test]
+fn idle_after_traffic_costs_no_cpu() {
+    let s = Server::start_sharded(2, &[]);
+    let mut cs = conns(&s, 4);
+    cs[0].send(b"SUB t 1\r\nPING\r\n");
+    cs[0].expect(b"PONG\r\n");
+    for round in 0..200 {
+        cs[1 + round % 3].send(b"PUB t 2\r\nhi\r\nPING\r\n");
+        cs[1 + round % 3].expect(b"PONG\r\n");
+        cs[0].expect(b"MSG t 1 2\r\nhi\r\n");
+    }
+    thread::sleep(Duration::from_millis(300));
+    let before = cpu_ticks(s.pid());
+    thread::sleep(Duration::from_secs(2));
+    let used = cpu_ticks(s.pid()) - before;
+    // Clock ticks are 10 ms: 2 s of one busy core would be 200.
+    assert!(used <= 20, "{used} ticks of CPU in 2 idle seconds");
+}
