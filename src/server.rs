@@ -1803,7 +1803,6 @@ impl Shard {
     ) -> bool {
         let (subject, rep, hdr_len, msg) = (m.subject(), m.reply(), m.hdr_len, m.msg());
         let wanted = |name: &[u8]| only.is_none_or(|qs| qs.iter().any(|q| &q[..] == name));
-        let mut rsend = routes::RouteSends::default();
         let rmatch = if to_routes {
             self.cluster.as_ref().map(|cl| cl.matches(account, subject))
         } else {
@@ -1820,6 +1819,11 @@ impl Shard {
         }
         // With one shard the remote table is empty and this reduces to local choices.
         let remote = self.remote.borrow_mut()[account as usize].matches(subject);
+        if local.qsubs.is_empty() && remote.is_empty() && rmatch.is_none() {
+            // No queue group to choose for and nobody elsewhere: the plain deliveries were all.
+            return any;
+        }
+        let mut rsend = routes::RouteSends::default();
         let mut scratch = self.scratch.borrow_mut();
         // Routed interest only matters for a message that may go on to the routes.
         for r in remote.psubs.iter().filter(|r| to_routes || !r.routed) {
