@@ -42,10 +42,8 @@ pub enum Op<'a> {
 pub struct Parts {
     subject: Span,
     reply: Option<Span>,
-    /// `HPUB` (the message starts with a header block).
-    pub headers: bool,
-    /// Size of the header block at the start of the message (0 for `PUB`).
-    pub hdr_len: usize,
+    /// Size of the header block at the start of the message (0 for none).
+    hdr_len: usize,
     msg: Span,
 }
 
@@ -70,14 +68,11 @@ pub struct PubMsg<'a> {
     parts: Parts,
 }
 
-impl std::ops::Deref for PubMsg<'_> {
-    type Target = Parts;
-    fn deref(&self) -> &Parts {
-        &self.parts
-    }
-}
-
 impl PubMsg<'_> {
+    /// Size of the header block at the start of [`PubMsg::msg`] (0 for none).
+    pub fn hdr_len(&self) -> usize {
+        self.parts.hdr_len
+    }
     /// The subject.
     pub fn subject(&self) -> &[u8] {
         &self.frame[self.parts.subject.clone()]
@@ -108,8 +103,7 @@ impl PartialEq for PubMsg<'_> {
     fn eq(&self, o: &Self) -> bool {
         self.subject() == o.subject()
             && self.reply() == o.reply()
-            && self.headers == o.headers
-            && self.hdr_len == o.hdr_len
+            && self.hdr_len() == o.hdr_len()
             && self.msg() == o.msg()
     }
 }
@@ -135,13 +129,11 @@ impl OwnedPub {
         hdr_len: usize,
         msg: Span,
     ) -> Self {
-        let headers = hdr_len > 0;
         OwnedPub {
             frame,
             parts: Parts {
                 subject,
                 reply,
-                headers,
                 hdr_len,
                 msg,
             },
@@ -486,7 +478,6 @@ impl Parser {
             parts: Parts {
                 subject: base + subject.start..base + subject.end,
                 reply: reply.map(|r| base + r.start..base + r.end),
-                headers: false,
                 hdr_len: 0,
                 msg: base + start..base + end,
             },
@@ -550,7 +541,6 @@ impl Parser {
             parts: Parts {
                 subject,
                 reply,
-                headers,
                 hdr_len: hdr_len as usize,
                 msg: line_end..line_end + size,
             },
@@ -922,7 +912,7 @@ mod tests {
                 "PUB {:?} {:?} {} {:?}",
                 m.subject(),
                 m.reply(),
-                m.hdr_len,
+                m.hdr_len(),
                 m.msg()
             ),
             other => format!("{other:?}"),

@@ -682,7 +682,7 @@ mod tests {
                     b(std::str::from_utf8(msg.subject()).unwrap()),
                     msg.reply().map(|r| b(std::str::from_utf8(r).unwrap())),
                     queues.clone(),
-                    msg.hdr_len,
+                    msg.hdr_len(),
                     Bytes::copy_from_slice(msg.msg()),
                 )
             }

@@ -1598,7 +1598,7 @@ impl Shard {
         };
         let (kind, query) = (
             kind.to_string(),
-            events::options_query(m.msg()[m.hdr_len..].as_ref()),
+            events::options_query(m.msg()[m.hdr_len()..].as_ref()),
         );
         let shard = self.clone();
         rt::spawn(async move {
@@ -1641,7 +1641,7 @@ impl Shard {
         let mut any = false;
         for r in a.stream_routes() {
             if let Some(subject) = r.map(m.subject()) {
-                let mapped = OwnedPub::from_parts(&subject, m.reply(), m.hdr_len, m.msg());
+                let mapped = OwnedPub::from_parts(&subject, m.reply(), m.hdr_len(), m.msg());
                 any |= self.route_scoped(r.to, &mapped.as_msg(), cid, None, false);
             }
         }
@@ -1680,7 +1680,7 @@ impl Shard {
             None => serde_json::json!({ "acc": name }),
         };
         let (hdr_len, msg) = client::add_header(
-            m.hdr_len,
+            m.hdr_len(),
             m.msg(),
             b"Nats-Request-Info",
             info.to_string().as_bytes(),
@@ -1801,7 +1801,7 @@ impl Shard {
         only: Option<&[Bytes]>,
         to_routes: bool,
     ) -> bool {
-        let (subject, rep, hdr_len, msg) = (m.subject(), m.reply(), m.hdr_len, m.msg());
+        let (subject, rep, hdr_len, msg) = (m.subject(), m.reply(), m.hdr_len(), m.msg());
         let wanted = |name: &[u8]| only.is_none_or(|qs| qs.iter().any(|q| &q[..] == name));
         let rmatch = if to_routes {
             self.cluster.as_ref().map(|cl| cl.matches(account, subject))

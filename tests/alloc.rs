@@ -54,7 +54,15 @@ fn allocations_for(n: usize, index: &mut Sublist<u32>, out: &mut BytesMut) -> us
             let r = index.matches(m.subject());
             for sid in &r.psubs {
                 let sid = if *sid == 1 { &b"1"[..] } else { &b"2"[..] };
-                write_msg(out, m.subject(), sid, m.reply(), m.hdr_len, m.msg(), false);
+                write_msg(
+                    out,
+                    m.subject(),
+                    sid,
+                    m.reply(),
+                    m.hdr_len(),
+                    m.msg(),
+                    false,
+                );
                 delivered += 1;
             }
         }

@@ -36,7 +36,7 @@ fn describe(op: &Op) -> String {
             "PUB {:?} {:?} {} {:?}",
             m.subject(),
             m.reply(),
-            m.hdr_len,
+            m.hdr_len(),
             m.msg()
         ),
         other => format!("{other:?}"),

@@ -754,24 +754,14 @@ fn reqreply(t: &Target, o: &Opts, requesters: usize, responders: usize) -> Resul
         got += g;
         let _ = hist.add(&h);
     }
-    let mut r = Report {
-        size: o.size,
-        pubs: requesters,
-        subs: responders,
-        sent,
-        received: got,
-        expected: sent,
-        lost: sent.saturating_sub(got),
-        elapsed_s: wall,
-        msgs_in_per_s: sent as f64 / wall,
-        msgs_out_per_s: got as f64 / wall,
-        latency: Some(latency(&hist)),
-        ..Report::default()
-    };
-    r.mb_in_per_s = r.msgs_in_per_s * o.size as f64 / 1e6;
-    r.mb_out_per_s = r.msgs_out_per_s * o.size as f64 / 1e6;
-    // A request/reply is two deliveries through the server; CPU is per round trip.
-    meter.finish(&mut r, got);
+    let r = round_trip_report(
+        o,
+        (requesters, responders),
+        (sent, got),
+        wall,
+        &hist,
+        &meter,
+    );
     for h in resp_handles {
         join(h)?;
     }
@@ -986,26 +976,47 @@ fn reqpoll(t: &Target, o: &Opts) -> Result<Report> {
             }
         }
         let wall = meter.t0.elapsed().as_secs_f64();
-        let mut r = Report {
-            size: o.size,
-            pubs: 1,
-            subs: 1,
-            sent,
-            received: got,
-            expected: sent,
-            lost: sent - got,
-            elapsed_s: wall,
-            msgs_in_per_s: sent as f64 / wall,
-            msgs_out_per_s: got as f64 / wall,
-            mb_in_per_s: sent as f64 / wall * o.size as f64 / 1e6,
-            mb_out_per_s: got as f64 / wall * o.size as f64 / 1e6,
-            latency: Some(latency(&hist)),
-            ..Report::default()
-        };
-        meter.finish(&mut r, got);
-        Ok(r)
+        Ok(round_trip_report(
+            &o,
+            (1, 1),
+            (sent, got),
+            wall,
+            &hist,
+            &meter,
+        ))
     });
     join(h)
+}
+
+/// The report of a request/reply run: `(sent, got)` round trips of `o.size` bytes by
+/// `(requesters, responders)` in `wall` seconds, with their latency. CPU is per round trip
+/// (two deliveries through the server).
+fn round_trip_report(
+    o: &Opts,
+    (requesters, responders): (usize, usize),
+    (sent, got): (u64, u64),
+    wall: f64,
+    hist: &Histogram<u64>,
+    meter: &Meter,
+) -> Report {
+    let mut r = Report {
+        size: o.size,
+        pubs: requesters,
+        subs: responders,
+        sent,
+        received: got,
+        expected: sent,
+        lost: sent.saturating_sub(got),
+        elapsed_s: wall,
+        msgs_in_per_s: sent as f64 / wall,
+        msgs_out_per_s: got as f64 / wall,
+        mb_in_per_s: sent as f64 / wall * o.size as f64 / 1e6,
+        mb_out_per_s: got as f64 / wall * o.size as f64 / 1e6,
+        latency: Some(latency(hist)),
+        ..Report::default()
+    };
+    meter.finish(&mut r, got);
+    r
 }
 
 /// One non-blocking read into the connection's parser: whether it brought bytes.
