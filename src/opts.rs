@@ -48,9 +48,7 @@ pub const DEFAULT_WRITE_DEADLINE: Duration = Duration::from_secs(10);
 /// Tern only: an idle shard polls this long after its last work before it parks. Parking and
 /// being woken costs a few µs of syscalls and scheduler latency on every message of a
 /// request/reply exchange; a short spin catches the reply instead (Go's scheduler, and so
-/// nats-server, spins briefly before blocking in the poller too). An idle server never spins,
-/// and a spinning shard offers its core to other threads every few µs and stops spinning for
-/// a while when its core is contended (`tern_shards::spin`).
+/// nats-server, spins briefly before blocking in the poller too). An idle server never spins.
 pub const DEFAULT_SPIN_BEFORE_PARK: Duration = Duration::from_micros(50);
 /// How long lame duck mode takes to close all clients (nats-server's default).
 pub const DEFAULT_LAME_DUCK_DURATION: Duration = Duration::from_secs(120);

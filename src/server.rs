@@ -28,7 +28,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{Poll, Waker};
 use std::time::{Duration, Instant, SystemTime};
-use tern_shards::{rt, spin, ConnReader, ConnWriter, InboxReceiver, Mesh, MeshReceiver, ShardCtx};
+use tern_shards::{rt, ConnReader, ConnWriter, InboxReceiver, Mesh, MeshReceiver, ShardCtx};
 
 mod routes;
 
@@ -983,7 +983,6 @@ async fn lame_duck(shard: Rc<Shard>, grace: Duration, every: Duration) {
 async fn mesh_loop(shard: Rc<Shard>, rx: MeshReceiver<MeshMsg>) {
     let from = rx.from();
     while let Some(batch) = rx.recv().await {
-        spin::activity();
         let mut ack = None;
         for op in batch {
             match op {
@@ -2135,7 +2134,6 @@ async fn read_loop(shard: &Rc<Shard>, c: &Rc<Client>, mut reader: ConnReader) ->
             );
         }
         read_size = next_read_size(read_size, n);
-        spin::activity();
         if buf.len() < parser.wants() {
             // A large message still arriving: read on before looking at it again.
             continue;

@@ -222,8 +222,8 @@ fn cpu_ticks(pid: u32) -> u64 {
     f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()
 }
 
-/// Shards spin (and give their core away) only for a moment after work: once traffic has
-/// stopped, a server with two shards uses next to no CPU.
+/// Shards spin only for a moment after work: once traffic has stopped, a server with two
+/// shards uses next to no CPU.
 #[test]
 fn idle_after_traffic_costs_no_cpu() {
     let s = Server::start_sharded(2, &[]);

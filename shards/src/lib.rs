@@ -17,7 +17,6 @@ pub mod net;
 pub mod pool;
 pub mod preflight;
 pub mod rt;
-pub mod spin;
 pub mod stop;
 
 pub use inbox::{Inbox, InboxReceiver};

@@ -236,18 +236,13 @@ where
         let mut builder = LocalExecutorBuilder::new(placement)
             .name(&format!("tern-shard-{id}"))
             .io_memory(cfg.io_memory);
-        // glommio's own spin only bridges the give-way task's turns (see `spin`).
-        let window = cfg.spin_before_park;
-        if let Some(w) = window {
-            builder = builder.spin_before_park(w.min(2 * crate::spin::TURN));
+        if let Some(spin) = cfg.spin_before_park {
+            builder = builder.spin_before_park(spin);
         }
         let app = app.clone();
         let accept = cfg.accept;
         let handle = builder
             .spawn(move || async move {
-                if let Some(w) = window {
-                    glommio::spawn_local(crate::spin::give_way(w)).detach();
-                }
                 let ctx = Rc::new(shard_setup(seed, n, accept).await);
                 app(ctx).await;
             })

@@ -849,7 +849,6 @@ async fn route_main(
         };
         buf.truncate(start + n);
         read_size = next_read_size(read_size, n);
-        tern_shards::spin::activity();
         if r.closed.get() {
             break;
         }
