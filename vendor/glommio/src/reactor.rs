@@ -173,6 +173,14 @@ pub(crate) struct Reactor {
     /// refcell) every time. Acquire during initialization
     preempt_ptr_head: *const u32,
     preempt_ptr_tail: *const AtomicU32,
+
+    /// (Tern) The main ring's completion queue head and tail, and how many completions
+    /// waiting there make `need_preempt` true (the ring depth): a read of two words in
+    /// place of the throughput preemption timeout, which cost `io_uring_enter` calls on
+    /// every turn of the executor.
+    throughput_ptr_head: *const u32,
+    throughput_ptr_tail: *const AtomicU32,
+    throughput_depth: u32,
 }
 
 impl Reactor {
@@ -185,6 +193,7 @@ impl Reactor {
     ) -> io::Result<Reactor> {
         let sys = sys::Reactor::new(notifier, io_memory, ring_depth, blocking_thread)?;
         let (preempt_ptr_head, preempt_ptr_tail) = sys.preempt_pointers();
+        let (throughput_ptr_head, throughput_ptr_tail) = sys.throughput_pointers();
         Ok(Reactor {
             sys,
             timers: RefCell::new(Timers::new()),
@@ -193,6 +202,9 @@ impl Reactor {
             record_io_latencies,
             preempt_ptr_head,
             preempt_ptr_tail: preempt_ptr_tail as _,
+            throughput_ptr_head,
+            throughput_ptr_tail: throughput_ptr_tail as _,
+            throughput_depth: ring_depth as u32,
         })
     }
 
@@ -206,7 +218,13 @@ impl Reactor {
 
     #[inline(always)]
     pub(crate) fn need_preempt(&self) -> bool {
-        unsafe { *self.preempt_ptr_head != (*self.preempt_ptr_tail).load(Ordering::Acquire) }
+        unsafe {
+            *self.preempt_ptr_head != (*self.preempt_ptr_tail).load(Ordering::Acquire)
+                || (*self.throughput_ptr_tail)
+                    .load(Ordering::Acquire)
+                    .wrapping_sub(*self.throughput_ptr_head)
+                    >= self.throughput_depth
+        }
     }
 
     pub(crate) fn id(&self) -> usize {

@@ -955,49 +955,6 @@ impl SleepableRing {
         source
     }
 
-    /// This function prepares a timer that fires only after a given number of
-    /// CQEs are available on the main ring. This timer is linked with a write
-    /// to the latency ring's event fd such that this timer triggers a
-    /// preemption via the latency ring.
-    fn prepare_throughput_preemption_timer(&mut self, min_events: u32, event_fd: RawFd) -> Source {
-        assert!(min_events >= 1, "min_events should be at least 1");
-        let timer_source = Source::new(
-            IoRequirements::default(),
-            -1,
-            SourceType::Timeout(TimeSpec64::MAX, min_events),
-            None,
-            None,
-        );
-
-        const EVENTFD_WAKEUP: &[u64; 1] = &[1u64; 1];
-        let write_op = UringDescriptor {
-            fd: event_fd,
-            flags: SubmissionFlags::empty(),
-            user_data: 0,
-            args: UringOpDescriptor::Write(EVENTFD_WAKEUP as *const u64 as _, 8, 0),
-        };
-
-        let op = match &*timer_source.source_type() {
-            SourceType::Timeout(ts, events) => {
-                UringOpDescriptor::Timeout(&ts.raw as *const _, *events)
-            }
-            _ => unreachable!(),
-        };
-        let queue = self.submission_queue();
-        queue.borrow_mut().submissions.push_front(write_op);
-        queue.borrow_mut().submissions.push_front(UringDescriptor {
-            args: op,
-            fd: -1,
-            flags: SubmissionFlags::IO_LINK,
-            user_data: to_user_data(
-                self.source_map
-                    .borrow_mut()
-                    .add_source(&timer_source, queue.clone()),
-            ),
-        });
-        timer_source
-    }
-
     fn install_eventfd(&mut self, eventfd_src: &Source) -> bool {
         if let Some(mut sqe) = self.ring.sq().prepare_sqe() {
             // Now must wait on the `eventfd` in case someone wants to wake us up.
@@ -1222,7 +1179,6 @@ pub(crate) struct Reactor {
     poll_ring: RefCell<PollRing>,
 
     latency_preemption_timeout_src: Cell<Option<Source>>,
-    throughput_preemption_timeout_src: Cell<Option<Source>>,
     /// The duration of the preemption timer in `latency_preemption_timeout_src`, when what
     /// is there is a preemption timer (not a user timer armed before sleeping).
     armed_preempt: Cell<Option<Duration>>,
@@ -1356,7 +1312,6 @@ impl Reactor {
             latency_ring: RefCell::new(latency_ring),
             poll_ring: RefCell::new(poll_ring),
             latency_preemption_timeout_src: Cell::new(None),
-            throughput_preemption_timeout_src: Cell::new(None),
             armed_preempt: Cell::new(None),
             blocking_thread,
             link_fd,
@@ -1837,16 +1792,10 @@ impl Reactor {
             drop(self.latency_preemption_timeout_src.take());
         }
 
-        // Schedule the throughput-based timeout immediately: it won't matter if we end
-        // up sleeping. One that is still pending stays.
-        if !Self::pending(&self.throughput_preemption_timeout_src) {
-            self.throughput_preemption_timeout_src.replace(Some(
-                main_ring.prepare_throughput_preemption_timer(
-                    self.ring_depth() as u32,
-                    self.eventfd_src.raw(),
-                ),
-            ));
-        }
+        // (Tern) No throughput-based timeout is armed here any more: `need_preempt` reads the
+        // main ring's completion queue depth instead (see `throughput_pointers`). The timeout
+        // cost a cancel and a re-arm on every turn and, when it fired, a kernel worker thread
+        // to write the eventfd it was linked to.
 
         // This will only dispatch if we run out of sqes. Which means until
         // flush_rings! nothing is really send to the kernel...
@@ -1930,6 +1879,15 @@ impl Reactor {
     pub(crate) fn preempt_pointers(&self) -> (*const u32, *const u32) {
         let mut lat_ring = self.latency_ring.borrow_mut();
         let cq = unsafe { &lat_ring.ring.raw_mut().cq };
+        (cq.khead, cq.ktail)
+    }
+
+    /// (Tern) The main ring's completion queue head and tail: `need_preempt` reads how many
+    /// completions wait there, in place of the throughput preemption timeout glommio 0.9.0
+    /// armed for the same purpose.
+    pub(crate) fn throughput_pointers(&self) -> (*const u32, *const u32) {
+        let mut main_ring = self.main_ring.borrow_mut();
+        let cq = unsafe { &main_ring.ring.raw_mut().cq };
         (cq.khead, cq.ktail)
     }
 
