@@ -71,6 +71,52 @@ pub mod stall;
 
 pub(crate) const DEFAULT_EXECUTOR_NAME: &str = "unnamed";
 pub(crate) const DEFAULT_PREEMPT_TIMER: Duration = Duration::from_millis(100);
+
+/// (Tern) How often a spinning executor gives its core away (`sched_yield`).
+const SPIN_YIELD: Duration = Duration::from_micros(5);
+/// (Tern) A yield that kept the executor off its core this long means the core is contended.
+const CONTENDED_YIELD: Duration = Duration::from_micros(200);
+/// (Tern) How long an executor that found its core contended parks right after its work.
+const CONTENDED_FOR: Duration = Duration::from_millis(50);
+
+/// (Tern) glommio 0.9.0's spin before park polls without a system call, so a spinning
+/// executor kept its core for a whole scheduler slice when another thread needed it (two
+/// servers sharing a core, or a client on the executor's core): the thread it was waiting
+/// for could not run. While it spins, the executor now calls `sched_yield` every
+/// `SPIN_YIELD`, which returns at once when nobody else wants the core. A yield that kept it
+/// off its core for `CONTENDED_YIELD` means the core is contended by a thread that does not
+/// yield back (a polling client): then the executor parks right after its work for
+/// `CONTENDED_FOR`, so that it is woken at once instead of waiting for its turn.
+#[derive(Debug, Default)]
+struct SpinYield {
+    contended_until: Option<Instant>,
+}
+
+impl SpinYield {
+    /// How long to spin before parking this time.
+    fn spin_for(&mut self, spin_before_park: Duration) -> Duration {
+        match self.contended_until {
+            Some(until) if Instant::now() < until => Duration::ZERO,
+            Some(_) => {
+                self.contended_until = None;
+                spin_before_park
+            }
+            None => spin_before_park,
+        }
+    }
+
+    /// Yields the core; notes contention if that took long.
+    fn give_way(&mut self) {
+        let before = Instant::now();
+        // SAFETY: sched_yield takes no arguments and only asks the scheduler to run others.
+        unsafe {
+            libc::sched_yield();
+        }
+        if before.elapsed() >= CONTENDED_YIELD {
+            self.contended_until = Some(Instant::now() + CONTENDED_FOR);
+        }
+    }
+}
 pub(crate) const DEFAULT_IO_MEMORY: usize = 10 << 20;
 pub(crate) const DEFAULT_RING_SUBMISSION_DEPTH: usize = 128;
 
@@ -1461,6 +1507,7 @@ impl LocalExecutor {
             pin!(future);
 
             let mut pre_time = Instant::now();
+            let mut spin_yield = SpinYield::default();
             loop {
                 if let Poll::Ready(t) = future.as_mut().poll(cx) {
                     // can't be canceled, and join handle is None only upon
@@ -1494,12 +1541,21 @@ impl LocalExecutor {
                         // future is probably the one setting up the task queues and etc.
                         break t.unwrap();
                     } else {
+                        // (Tern) While it spins, the executor gives its core away every
+                        // `SPIN_YIELD` (see `SpinYield`).
+                        let spin_before_park = spin_yield.spin_for(spin_before_park);
+                        let mut next_yield = SPIN_YIELD;
                         while !this.reactor.spin_poll_io().unwrap() {
-                            if pre_time.elapsed() > spin_before_park {
+                            let spun = pre_time.elapsed();
+                            if spun > spin_before_park {
                                 this.parker
                                     .park()
                                     .expect("Failed to park! This is actually pretty bad!");
                                 break;
+                            }
+                            if spun >= next_yield {
+                                spin_yield.give_way();
+                                next_yield = pre_time.elapsed() + SPIN_YIELD;
                             }
                         }
                         // reset the timer for deduct spin loop time
