@@ -69,6 +69,7 @@ pub const CATALOG: &[Spec] = &[
     spec("pubsub128", Kind::Pubsub, 128, 1, 1),
     spec("pubsub16k", Kind::Pubsub, 16384, 1, 1),
     spec("fanout16x128", Kind::Fanout, 128, 1, 16),
+    spec("fanpoll16x128", Kind::Fanpoll, 128, 1, 16),
     spec("reqreply", Kind::Reqreply, 128, 1, 1),
     spec("reqpoll", Kind::Reqpoll, 128, 1, 1),
     spec("openloop", Kind::Openloop, 128, 1, 1),
@@ -1007,6 +1008,22 @@ mod tests {
         assert_eq!((r.sent, r.received, r.lost), (500, 500, 0), "{r:?}");
         let l = r.latency.expect("latency");
         assert!(l.p50 > 0.0 && l.p50 <= l.p99, "{l:?}");
+        assert!(warnings.is_empty(), "{warnings:?}");
+    }
+
+    /// The polled fan-out delivers every message to each of its 16 subscribers.
+    #[test]
+    fn fanpoll_delivers_to_every_subscriber() {
+        let tern = tern_binary();
+        let spec = pick("fanpoll16x128").unwrap()[0];
+        let mut o = opts_for_test(&spec);
+        o.msgs = Some(20_000);
+        let (r, warnings, _) = one_run(Which::Tern, &tern, &[], 'a', &o, &spec, false).unwrap();
+        assert_eq!(
+            (r.sent, r.received, r.lost, r.subs),
+            (20_000, 320_000, 0, 16),
+            "{r:?}"
+        );
         assert!(warnings.is_empty(), "{warnings:?}");
     }
 

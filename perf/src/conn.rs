@@ -63,6 +63,12 @@ impl Stream {
     }
 }
 
+impl std::os::unix::io::AsRawFd for Stream {
+    fn as_raw_fd(&self) -> std::os::unix::io::RawFd {
+        self.tcp().as_raw_fd()
+    }
+}
+
 impl Read for Stream {
     fn read(&mut self, b: &mut [u8]) -> std::io::Result<usize> {
         match self {

@@ -27,6 +27,9 @@ pub enum Kind {
     Pubsub,
     /// One publisher, --subs subscribers each receiving everything.
     Fanout,
+    /// Fanout with all subscribers read by one thread that waits in poll(2) on their sockets,
+    /// so that 16 subscriber threads taking turns on the generator's core do not pace the run.
+    Fanpoll,
     /// --pubs publishers, one subscriber.
     Fanin,
     /// One publisher, a queue group of --subs members.
@@ -187,6 +190,11 @@ pub fn run(kind: Kind, o: &Opts, t: &Target) -> Result<Report> {
         Kind::Pub => flow(t, o, &Flow::new(o.pubs, 0, 0, None))?,
         Kind::Pubsub => flow(t, o, &Flow::new(o.pubs, o.subs, o.subs as u64, None))?,
         Kind::Fanout => flow(t, o, &Flow::new(1, o.subs, o.subs as u64, None))?,
+        Kind::Fanpoll => {
+            let mut f = Flow::new(1, o.subs, o.subs as u64, None);
+            f.poll_subs = true;
+            flow(t, o, &f)?
+        }
         Kind::Fanin => flow(t, o, &Flow::new(o.pubs, 1, 1, None))?,
         Kind::Queue => flow(t, o, &Flow::new(1, o.subs, 1, Some("q")))?,
         Kind::Openloop => {
@@ -214,6 +222,8 @@ struct Flow {
     factor: u64,
     queue: Option<&'static str>,
     open_loop: bool,
+    /// One reader thread for all subscribers (poll(2)) instead of one thread each.
+    poll_subs: bool,
 }
 
 impl Flow {
@@ -224,6 +234,7 @@ impl Flow {
             factor: if queue.is_some() { 1 } else { factor },
             queue,
             open_loop: false,
+            poll_subs: false,
         }
     }
 }
@@ -339,21 +350,33 @@ fn flow(t: &Target, o: &Opts, f: &Flow) -> Result<Report> {
     for i in 0..f.pubs {
         pub_conns.push(t.connect(&format!("bench-pub-{i}"), o.placement.publisher())?);
     }
-    let threads = 1 + f.subs + f.pubs;
+    let sub_threads = if f.poll_subs { 1 } else { f.subs };
+    let threads = 1 + sub_threads + f.pubs;
     let go = Arc::new(Barrier::new(threads));
     let probed = Arc::new(Barrier::new(1 + f.pubs));
     let record_latency = f.open_loop;
 
     let mut sub_handles = Vec::new();
-    for (i, c) in sub_conns.into_iter().enumerate() {
+    if f.poll_subs {
         let (sh, go, o) = (sh.clone(), go.clone(), o.clone());
         let pubs = f.pubs;
-        let core = core_for(&o, 1 + i);
+        let core = core_for(&o, 1);
         sub_handles.push(thread::spawn(move || {
             pin(core);
             go.wait();
-            subscriber(c, &sh, &o, i, pubs, record_latency)
+            subscribers_polled(sub_conns, &sh, &o, pubs, record_latency)
         }));
+    } else {
+        for (i, c) in sub_conns.into_iter().enumerate() {
+            let (sh, go, o) = (sh.clone(), go.clone(), o.clone());
+            let pubs = f.pubs;
+            let core = core_for(&o, 1 + i);
+            sub_handles.push(thread::spawn(move || {
+                pin(core);
+                go.wait();
+                subscriber(c, &sh, &o, i, pubs, record_latency)
+            }));
+        }
     }
     let quota = |i: usize| {
         o.msgs.map(|m| {
@@ -364,7 +387,7 @@ fn flow(t: &Target, o: &Opts, f: &Flow) -> Result<Report> {
     let mut pub_handles = Vec::new();
     for (i, c) in pub_conns.into_iter().enumerate() {
         let (sh, go, probed, o) = (sh.clone(), go.clone(), probed.clone(), o.clone());
-        let core = core_for(&o, 1 + f.subs + i);
+        let core = core_for(&o, 1 + sub_threads + i);
         let (q, subs, pubs, factor, open, queue) = (
             quota(i),
             f.subs,
@@ -621,17 +644,14 @@ fn subscriber(
     lat: bool,
 ) -> Result<SubResult> {
     c.set_read_timeout(Some(Duration::from_millis(20)))?;
-    let mut hist = lat.then(new_histogram);
-    let mut count = 0u64;
-    let mut last_rx = 0u64;
+    let mut r = SubResult {
+        count: 0,
+        last_rx: 0,
+        hist: lat.then(new_histogram),
+    };
     loop {
         match c.parser.read_from(&mut c.stream) {
-            Ok(0) => {
-                sh.abort.store(true, Ordering::SeqCst);
-                return Err(Error::Protocol(
-                    "server closed a subscriber connection".into(),
-                ));
-            }
+            Ok(0) => return Err(closed(sh)),
             Ok(_) => {}
             Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
                 if sh.stop.load(Ordering::Relaxed) || sh.abort.load(Ordering::Relaxed) {
@@ -639,49 +659,117 @@ fn subscriber(
                 }
                 continue;
             }
-            Err(e) => {
-                sh.abort.store(true, Ordering::SeqCst);
-                return Err(Error::Io("read on a subscriber".into(), e));
+            Err(e) => return Err(read_failed(sh, e)),
+        }
+        take_frames(&mut c, sh, o, idx, pubs, &mut r)?;
+    }
+    Ok(r)
+}
+
+/// One reader thread for every subscriber: waits in poll(2) until some socket has data,
+/// then reads each of them until it would block.
+fn subscribers_polled(
+    mut conns: Vec<Conn>,
+    sh: &Shared,
+    o: &Opts,
+    pubs: usize,
+    lat: bool,
+) -> Result<SubResult> {
+    use std::os::unix::io::AsRawFd;
+    for c in &conns {
+        c.set_nonblocking()?;
+    }
+    let mut fds: Vec<libc::pollfd> = conns
+        .iter()
+        .map(|c| libc::pollfd {
+            fd: c.stream.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        })
+        .collect();
+    let mut r = SubResult {
+        count: 0,
+        last_rx: 0,
+        hist: lat.then(new_histogram),
+    };
+    while !sh.stop.load(Ordering::Relaxed) && !sh.abort.load(Ordering::Relaxed) {
+        let mut any = false;
+        for (idx, c) in conns.iter_mut().enumerate() {
+            loop {
+                match c.parser.read_from(&mut c.stream) {
+                    Ok(0) => return Err(closed(sh)),
+                    Ok(_) => {
+                        any = true;
+                        take_frames(c, sh, o, idx, pubs, &mut r)?;
+                    }
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                    Err(e) => return Err(read_failed(sh, e)),
+                }
             }
         }
-        let now = now_ns();
-        let mut n = 0u64;
-        let mut pong = false;
-        while let Some(f) = c.parser.next_frame()? {
-            match f {
-                Frame::Msg { payload, .. } if payload.len() == o.size => {
-                    n += 1;
-                    if let (Some(h), Some(ts)) = (hist.as_mut(), payload_stamp(payload)) {
-                        record(h, now.saturating_sub(ts));
-                    }
-                }
-                Frame::Msg { payload, .. } => {
-                    if let Some(p) = parse_probe(payload).filter(|&p| p < pubs) {
-                        sh.probe_seen[idx * pubs + p].store(true, Ordering::SeqCst);
-                    }
-                }
-                Frame::Ping => pong = true,
-                Frame::Err(e) => {
-                    sh.abort.store(true, Ordering::SeqCst);
-                    return Err(Error::Server(String::from_utf8_lossy(e).into_owned()));
-                }
-                _ => {}
+        if !any {
+            // SAFETY: `fds` is a live array of `fds.len()` pollfd structs.
+            let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, 20) };
+            if n < 0 && std::io::Error::last_os_error().kind() != ErrorKind::Interrupted {
+                return Err(read_failed(sh, std::io::Error::last_os_error()));
             }
-        }
-        if pong {
-            c.write(b"PONG\r\n")?;
-        }
-        if n > 0 {
-            count += n;
-            last_rx = now;
-            sh.received.fetch_add(n, Ordering::Relaxed);
         }
     }
-    Ok(SubResult {
-        count,
-        last_rx,
-        hist,
-    })
+    Ok(r)
+}
+
+/// Counts and times the deliveries a read brought, notes probes, answers PING.
+fn take_frames(
+    c: &mut Conn,
+    sh: &Shared,
+    o: &Opts,
+    idx: usize,
+    pubs: usize,
+    r: &mut SubResult,
+) -> Result<()> {
+    let now = now_ns();
+    let mut n = 0u64;
+    let mut pong = false;
+    while let Some(f) = c.parser.next_frame()? {
+        match f {
+            Frame::Msg { payload, .. } if payload.len() == o.size => {
+                n += 1;
+                if let (Some(h), Some(ts)) = (r.hist.as_mut(), payload_stamp(payload)) {
+                    record(h, now.saturating_sub(ts));
+                }
+            }
+            Frame::Msg { payload, .. } => {
+                if let Some(p) = parse_probe(payload).filter(|&p| p < pubs) {
+                    sh.probe_seen[idx * pubs + p].store(true, Ordering::SeqCst);
+                }
+            }
+            Frame::Ping => pong = true,
+            Frame::Err(e) => {
+                sh.abort.store(true, Ordering::SeqCst);
+                return Err(Error::Server(String::from_utf8_lossy(e).into_owned()));
+            }
+            _ => {}
+        }
+    }
+    if pong {
+        c.write(b"PONG\r\n")?;
+    }
+    if n > 0 {
+        r.count += n;
+        r.last_rx = now;
+        sh.received.fetch_add(n, Ordering::Relaxed);
+    }
+    Ok(())
+}
+
+fn closed(sh: &Shared) -> Error {
+    sh.abort.store(true, Ordering::SeqCst);
+    Error::Protocol("server closed a subscriber connection".into())
+}
+
+fn read_failed(sh: &Shared, e: std::io::Error) -> Error {
+    sh.abort.store(true, Ordering::SeqCst);
+    Error::Io("read on a subscriber".into(), e)
 }
 
 /// Request/reply: `requesters` synchronous requesters, `responders` responders in a queue
