@@ -952,7 +952,7 @@ mod tests {
         assert_eq!(civil_from_days(20_454), (2026, 1, 1));
         assert_eq!(civil_from_days(11_016), (2000, 2, 29));
         let d = pick("default").unwrap();
-        assert_eq!(d.len(), 10);
+        assert_eq!(d.len(), 11);
         assert!(d.iter().any(|s| s.routed && s.kind == Kind::Reqreply));
         assert!(pick("pub16,nope").is_err());
         assert_eq!(pick("churn,conns1k").unwrap()[1].count, 1000);
