@@ -71,6 +71,8 @@ pub mod stall;
 
 pub(crate) const DEFAULT_EXECUTOR_NAME: &str = "unnamed";
 pub(crate) const DEFAULT_PREEMPT_TIMER: Duration = Duration::from_millis(100);
+pub(crate) const DEFAULT_IO_MEMORY: usize = 10 << 20;
+pub(crate) const DEFAULT_RING_SUBMISSION_DEPTH: usize = 128;
 
 /// (Tern) How often a spinning executor gives its core away (`sched_yield`).
 const SPIN_YIELD: Duration = Duration::from_micros(5);
@@ -117,8 +119,6 @@ impl SpinYield {
         }
     }
 }
-pub(crate) const DEFAULT_IO_MEMORY: usize = 10 << 20;
-pub(crate) const DEFAULT_RING_SUBMISSION_DEPTH: usize = 128;
 
 /// Result type alias that removes the need to specify a type parameter
 /// that's only valid in the channel variants of the error. Otherwise, it
