@@ -74,7 +74,8 @@ pub(crate) const DEFAULT_PREEMPT_TIMER: Duration = Duration::from_millis(100);
 pub(crate) const DEFAULT_IO_MEMORY: usize = 10 << 20;
 pub(crate) const DEFAULT_RING_SUBMISSION_DEPTH: usize = 128;
 
-/// (Tern) How often a spinning executor gives its core away (`sched_yield`).
+/// (Tern) How often a spinning executor gives its core away (`sched_yield`) after the first
+/// time, at the start of the spin.
 const SPIN_YIELD: Duration = Duration::from_micros(5);
 /// (Tern) A yield that kept the executor off its core this long means the core is contended.
 const CONTENDED_YIELD: Duration = Duration::from_micros(200);
@@ -84,11 +85,12 @@ const CONTENDED_FOR: Duration = Duration::from_millis(50);
 /// (Tern) glommio 0.9.0's spin before park polls without a system call, so a spinning
 /// executor kept its core for a whole scheduler slice when another thread needed it (two
 /// servers sharing a core, or a client on the executor's core): the thread it was waiting
-/// for could not run. While it spins, the executor now calls `sched_yield` every
-/// `SPIN_YIELD`, which returns at once when nobody else wants the core. A yield that kept it
-/// off its core for `CONTENDED_YIELD` means the core is contended by a thread that does not
-/// yield back (a polling client): then the executor parks right after its work for
-/// `CONTENDED_FOR`, so that it is woken at once instead of waiting for its turn.
+/// for could not run. While it spins, the executor now calls `sched_yield` when the spin
+/// starts and then every `SPIN_YIELD`; the call returns at once when nobody else wants the
+/// core. A yield that kept it off its core for `CONTENDED_YIELD` means the core is contended
+/// by a thread that does not yield back (a polling client): then the executor parks right
+/// after its work for `CONTENDED_FOR`, so that it is woken at once instead of waiting for its
+/// turn.
 #[derive(Debug, Default)]
 struct SpinYield {
     contended_until: Option<Instant>,
@@ -1541,10 +1543,11 @@ impl LocalExecutor {
                         // future is probably the one setting up the task queues and etc.
                         break t.unwrap();
                     } else {
-                        // (Tern) While it spins, the executor gives its core away every
-                        // `SPIN_YIELD` (see `SpinYield`).
+                        // (Tern) While it spins, the executor gives its core away at once
+                        // (a peer it just sent to may be waiting for this core) and then
+                        // every `SPIN_YIELD` (see `SpinYield`).
                         let spin_before_park = spin_yield.spin_for(spin_before_park);
-                        let mut next_yield = SPIN_YIELD;
+                        let mut next_yield = Duration::ZERO;
                         while !this.reactor.spin_poll_io().unwrap() {
                             let spun = pre_time.elapsed();
                             if spun > spin_before_park {
