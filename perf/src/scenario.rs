@@ -634,6 +634,17 @@ struct SubResult {
     hist: Option<Histogram<u64>>,
 }
 
+impl SubResult {
+    /// Nothing received yet; a latency histogram if `lat`.
+    fn new(lat: bool) -> Self {
+        SubResult {
+            count: 0,
+            last_rx: 0,
+            hist: lat.then(new_histogram),
+        }
+    }
+}
+
 /// Reader thread of one subscriber: counts deliveries, records latency, answers PING.
 fn subscriber(
     mut c: Conn,
@@ -644,11 +655,7 @@ fn subscriber(
     lat: bool,
 ) -> Result<SubResult> {
     c.set_read_timeout(Some(Duration::from_millis(20)))?;
-    let mut r = SubResult {
-        count: 0,
-        last_rx: 0,
-        hist: lat.then(new_histogram),
-    };
+    let mut r = SubResult::new(lat);
     loop {
         match c.parser.read_from(&mut c.stream) {
             Ok(0) => return Err(closed(sh)),
@@ -687,11 +694,7 @@ fn subscribers_polled(
             revents: 0,
         })
         .collect();
-    let mut r = SubResult {
-        count: 0,
-        last_rx: 0,
-        hist: lat.then(new_histogram),
-    };
+    let mut r = SubResult::new(lat);
     while !sh.stop.load(Ordering::Relaxed) && !sh.abort.load(Ordering::Relaxed) {
         let mut any = false;
         for (idx, c) in conns.iter_mut().enumerate() {
@@ -709,9 +712,11 @@ fn subscribers_polled(
         }
         if !any {
             // SAFETY: `fds` is a live array of `fds.len()` pollfd structs.
-            let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, 20) };
-            if n < 0 && std::io::Error::last_os_error().kind() != ErrorKind::Interrupted {
-                return Err(read_failed(sh, std::io::Error::last_os_error()));
+            if unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, 20) } < 0 {
+                let e = std::io::Error::last_os_error();
+                if e.kind() != ErrorKind::Interrupted {
+                    return Err(read_failed(sh, e));
+                }
             }
         }
     }
