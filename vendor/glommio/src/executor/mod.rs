@@ -77,8 +77,11 @@ pub(crate) const DEFAULT_RING_SUBMISSION_DEPTH: usize = 128;
 /// (Tern) How often a spinning executor gives its core away (`sched_yield`) after the first
 /// time, at the start of the spin.
 const SPIN_YIELD: Duration = Duration::from_micros(5);
-/// (Tern) A yield that kept the executor off its core this long means the core is contended.
+/// (Tern) A yield that kept the executor off its core this long is a long yield.
 const CONTENDED_YIELD: Duration = Duration::from_micros(200);
+/// (Tern) Two long yields this close together mean the core is contended (one alone can be
+/// any passing thread: a kernel worker, a timer).
+const CONTENDED_WINDOW: Duration = Duration::from_millis(10);
 /// (Tern) How long an executor that found its core contended parks right after its work.
 const CONTENDED_FOR: Duration = Duration::from_millis(50);
 
@@ -87,13 +90,14 @@ const CONTENDED_FOR: Duration = Duration::from_millis(50);
 /// servers sharing a core, or a client on the executor's core): the thread it was waiting
 /// for could not run. While it spins, the executor now calls `sched_yield` when the spin
 /// starts and then every `SPIN_YIELD`; the call returns at once when nobody else wants the
-/// core. A yield that kept it off its core for `CONTENDED_YIELD` means the core is contended
-/// by a thread that does not yield back (a polling client): then the executor parks right
-/// after its work for `CONTENDED_FOR`, so that it is woken at once instead of waiting for its
-/// turn.
+/// core. Two yields within `CONTENDED_WINDOW` that each kept it off its core for
+/// `CONTENDED_YIELD` mean the core is contended by a thread that does not yield back (a
+/// polling client): then the executor parks right after its work for `CONTENDED_FOR`, so that
+/// it is woken at once instead of waiting for its turn.
 #[derive(Debug, Default)]
 struct SpinYield {
     contended_until: Option<Instant>,
+    last_long_yield: Option<Instant>,
 }
 
 impl SpinYield {
@@ -116,8 +120,16 @@ impl SpinYield {
         unsafe {
             libc::sched_yield();
         }
-        if before.elapsed() >= CONTENDED_YIELD {
-            self.contended_until = Some(Instant::now() + CONTENDED_FOR);
+        let now = Instant::now();
+        if now - before < CONTENDED_YIELD {
+            return;
+        }
+        match self.last_long_yield.replace(now) {
+            Some(last) if now - last <= CONTENDED_WINDOW => {
+                self.last_long_yield = None;
+                self.contended_until = Some(now + CONTENDED_FOR);
+            }
+            _ => {}
         }
     }
 }
