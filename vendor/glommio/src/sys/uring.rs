@@ -1179,8 +1179,8 @@ pub(crate) struct Reactor {
     poll_ring: RefCell<PollRing>,
 
     latency_preemption_timeout_src: Cell<Option<Source>>,
-    /// The duration of the preemption timer in `latency_preemption_timeout_src`, when what
-    /// is there is a preemption timer (not a user timer armed before sleeping).
+    /// (Tern) The duration of the preemption timer in `latency_preemption_timeout_src`, when
+    /// what is there is a preemption timer (not a user timer armed before sleeping).
     armed_preempt: Cell<Option<Duration>>,
 
     link_fd: RawFd,
@@ -1780,8 +1780,8 @@ impl Reactor {
         // But if we will sleep, there might be a timer registered that needs
         // to be removed otherwise we'll wake up when it expires.
         //
-        // Unless the preemption timer armed on an earlier turn is still pending with the
-        // same duration and we are not going to sleep: then it stays, which saves a
+        // (Tern) Unless the preemption timer armed on an earlier turn is still pending with
+        // the same duration and we are not going to sleep: then it stays, which saves a
         // cancel and a re-arm (two `io_uring_enter`) on every turn of a busy executor.
         let preempt = preempt_timer();
         let keep_preempt = preempt.is_some()
@@ -1846,7 +1846,7 @@ impl Reactor {
         }
 
         if let Some(preempt) = preempt_timer() {
-            if !keep_preempt || self.armed_preempt.get() != Some(preempt) {
+            if !keep_preempt {
                 self.latency_preemption_timeout_src
                     .set(Some(lat_ring.prepare_latency_preemption_timer(preempt)));
                 self.armed_preempt.set(Some(preempt));
@@ -1864,7 +1864,7 @@ impl Reactor {
         Ok(should_sleep)
     }
 
-    /// Whether the timer in `cell` is armed and has not fired yet.
+    /// (Tern) Whether the timer in `cell` is armed and has not fired yet.
     fn pending(cell: &Cell<Option<Source>>) -> bool {
         let src = cell.take();
         let pending = src.as_ref().is_some_and(|s| s.result().is_none());
