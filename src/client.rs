@@ -281,13 +281,14 @@ impl<'a> Outgoing<'a> {
     }
 
     /// Appends the delivery to subscription `sid`, as [`write_msg`] would.
-    pub fn write(&self, out: &mut BytesMut, sid: &[u8], headers: bool) {
+    pub fn write(&self, out: &mut Outbound, sid: &[u8], headers: bool) {
         let line = self
             .line
             .get_or_init(|| Line::new(self.subject, self.reply, self.hdr_len, self.msg));
         let Some(l) = line else {
+            let size = self.subject.len() + self.reply.map_or(0, <[u8]>::len) + self.msg.len();
             return write_msg(
-                out,
+                out.tail(size + sid.len() + 64),
                 self.subject,
                 sid,
                 self.reply,
@@ -306,7 +307,7 @@ impl<'a> Outgoing<'a> {
                 &self.msg[self.hdr_len.min(self.msg.len())..],
             )
         };
-        out.reserve(head.len() + sid.len() + tail.len() + body.len() + 2);
+        let out = out.tail(head.len() + sid.len() + tail.len() + body.len() + 2);
         out.put_slice(head);
         out.put_slice(sid);
         out.put_slice(tail);
@@ -340,9 +341,170 @@ pub fn add_header(hdr_len: usize, msg: &[u8], name: &[u8], value: &[u8]) -> (usi
     (new_hdr, out)
 }
 
+/// The size an output block is filled to before the next one starts.
+pub const BLOCK: usize = 64 * 1024;
+/// Free blocks a thread keeps for reuse; beyond them, written blocks go back to the allocator.
+const POOL_MAX: usize = 64;
+
+thread_local! {
+    /// Written blocks of this thread (one shard), cleared and ready to fill again.
+    static POOL: std::cell::RefCell<Vec<BytesMut>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// A cleared block from this thread's pool, or a new one.
+pub fn take_block() -> BytesMut {
+    POOL.with_borrow_mut(|p| p.pop())
+        .unwrap_or_else(|| BytesMut::with_capacity(BLOCK))
+}
+
+/// Gives a written block back to this thread's pool (blocks that grew past two
+/// [`BLOCK`]s for one large message, and any beyond the pool's bound, are freed).
+pub fn give_block(mut b: BytesMut) {
+    if !(BLOCK..=2 * BLOCK).contains(&b.capacity()) {
+        return;
+    }
+    b.clear();
+    POOL.with_borrow_mut(|p| {
+        if p.len() < POOL_MAX {
+            p.push(b);
+        }
+    });
+}
+
+/// The output queued for one connection, as nats-server keeps it: a list of blocks of
+/// about [`BLOCK`] bytes rather than one buffer. The writer takes the whole list and gives
+/// each block back as soon as the socket took it, so what a backlog costs is the bytes
+/// queued (rounded up to a block), not twice the largest backlog so far, which is what a
+/// growing buffer swapped with a spare one held. Blocks are reused through a per-thread
+/// pool, so the steady state allocates nothing, and an idle connection holds no block.
+#[derive(Default)]
+pub struct Outbound {
+    /// Full blocks, oldest first.
+    full: std::collections::VecDeque<BytesMut>,
+    /// Bytes in `full`.
+    sealed: usize,
+    /// The block being filled (none allocated while nothing is queued).
+    tail: BytesMut,
+}
+
+impl Outbound {
+    /// Queued bytes.
+    #[inline]
+    pub fn len(&self) -> usize {
+        self.sealed + self.tail.len()
+    }
+
+    /// Whether nothing is queued.
+    #[inline]
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The block to append `additional` bytes to, with room for them: the current one while
+    /// they fit in it, otherwise a new one (larger than a block for a larger item).
+    #[inline]
+    pub fn tail(&mut self, additional: usize) -> &mut BytesMut {
+        if self.tail.capacity() - self.tail.len() < additional {
+            self.next_block(additional);
+        }
+        &mut self.tail
+    }
+
+    #[cold]
+    fn next_block(&mut self, additional: usize) {
+        let full = std::mem::replace(&mut self.tail, take_block());
+        self.tail.reserve(additional);
+        if !full.is_empty() {
+            self.sealed += full.len();
+            self.full.push_back(full);
+        } else if full.capacity() > 0 {
+            give_block(full);
+        }
+    }
+
+    /// Appends `b`.
+    pub fn extend_from_slice(&mut self, b: &[u8]) {
+        self.tail(b.len()).extend_from_slice(b);
+    }
+
+    /// Moves everything queued to the back of `batch` (the writer's list).
+    pub fn take_into(&mut self, batch: &mut std::collections::VecDeque<BytesMut>) {
+        batch.append(&mut self.full);
+        self.sealed = 0;
+        if !self.tail.is_empty() {
+            batch.push_back(std::mem::take(&mut self.tail));
+        }
+    }
+
+    /// Drops everything queued, giving the blocks back to the pool.
+    pub fn clear(&mut self) {
+        self.full.drain(..).for_each(give_block);
+        self.sealed = 0;
+        give_block(std::mem::take(&mut self.tail));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Everything queued in `q`, in order, as one buffer.
+    fn drain(q: &mut Outbound) -> Vec<u8> {
+        let mut batch = std::collections::VecDeque::new();
+        q.take_into(&mut batch);
+        assert!(q.is_empty());
+        batch.into_iter().flatten().collect()
+    }
+
+    /// Output fills one block after another: none is allocated while nothing is queued, no
+    /// item is split between two blocks, an item larger than a block gets a block of its
+    /// own, and the bytes come out in order.
+    #[test]
+    fn outbound_fills_blocks_in_order() {
+        let mut q = Outbound::default();
+        assert!(q.is_empty());
+        assert_eq!(q.tail.capacity(), 0);
+        let item = [7u8; 1000];
+        let mut want = Vec::new();
+        for i in 0..200u8 {
+            let n = if i == 100 {
+                3 * BLOCK
+            } else {
+                1 + i as usize * 3
+            };
+            let b: Vec<u8> = std::iter::repeat_n(i, n).collect();
+            q.extend_from_slice(&b);
+            want.extend_from_slice(&b);
+            q.extend_from_slice(&item);
+            want.extend_from_slice(&item);
+            assert_eq!(q.len(), want.len());
+        }
+        let mut batch = std::collections::VecDeque::new();
+        q.take_into(&mut batch);
+        assert!(batch.len() > 4);
+        for b in &batch {
+            assert!(b.len() <= BLOCK || b.len() >= 3 * BLOCK, "{}", b.len());
+        }
+        assert_eq!(batch.iter().flatten().copied().collect::<Vec<u8>>(), want);
+        assert!(q.is_empty());
+        assert_eq!(q.tail.capacity(), 0);
+    }
+
+    /// Written blocks are reused: after a block goes back to the pool, the next queue that
+    /// needs one gets that allocation rather than a new one.
+    #[test]
+    fn outbound_reuses_written_blocks() {
+        let mut q = Outbound::default();
+        q.extend_from_slice(b"PONG\r\n");
+        let mut batch = std::collections::VecDeque::new();
+        q.take_into(&mut batch);
+        let block = batch.pop_front().unwrap();
+        let ptr = block.as_ptr();
+        give_block(block);
+        q.extend_from_slice(b"PING\r\n");
+        assert_eq!(q.tail.as_ptr(), ptr);
+        assert_eq!(drain(&mut q), b"PING\r\n");
+    }
 
     /// The shared-line encoder writes exactly what the one-off encoder does, for every
     /// shape of message and subscriber, and falls back to it for a line too long to hold.
@@ -356,8 +518,9 @@ mod tests {
                     let o = Outgoing::new(subject.as_bytes(), reply, hdr_len, msg);
                     for headers in [false, true] {
                         for sid in [&b"1"[..], b"12345"] {
-                            let (mut a, mut b) = (BytesMut::new(), BytesMut::new());
-                            o.write(&mut a, sid, headers);
+                            let (mut q, mut b) = (Outbound::default(), BytesMut::new());
+                            o.write(&mut q, sid, headers);
+                            let a = drain(&mut q);
                             write_msg(
                                 &mut b,
                                 subject.as_bytes(),

@@ -397,7 +397,7 @@ pub struct ShardReport {
 /// A client connection on this shard.
 struct Client {
     cid: u64,
-    out: RefCell<BytesMut>,
+    out: RefCell<client::Outbound>,
     in_flight: Cell<usize>,
     writer: Cell<Option<Waker>>,
     dirty: Cell<bool>,
@@ -493,7 +493,7 @@ impl Client {
         self.out.borrow_mut().extend_from_slice(b);
     }
     fn write_err(&self, text: &str) {
-        client::write_err(&mut self.out.borrow_mut(), text);
+        client::write_err(self.out.borrow_mut().tail(text.len() + 9), text);
     }
     fn wake_writer(&self) {
         if let Some(w) = self.writer.take() {
@@ -910,6 +910,30 @@ pub(crate) fn seal(t: &mut rustls::Connection, data: &mut BytesMut) -> std::io::
         t.write_tls(&mut (&mut *data).writer())?;
     }
     Ok(())
+}
+
+/// Writes `batch`, giving each block back to the pool as soon as the socket took it and
+/// counting its bytes off `in_flight`.
+async fn write_blocks(
+    w: &mut ConnWriter,
+    batch: &mut VecDeque<BytesMut>,
+    in_flight: &Cell<usize>,
+) -> std::io::Result<()> {
+    while let Some(b) = batch.pop_front() {
+        w.write_all(&b).await?;
+        in_flight.set(in_flight.get().saturating_sub(b.len()));
+        client::give_block(b);
+    }
+    Ok(())
+}
+
+/// Seals every plaintext block of `batch` into TLS records in place; with nothing queued,
+/// a block takes whatever records rustls has to send (the handshake's).
+fn seal_blocks(t: &mut rustls::Connection, batch: &mut VecDeque<BytesMut>) -> std::io::Result<()> {
+    if batch.is_empty() && t.wants_write() {
+        batch.push_back(client::take_block());
+    }
+    batch.iter_mut().try_for_each(|b| seal(t, b))
 }
 
 /// Moves what fits of `buffered` into `dst`.
@@ -2024,7 +2048,7 @@ async fn client_main(shard: Rc<Shard>, conn: tern_shards::Conn) {
     let allow_non_tls = tls.is_some() && o.allow_non_tls && !handshake_first;
     let client = Rc::new(Client {
         cid,
-        out: RefCell::new(BytesMut::with_capacity(1024)),
+        out: RefCell::new(client::Outbound::default()),
         in_flight: Cell::new(0),
         writer: Cell::new(None),
         dirty: Cell::new(false),
@@ -2427,7 +2451,7 @@ fn no_responders(shard: &Shard, c: &Rc<Client>, reply: &[u8]) {
     if let Some(sid) = sid {
         let hdr = client::NO_RESPONDERS_HDR;
         client::write_msg(
-            &mut c.out.borrow_mut(),
+            c.out.borrow_mut().tail(reply.len() + hdr.len() + 64),
             reply,
             &sid,
             None,
@@ -2440,7 +2464,7 @@ fn no_responders(shard: &Shard, c: &Rc<Client>, reply: &[u8]) {
 }
 
 async fn writer_task(shard: Rc<Shard>, c: Rc<Client>, mut w: ConnWriter) {
-    let mut spare = BytesMut::new();
+    let mut batch = VecDeque::new();
     loop {
         std::future::poll_fn(|cx| {
             let tls_pending = c.tls.as_ref().is_some_and(|t| t.borrow().wants_write());
@@ -2455,24 +2479,27 @@ async fn writer_task(shard: Rc<Shard>, c: Rc<Client>, mut w: ConnWriter) {
         if c.discard.get() {
             break;
         }
-        let mut data = std::mem::replace(&mut *c.out.borrow_mut(), spare);
+        c.out.borrow_mut().take_into(&mut batch);
         if let Some(tls) = c.session().filter(|_| !c.tls_failed.get()) {
             // Plaintext in, TLS records out (handshake records included).
-            if !c.tls_plain_once.replace(false) && seal(&mut tls.borrow_mut(), &mut data).is_err() {
+            if !c.tls_plain_once.replace(false)
+                && seal_blocks(&mut tls.borrow_mut(), &mut batch).is_err()
+            {
                 shard.close_client(&c, CloseReason::WriteError);
                 break;
             }
         }
-        if data.is_empty() {
-            spare = data;
+        if batch.is_empty() {
             if c.closed.get() {
                 break;
             }
             continue;
         }
-        c.in_flight.set(data.len());
+        let total = batch.iter().map(BytesMut::len).sum::<usize>();
+        c.in_flight.set(total);
         let deadline = shard.opts.borrow().write_deadline;
-        match rt::timeout(deadline, w.write_all(&data)).await {
+        // One deadline for the whole batch, as for one writev.
+        match rt::timeout(deadline, write_blocks(&mut w, &mut batch, &c.in_flight)).await {
             Some(Ok(())) => {}
             Some(Err(_)) => {
                 shard.close_client(&c, CloseReason::WriteError);
@@ -2481,25 +2508,19 @@ async fn writer_task(shard: Rc<Shard>, c: Rc<Client>, mut w: ConnWriter) {
             None => {
                 tracing::info!(
                     "{} - cid:{} - Slow Consumer Detected: WriteDeadline of {:?} exceeded with {} chunks of {} total bytes.",
-                    c.addr, c.cid, deadline, 1, data.len()
+                    c.addr, c.cid, deadline, 1, total
                 );
                 c.discard.set(true);
                 shard.close_client(&c, CloseReason::SlowConsumerWriteDeadline);
                 break;
             }
         }
-        c.in_flight.set(0);
-        data.clear();
-        // Keep a large buffer only while it is needed.
-        spare = if data.capacity() > 4 * 1024 * 1024 {
-            BytesMut::new()
-        } else {
-            data
-        };
     }
     w.shutdown();
+    c.in_flight.set(0);
+    batch.drain(..).for_each(client::give_block);
     // Stale match-cache entries may still reference this client: let go of its buffers now.
-    *c.out.borrow_mut() = BytesMut::new();
+    c.out.borrow_mut().clear();
     c.writer_done.set(true);
 }
 

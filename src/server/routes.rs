@@ -37,7 +37,7 @@ fn retry_pause(failures: u32) -> Duration {
 pub(super) struct Route {
     rid: u64,
     addr: String,
-    out: RefCell<BytesMut>,
+    out: RefCell<client::Outbound>,
     waker: Cell<Option<Waker>>,
     closed: Cell<bool>,
     /// Past the handshake: counted in the cluster, sends and takes interest.
@@ -343,11 +343,18 @@ impl RouteSends {
                 continue;
             }
             let headers = r.remote.borrow().headers;
-            let mut out = r.out.borrow_mut();
+            let size = name.len() + subject.len() + reply.map_or(0, <[u8]>::len) + msg.len();
+            let size = size + queues.iter().map(|q| q.len() + 1).sum::<usize>() + 64;
             route::write_msg(
-                &mut out, name, subject, reply, &queues, hdr_len, msg, headers,
+                r.out.borrow_mut().tail(size),
+                name,
+                subject,
+                reply,
+                &queues,
+                hdr_len,
+                msg,
+                headers,
             );
-            drop(out);
             let mut k = r.counts.get();
             k.out_msgs += 1;
             k.out_bytes += msg.len() as u64;
@@ -767,7 +774,7 @@ async fn route_main(
     let r = Rc::new(Route {
         rid,
         addr,
-        out: RefCell::new(BytesMut::new()),
+        out: RefCell::new(client::Outbound::default()),
         waker: Cell::new(None),
         closed: Cell::new(false),
         registered: Cell::new(false),
@@ -1074,6 +1081,8 @@ fn route_session(
 
 /// Writes what is queued for a route (through its TLS session, if it has one).
 async fn route_writer(r: Rc<Route>, mut w: ConnWriter) {
+    let mut batch = VecDeque::new();
+    let in_flight = Cell::new(0);
     loop {
         std::future::poll_fn(|cx| {
             let tls_out = r.tls.as_ref().is_some_and(|t| t.borrow().wants_write());
@@ -1085,14 +1094,17 @@ async fn route_writer(r: Rc<Route>, mut w: ConnWriter) {
             }
         })
         .await;
-        let mut data = std::mem::take(&mut *r.out.borrow_mut());
+        r.out.borrow_mut().take_into(&mut batch);
         if let Some(t) = &r.tls {
-            if super::seal(&mut t.borrow_mut(), &mut data).is_err() {
+            if super::seal_blocks(&mut t.borrow_mut(), &mut batch).is_err() {
                 r.close();
                 break;
             }
         }
-        if !data.is_empty() && w.write_all(&data).await.is_err() {
+        if super::write_blocks(&mut w, &mut batch, &in_flight)
+            .await
+            .is_err()
+        {
             r.close();
             break;
         }
@@ -1100,6 +1112,7 @@ async fn route_writer(r: Rc<Route>, mut w: ConnWriter) {
             break;
         }
     }
+    batch.drain(..).for_each(client::give_block);
     w.shutdown();
 }
 
