@@ -85,6 +85,13 @@ const CONTENDED_WINDOW: Duration = Duration::from_millis(10);
 /// (Tern) How long an executor that found its core contended parks right after its work.
 const CONTENDED_FOR: Duration = Duration::from_millis(50);
 
+/// (Tern) Spins in a row that ended in a park without finding work, after which the executor
+/// stops spinning: at low message rates a spin only burns its core.
+const FUTILE_SPINS: u32 = 16;
+/// (Tern) While spinning is off, one park in this many spins first, to notice when spinning
+/// would pay again (work arriving within the spin).
+const PROBE_EVERY: u32 = 8;
+
 /// (Tern) glommio 0.9.0's spin before park polls without a system call, so a spinning
 /// executor kept its core for a whole scheduler slice when another thread needed it (two
 /// servers sharing a core, or a client on the executor's core): the thread it was waiting
@@ -94,22 +101,44 @@ const CONTENDED_FOR: Duration = Duration::from_millis(50);
 /// `CONTENDED_YIELD` mean the core is contended by a thread that does not yield back (a
 /// polling client): then the executor parks right after its work for `CONTENDED_FOR`, so that
 /// it is woken at once instead of waiting for its turn.
+///
+/// The spin is also adaptive: after `FUTILE_SPINS` spins in a row that found no work, the
+/// executor parks at once, spinning only one park in `PROBE_EVERY` until a spin finds work
+/// again. A request/reply client keeps it spinning (the reply comes within the spin after the
+/// request); a steady flow slower than the spin does not.
 #[derive(Debug, Default)]
 struct SpinYield {
     contended_until: Option<Instant>,
     last_long_yield: Option<Instant>,
+    futile: u32,
+    skipped: u32,
 }
 
 impl SpinYield {
     /// How long to spin before parking this time.
     fn spin_for(&mut self, spin_before_park: Duration) -> Duration {
-        match self.contended_until {
-            Some(until) if Instant::now() < until => Duration::ZERO,
-            Some(_) => {
-                self.contended_until = None;
-                spin_before_park
+        if let Some(until) = self.contended_until {
+            if Instant::now() < until {
+                return Duration::ZERO;
             }
-            None => spin_before_park,
+            self.contended_until = None;
+        }
+        if self.futile >= FUTILE_SPINS {
+            self.skipped += 1;
+            if self.skipped % PROBE_EVERY != 0 {
+                return Duration::ZERO;
+            }
+        }
+        spin_before_park
+    }
+
+    /// Notes how a spin ended: with work found, or in a park.
+    fn spun(&mut self, found_work: bool) {
+        if found_work {
+            self.futile = 0;
+            self.skipped = 0;
+        } else {
+            self.futile = self.futile.saturating_add(1);
         }
     }
 
@@ -1560,9 +1589,11 @@ impl LocalExecutor {
                         // every `SPIN_YIELD` (see `SpinYield`).
                         let spin_before_park = spin_yield.spin_for(spin_before_park);
                         let mut next_yield = Duration::ZERO;
+                        let mut found_work = true;
                         while !this.reactor.spin_poll_io().unwrap() {
                             let spun = pre_time.elapsed();
                             if spun > spin_before_park {
+                                found_work = false;
                                 this.parker
                                     .park()
                                     .expect("Failed to park! This is actually pretty bad!");
@@ -1572,6 +1603,9 @@ impl LocalExecutor {
                                 spin_yield.give_way();
                                 next_yield = pre_time.elapsed() + SPIN_YIELD;
                             }
+                        }
+                        if !spin_before_park.is_zero() {
+                            spin_yield.spun(found_work);
                         }
                         // reset the timer for deduct spin loop time
                         pre_time = Instant::now();
