@@ -87,7 +87,7 @@ const CONTENDED_FOR: Duration = Duration::from_millis(50);
 
 /// (Tern) Spins in a row that ended in a park without finding work, after which the executor
 /// stops spinning: at low message rates a spin only burns its core.
-const FUTILE_SPINS: u32 = 16;
+const FUTILE_SPINS: u32 = 64;
 /// (Tern) While spinning is off, one park in this many spins first, to notice when spinning
 /// would pay again (work arriving within the spin).
 const PROBE_EVERY: u32 = 8;
