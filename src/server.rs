@@ -2495,7 +2495,7 @@ async fn writer_task(shard: Rc<Shard>, c: Rc<Client>, mut w: ConnWriter) {
             }
             continue;
         }
-        let total = batch.iter().map(BytesMut::len).sum::<usize>();
+        let (chunks, total) = (batch.len(), batch.iter().map(BytesMut::len).sum::<usize>());
         c.in_flight.set(total);
         let deadline = shard.opts.borrow().write_deadline;
         // One deadline for the whole batch, as for one writev.
@@ -2508,7 +2508,7 @@ async fn writer_task(shard: Rc<Shard>, c: Rc<Client>, mut w: ConnWriter) {
             None => {
                 tracing::info!(
                     "{} - cid:{} - Slow Consumer Detected: WriteDeadline of {:?} exceeded with {} chunks of {} total bytes.",
-                    c.addr, c.cid, deadline, 1, total
+                    c.addr, c.cid, deadline, chunks, total
                 );
                 c.discard.set(true);
                 shard.close_client(&c, CloseReason::SlowConsumerWriteDeadline);
