@@ -38,6 +38,8 @@ pub(super) struct Route {
     rid: u64,
     addr: String,
     out: RefCell<client::Outbound>,
+    /// Bytes the writer has taken from `out` and not written yet.
+    in_flight: Cell<usize>,
     waker: Cell<Option<Waker>>,
     closed: Cell<bool>,
     /// Past the handshake: counted in the cluster, sends and takes interest.
@@ -211,7 +213,7 @@ impl Cluster {
                         start: r.start,
                         counts: r.counts.get(),
                         subscriptions: r.subs.borrow().len(),
-                        pending: r.out.borrow().len(),
+                        pending: r.out.borrow().len() + r.in_flight.get(),
                         rtt: r.rtt.get(),
                     }
                 })
@@ -775,6 +777,7 @@ async fn route_main(
         rid,
         addr,
         out: RefCell::new(client::Outbound::default()),
+        in_flight: Cell::new(0),
         waker: Cell::new(None),
         closed: Cell::new(false),
         registered: Cell::new(false),
@@ -1082,7 +1085,6 @@ fn route_session(
 /// Writes what is queued for a route (through its TLS session, if it has one).
 async fn route_writer(r: Rc<Route>, mut w: ConnWriter) {
     let mut batch = VecDeque::new();
-    let in_flight = Cell::new(0);
     loop {
         std::future::poll_fn(|cx| {
             let tls_out = r.tls.as_ref().is_some_and(|t| t.borrow().wants_write());
@@ -1101,7 +1103,8 @@ async fn route_writer(r: Rc<Route>, mut w: ConnWriter) {
                 break;
             }
         }
-        if super::write_blocks(&mut w, &mut batch, &in_flight)
+        r.in_flight.set(batch.iter().map(BytesMut::len).sum());
+        if super::write_blocks(&mut w, &mut batch, &r.in_flight)
             .await
             .is_err()
         {
@@ -1112,6 +1115,7 @@ async fn route_writer(r: Rc<Route>, mut w: ConnWriter) {
             break;
         }
     }
+    r.in_flight.set(0);
     batch.drain(..).for_each(client::give_block);
     w.shutdown();
 }
