@@ -1412,7 +1412,7 @@ impl LocalExecutor {
     fn run_task_queues(&self) -> bool {
         let mut ran = false;
         loop {
-            self.reactor.sys.install_eventfd();
+            // (Tern) The `eventfd` read is installed when the executor goes to sleep.
             if self.need_preempt() {
                 break;
             }
@@ -1420,6 +1420,7 @@ impl LocalExecutor {
                 return false;
             } else {
                 ran = true;
+                self.reactor.sys.note_work();
             }
         }
         ran

@@ -37,7 +37,7 @@ use crate::{
         self,
         blocking::{BlockingThreadOp, BlockingThreadPool},
         dma_buffer::{BufferStorage, DmaBuffer},
-        membarrier, DirectIo, EnqueuedSource, EnqueuedStatus, InnerSource, IoBuffer,
+        DirectIo, EnqueuedSource, EnqueuedStatus, InnerSource, IoBuffer,
         PollableStatus, Source, SourceType, Statx, TimeSpec64,
     },
     uring_sys::{self, IoRingOp},
@@ -955,112 +955,85 @@ impl SleepableRing {
         source
     }
 
-    fn install_eventfd(&mut self, eventfd_src: &Source) -> bool {
-        if let Some(mut sqe) = self.ring.sq().prepare_sqe() {
-            // Now must wait on the `eventfd` in case someone wants to wake us up.
-            // If we can't then we can't sleep and will just bail immediately
-            let op = UringDescriptor {
-                fd: eventfd_src.raw(),
-                flags: SubmissionFlags::empty(),
-                user_data: to_user_data(
-                    self.source_map
-                        .borrow_mut()
-                        .add_source(eventfd_src, self.submission_queue.clone()),
-                ),
-                args: UringOpDescriptor::Read(0, 8),
-            };
-
-            let buffer_ptr = {
-                match &mut *eventfd_src.source_type_mut() {
-                    SourceType::ForeignNotifier(result, _) => result as *mut _ as _,
-                    _ => unreachable!("Expected ForeignNotifier source type"),
-                }
-            };
-
-            fill_sqe(
-                &mut sqe,
-                &op,
-                |size| {
-                    Some(DmaBuffer::with_storage(
-                        size,
-                        BufferStorage::EventFd(buffer_ptr),
-                    ))
-                },
-                &mut self.source_map.borrow_mut(),
-            );
-
-            match &mut *eventfd_src.source_type_mut() {
-                SourceType::ForeignNotifier(_, installed) => {
-                    *installed = self.submit_sqes().is_ok();
-                    *installed
-                }
-                _ => unreachable!("Expected ForeignNotifier source type"),
-            }
-        } else {
-            false
+    /// (Tern) Prepares the read of the executor's `eventfd` (how other executors wake this
+    /// one) in this ring's submission queue, without entering the kernel: it goes in with the
+    /// next submission, at the latest with the `io_uring_enter` that puts the executor to
+    /// sleep. Marks it installed; false when the submission queue is full.
+    fn prepare_eventfd(&mut self, eventfd_src: &Source) -> bool {
+        let mut sq = self.ring.sq();
+        let Some(mut sqe) = sq.prepare_sqe() else {
+            return false;
+        };
+        let op = UringDescriptor {
+            fd: eventfd_src.raw(),
+            flags: SubmissionFlags::empty(),
+            user_data: to_user_data(
+                self.source_map
+                    .borrow_mut()
+                    .add_source(eventfd_src, self.submission_queue.clone()),
+            ),
+            args: UringOpDescriptor::Read(0, 8),
+        };
+        let buffer_ptr = match &mut *eventfd_src.source_type_mut() {
+            SourceType::ForeignNotifier(result, _) => result as *mut _ as _,
+            _ => unreachable!("Expected ForeignNotifier source type"),
+        };
+        fill_sqe(
+            &mut sqe,
+            &op,
+            |size| {
+                Some(DmaBuffer::with_storage(
+                    size,
+                    BufferStorage::EventFd(buffer_ptr),
+                ))
+            },
+            &mut self.source_map.borrow_mut(),
+        );
+        match &mut *eventfd_src.source_type_mut() {
+            SourceType::ForeignNotifier(_, installed) => *installed = true,
+            _ => unreachable!("Expected ForeignNotifier source type"),
         }
+        true
     }
 
-    fn sleep(&mut self, link: &Source) -> io::Result<usize> {
-        assert_eq!(
-            self.waiting_kernel_submission(),
-            0,
-            "sleeping with pending SQEs"
+    /// (Tern) Prepares the poll of the latency ring's fd (`link`) that lets a completion
+    /// there wake an executor sleeping on this ring, without entering the kernel. False when
+    /// the submission queue is full.
+    fn prepare_link(&mut self, link: &Source) -> bool {
+        let mut sq = self.ring.sq();
+        let Some(mut sqe) = sq.prepare_sqe() else {
+            return false;
+        };
+        let op = UringDescriptor {
+            fd: link.raw(),
+            flags: SubmissionFlags::empty(),
+            user_data: to_user_data(
+                self.source_map
+                    .borrow_mut()
+                    .add_source(link, self.submission_queue.clone()),
+            ),
+            args: UringOpDescriptor::PollAdd(common_flags() | read_flags()),
+        };
+        fill_sqe(
+            &mut sqe,
+            &op,
+            DmaBuffer::new,
+            &mut self.source_map.borrow_mut(),
         );
-        if let Some(mut sqe) = self.ring.sq().prepare_sqe() {
-            let sqe_ptr = unsafe { sqe.raw_mut() as *mut _ };
-            let op = UringDescriptor {
-                fd: link.raw(),
-                flags: SubmissionFlags::empty(),
-                user_data: to_user_data(
-                    self.source_map
-                        .borrow_mut()
-                        .add_source(link, self.submission_queue.clone()),
-                ),
-                args: UringOpDescriptor::PollAdd(common_flags() | read_flags()),
-            };
-            fill_sqe(
-                &mut sqe,
-                &op,
-                DmaBuffer::new,
-                &mut self.source_map.borrow_mut(),
-            );
+        true
+    }
 
-            // We have now prepared the SQE that links the two rings. We now need to submit
-            // it successfully to be able to safely sleep.
-
-            if self
-                .submit_sqes()
-                .or_else(Reactor::busy_ok)
-                .or_else(Reactor::again_ok)
-                .or_else(Reactor::intr_ok)?
-                != 1
-            {
-                // We failed to submit the `SQE` that links the rings. Just can't sleep.
-                // Waiting here is unsafe because we could end up waiting much longer than
-                // needed.
-                // We make the SQE a no-op and return
-                unsafe { crate::uring_sys::io_uring_prep_nop(sqe_ptr) };
-                Err(io::Error::from_raw_os_error(libc::EBUSY))
-            } else {
-                // The rings are linked. Goodnight!
-                self.ring
-                    .cq()
-                    .wait(1)
-                    .map(|_| 1)
-                    .or_else(Reactor::busy_ok)
-                    .or_else(Reactor::again_ok)
-                    .or_else(Reactor::intr_ok)
-            }
-        } else {
-            // Can't link rings because we ran out of `CQE`s. Just can't sleep.
-            // Submit what we have, once we're out of here we'll consume them
-            // and at some point will be able to sleep again.
-            self.submit_sqes()
-                .or_else(Reactor::busy_ok)
-                .or_else(Reactor::again_ok)
-                .or_else(Reactor::intr_ok)
-        }
+    /// (Tern) Submits what is prepared (the `eventfd` read and the link poll when they were
+    /// not in the kernel any more) and sleeps until a completion, in one `io_uring_enter`.
+    fn submit_and_sleep(&mut self) -> io::Result<usize> {
+        let x = self
+            .ring
+            .submit_sqes_and_wait(1)
+            .or_else(Reactor::busy_ok)
+            .or_else(Reactor::again_ok)
+            .or_else(Reactor::intr_ok)? as usize;
+        self.in_kernel += x;
+        Ok(x)
     }
 }
 
@@ -1179,9 +1152,19 @@ pub(crate) struct Reactor {
     poll_ring: RefCell<PollRing>,
 
     latency_preemption_timeout_src: Cell<Option<Source>>,
-    /// (Tern) The duration of the preemption timer in `latency_preemption_timeout_src`, when
-    /// what is there is a preemption timer (not a user timer armed before sleeping).
+    /// (Tern) The duration of the preemption timer in `latency_preemption_timeout_src`.
     armed_preempt: Cell<Option<Duration>>,
+    /// (Tern) Whether the executor ran tasks since the preemption timer was armed: such a
+    /// timer stays armed while the executor sleeps (see `wait`).
+    preempt_used: Cell<bool>,
+    /// (Tern) The timer armed before sleeping for the earliest user timer, and when it fires.
+    /// It stays armed across sleeps while it fires no later than the executor must wake.
+    user_timeout_src: Cell<Option<Source>>,
+    user_deadline: Cell<Option<Instant>>,
+    /// (Tern) The poll of the latency ring's fd on the main ring that wakes a sleeping
+    /// executor when the latency ring completes something (a timer). It stays in the kernel
+    /// across sleeps until it fires.
+    link_src: Cell<Option<Source>>,
 
     link_fd: RawFd,
 
@@ -1268,7 +1251,7 @@ impl Reactor {
         let main_ring =
             SleepableRing::new(ring_depth, "main", allocator.clone(), source_map.clone())?;
         let poll_ring = PollRing::new(ring_depth, allocator.clone(), source_map.clone())?;
-        let mut latency_ring =
+        let latency_ring =
             SleepableRing::new(ring_depth, "latency", allocator.clone(), source_map.clone())?;
 
         match main_ring.registrar().register_buffers_by_ref(&registry) {
@@ -1303,9 +1286,8 @@ impl Reactor {
             None,
         );
 
-        if !eventfd_src.is_installed().unwrap() {
-            latency_ring.install_eventfd(&eventfd_src);
-        }
+        // (Tern) The `eventfd` read is prepared on the main ring when the executor goes to
+        // sleep (see `sleep`), not installed on the latency ring here.
 
         Ok(Reactor {
             main_ring: RefCell::new(main_ring),
@@ -1313,6 +1295,10 @@ impl Reactor {
             poll_ring: RefCell::new(poll_ring),
             latency_preemption_timeout_src: Cell::new(None),
             armed_preempt: Cell::new(None),
+            preempt_used: Cell::new(false),
+            user_timeout_src: Cell::new(None),
+            user_deadline: Cell::new(None),
+            link_src: Cell::new(None),
             blocking_thread,
             link_fd,
             notifier,
@@ -1330,12 +1316,9 @@ impl Reactor {
         self.rings_depth
     }
 
-    pub(crate) fn install_eventfd(&self) {
-        if !self.eventfd_src.is_installed().unwrap() {
-            self.latency_ring
-                .borrow_mut()
-                .install_eventfd(&self.eventfd_src);
-        }
+    /// (Tern) Notes that the executor ran tasks: the preemption timer armed before saw work.
+    pub(crate) fn note_work(&self) {
+        self.preempt_used.set(true);
     }
 
     pub(crate) fn process_foreign_wakes(&self) -> usize {
@@ -1682,17 +1665,31 @@ impl Reactor {
     /// what we do is we take advantage of the fact that the ring's `ring_fd` is
     /// pollable and register a `POLL_ADD` event into the ring we will wait on.
     ///
-    /// We may not be able to register an `SQE` at this point, so we return an
-    /// Error and will just not sleep.
-    fn link_rings_and_sleep(&self, ring: &mut SleepableRing) -> io::Result<()> {
-        let link_rings = Source::new(
-            IoRequirements::default(),
-            self.link_fd,
-            SourceType::LinkRings,
-            None,
-            None,
-        );
-        ring.sleep(&link_rings).or_else(Self::busy_ok).map(|_| {})
+    /// (Tern) The executor sleeps on the main ring in a single `io_uring_enter`, which also
+    /// submits the `eventfd` read (how other executors wake this one) and the link poll when
+    /// they are not in the kernel any more; both stay there across wake-ups that did not
+    /// complete them. glommio 0.9.0 submitted the link poll on its own before every sleep,
+    /// cancelled it after, and re-armed the `eventfd` read on the latency ring on its own.
+    /// When no submission entry is free, the executor does not sleep this time.
+    fn sleep(&self, ring: &mut SleepableRing) -> io::Result<()> {
+        if !self.eventfd_src.is_installed().unwrap() && !ring.prepare_eventfd(&self.eventfd_src) {
+            return Ok(());
+        }
+        if !Self::in_kernel(&self.link_src) {
+            let link = Source::new(
+                IoRequirements::default(),
+                self.link_fd,
+                SourceType::LinkRings,
+                None,
+                None,
+            );
+            if !ring.prepare_link(&link) {
+                return Ok(());
+            }
+            // The old one, if any, has completed: dropping it cancels nothing.
+            self.link_src.set(Some(link));
+        }
+        ring.submit_and_sleep().map(|_| {})
     }
 
     pub(crate) fn poll_io(&self, woke: &mut usize) -> io::Result<()> {
@@ -1780,13 +1777,19 @@ impl Reactor {
         // But if we will sleep, there might be a timer registered that needs
         // to be removed otherwise we'll wake up when it expires.
         //
-        // (Tern) Unless the preemption timer armed on an earlier turn is still pending with
-        // the same duration and we are not going to sleep: then it stays, which saves a
-        // cancel and a re-arm (two `io_uring_enter`) on every turn of a busy executor.
+        // (Tern) Unless the preemption timer armed on an earlier turn is still pending and
+        // either has the same duration, or we may be about to sleep and the executor ran
+        // tasks since it was armed. Keeping it saves a cancel and a re-arm (two
+        // `io_uring_enter`) on every turn of a busy executor and on every sleep of one that
+        // sleeps between messages; the price is one wake-up, at most a preemption period
+        // after the last work. A timer that saw no work (the executor woke for that timer
+        // and found nothing to do) goes, so an idle executor stops waking.
         let preempt = preempt_timer();
-        let keep_preempt = preempt.is_some()
-            && self.armed_preempt.get() == preempt
-            && Self::pending(&self.latency_preemption_timeout_src);
+        let keep_preempt = Self::in_kernel(&self.latency_preemption_timeout_src)
+            && match preempt {
+                Some(_) => self.armed_preempt.get() == preempt,
+                None => self.preempt_used.get(),
+            };
         if !keep_preempt {
             self.armed_preempt.set(None);
             drop(self.latency_preemption_timeout_src.take());
@@ -1807,7 +1810,7 @@ impl Reactor {
         consume_rings!(into &mut woke; lat_ring, poll_ring, main_ring);
 
         // If we generated any event so far, we can't sleep. Need to handle them.
-        let should_sleep = preempt_timer().is_none()
+        let should_sleep = preempt.is_none()
             && (woke == 0)
             && poll_ring.can_sleep()
             && main_ring.can_sleep()
@@ -1816,40 +1819,49 @@ impl Reactor {
         if should_sleep {
             // We are about to go to sleep. It's ok to sleep, but if there
             // is a timer set, we need to make sure we wake up to handle it.
+            //
+            // (Tern) A timer armed before an earlier sleep that will fire no later than this
+            // one must stays armed: at worst it wakes the executor early once.
             if let Some(dur) = user_timer {
-                self.latency_preemption_timeout_src
-                    .set(Some(lat_ring.prepare_latency_preemption_timer(dur)));
-                assert!(flush_rings!(lat_ring)? > 0);
+                let deadline = Instant::now() + dur;
+                let armed = self.user_deadline.get().filter(|&d| d <= deadline);
+                if armed.is_none() || !Self::in_kernel(&self.user_timeout_src) {
+                    // An earlier timer that would fire too late is cancelled with the
+                    // next turn's cancellations.
+                    self.user_timeout_src
+                        .set(Some(lat_ring.prepare_latency_preemption_timer(dur)));
+                    self.user_deadline.set(Some(deadline));
+                    assert!(flush_rings!(lat_ring)? > 0);
+                }
             }
             // From this moment on the remote executors are aware that we are sleeping
             // We have to sweep the remote channels function once more because since
             // last time until now it could be that something happened in a remote executor
             // that opened up room. If it did we bail on sleep and go process it.
             self.notifier.prepare_to_sleep();
-            // See https://www.scylladb.com/2018/02/15/memory-barriers-seastar-linux/ for
-            // details. This translates to `sys_membarrier()` /
-            // `MEMBARRIER_CMD_PRIVATE_EXPEDITED`
-            membarrier::heavy();
+            // (Tern) A full fence where glommio 0.9.0 called `membarrier` (a system call on
+            // every sleep): the store above must be visible before the channels are read
+            // again, and `SleepNotifier::notify` fences between a sender's push and its read
+            // of the flag, so either the sender sees this executor asleep and writes the
+            // `eventfd`, or the sweep below sees what it pushed.
+            std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
             let events = process_remote_channels() + self.flush_syscall_thread();
             if events == 0 {
-                if self.eventfd_src.is_installed().unwrap() {
-                    self.link_rings_and_sleep(&mut main_ring)
-                        .expect("some error");
-                    // May have new cancellations related to the link ring fd.
-                    flush_cancellations!(into &mut 0; lat_ring, poll_ring, main_ring);
-                    flush_rings!(lat_ring, poll_ring, main_ring)?;
-                    consume_rings!(into &mut 0; lat_ring, poll_ring, main_ring);
-                }
-                // Woke up, so no need to notify us anymore.
-                self.notifier.wake_up();
+                self.sleep(&mut main_ring).expect("some error");
+                flush_cancellations!(into &mut 0; lat_ring, poll_ring, main_ring);
+                flush_rings!(lat_ring, poll_ring, main_ring)?;
+                consume_rings!(into &mut 0; lat_ring, poll_ring, main_ring);
             }
+            // Woke up (or did not sleep), so no need to notify us anymore.
+            self.notifier.wake_up();
         }
 
-        if let Some(preempt) = preempt_timer() {
+        if let Some(preempt) = preempt {
             if !keep_preempt {
                 self.latency_preemption_timeout_src
                     .set(Some(lat_ring.prepare_latency_preemption_timer(preempt)));
                 self.armed_preempt.set(Some(preempt));
+                self.preempt_used.set(false);
                 flush_rings!(lat_ring, main_ring)?;
             }
         }
@@ -1864,12 +1876,13 @@ impl Reactor {
         Ok(should_sleep)
     }
 
-    /// (Tern) Whether the timer in `cell` is armed and has not fired yet.
-    fn pending(cell: &Cell<Option<Source>>) -> bool {
+    /// (Tern) Whether the request of the source in `cell` is in the kernel (or about to go
+    /// there) and its completion has not been consumed yet.
+    fn in_kernel(cell: &Cell<Option<Source>>) -> bool {
         let src = cell.take();
-        let pending = src.as_ref().is_some_and(|s| s.result().is_none());
+        let in_kernel = src.as_ref().is_some_and(Source::is_enqueued);
         cell.set(src);
-        pending
+        in_kernel
     }
 
     pub(crate) fn flush_syscall_thread(&self) -> usize {
