@@ -1591,7 +1591,16 @@ impl LocalExecutor {
                         let spin_before_park = spin_yield.spin_for(spin_before_park);
                         let mut next_yield = Duration::ZERO;
                         let mut found_work = true;
-                        while !this.reactor.spin_poll_io().unwrap() {
+                        if spin_before_park.is_zero() {
+                            // (Tern) No spin: park at once. The park polls everything a
+                            // spin would and does not sleep if it finds work, and the
+                            // requests queued since the last turn go in with the
+                            // `io_uring_enter` it sleeps in instead of one of their own.
+                            this.parker
+                                .park()
+                                .expect("Failed to park! This is actually pretty bad!");
+                        }
+                        while !spin_before_park.is_zero() && !this.reactor.spin_poll_io().unwrap() {
                             let spun = pre_time.elapsed();
                             if spun > spin_before_park {
                                 found_work = false;

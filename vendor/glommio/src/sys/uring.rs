@@ -1023,8 +1023,30 @@ impl SleepableRing {
         true
     }
 
-    /// (Tern) Submits what is prepared (the `eventfd` read and the link poll when they were
-    /// not in the kernel any more) and sleeps until a completion, in one `io_uring_enter`.
+    /// (Tern) Moves the queued requests into submission entries without entering the
+    /// kernel: an executor about to sleep submits them with the `io_uring_enter` it sleeps
+    /// in. False when the submission queue filled up first.
+    fn prepare_submissions(&mut self) -> bool {
+        let q = self.submission_queue();
+        let mut queue = q.borrow_mut();
+        loop {
+            // `Some(false)`: nothing left to prepare; `None`: no free entry.
+            match self.submit_one_event(&mut queue.submissions) {
+                Some(true) => {}
+                Some(false) => return true,
+                None => return false,
+            }
+        }
+    }
+
+    /// (Tern) `can_sleep`, for a ring whose prepared entries go in with the sleep.
+    fn can_sleep_submitting(&self) -> bool {
+        self.submission_queue.borrow().is_empty() && self.waiting_kernel_collection() == 0
+    }
+
+    /// (Tern) Submits what is prepared (requests queued since the last turn, the `eventfd`
+    /// read and the link poll when they were not in the kernel any more) and sleeps until a
+    /// completion, in one `io_uring_enter`.
     fn submit_and_sleep(&mut self) -> io::Result<usize> {
         let x = self
             .ring
@@ -1805,15 +1827,27 @@ impl Reactor {
         flush_cancellations!(into &mut woke; lat_ring, poll_ring, main_ring);
         // ... which happens right here. If you ever reorder this code just
         // be careful about this dependency.
-        flush_rings!(lat_ring, poll_ring, main_ring)?;
+        //
+        // (Tern) When the executor may sleep, the main ring's new requests (typically the
+        // poll for a socket that had no more data) are only prepared here: they go in with
+        // the `io_uring_enter` the executor sleeps in, or at the end of this call.
+        let park = preempt.is_none();
+        let main_prepared = if park {
+            flush_rings!(lat_ring, poll_ring)?;
+            main_ring.prepare_submissions()
+        } else {
+            flush_rings!(lat_ring, poll_ring, main_ring)?;
+            true
+        };
         // pick up the results of any cancellations
         consume_rings!(into &mut woke; lat_ring, poll_ring, main_ring);
 
         // If we generated any event so far, we can't sleep. Need to handle them.
-        let should_sleep = preempt.is_none()
+        let should_sleep = park
+            && main_prepared
             && (woke == 0)
             && poll_ring.can_sleep()
-            && main_ring.can_sleep()
+            && main_ring.can_sleep_submitting()
             && lat_ring.can_sleep();
 
         if should_sleep {
@@ -1855,6 +1889,8 @@ impl Reactor {
             // Woke up (or did not sleep), so no need to notify us anymore.
             self.notifier.wake_up();
         }
+        // (Tern) What was prepared for a sleep that did not happen goes now.
+        flush_rings!(main_ring)?;
 
         if let Some(preempt) = preempt {
             if !keep_preempt {
