@@ -1410,20 +1410,20 @@ impl LocalExecutor {
     }
 
     fn run_task_queues(&self) -> bool {
-        let mut ran = false;
         loop {
             // (Tern) The `eventfd` read is installed when the executor goes to sleep.
             if self.need_preempt() {
-                break;
+                // (Tern) Preempted before running anything: tasks may still be runnable, so
+                // this must not read as "nothing to run", or the executor would park (and
+                // sleep: the completion behind the preemption is consumed by then) with
+                // runnable tasks. glommio 0.9.0 returned false here; a completion landing in
+                // the latency ring between the turn's poll and this check was enough.
+                return true;
             }
             if !self.run_one_task_queue() {
                 return false;
-            } else {
-                ran = true;
-                self.reactor.sys.note_work();
             }
         }
-        ran
     }
 
     fn run_one_task_queue(&self) -> bool {
