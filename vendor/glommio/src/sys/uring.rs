@@ -1329,7 +1329,6 @@ impl Reactor {
         self.rings_depth
     }
 
-
     pub(crate) fn process_foreign_wakes(&self) -> usize {
         self.notifier.process_foreign_wakes()
     }
@@ -1677,8 +1676,9 @@ impl Reactor {
     /// (Tern) The executor sleeps on the main ring in a single `io_uring_enter`, which also
     /// submits the `eventfd` read (how other executors wake this one) and the link poll when
     /// they are not in the kernel any more; both stay there across wake-ups that did not
-    /// complete them. glommio 0.9.0 submitted the link poll on its own before every sleep,
-    /// cancelled it after, and re-armed the `eventfd` read on the latency ring on its own.
+    /// complete them. glommio 0.9.0 submitted a new link poll on its own before every sleep
+    /// (leaving the old one behind when it had not fired) and re-armed the `eventfd` read on
+    /// the latency ring on its own.
     /// When no submission entry is free, the executor does not sleep this time.
     fn sleep(&self, ring: &mut SleepableRing) -> io::Result<()> {
         if !self.eventfd_src.is_installed().unwrap() && !ring.prepare_eventfd(&self.eventfd_src) {
