@@ -1589,8 +1589,6 @@ impl LocalExecutor {
                         // (a peer it just sent to may be waiting for this core) and then
                         // every `SPIN_YIELD` (see `SpinYield`).
                         let spin_before_park = spin_yield.spin_for(spin_before_park);
-                        let mut next_yield = Duration::ZERO;
-                        let mut found_work = true;
                         if spin_before_park.is_zero() {
                             // (Tern) No spin: park at once. The park polls everything a
                             // spin would and does not sleep if it finds work, and the
@@ -1599,22 +1597,23 @@ impl LocalExecutor {
                             this.parker
                                 .park()
                                 .expect("Failed to park! This is actually pretty bad!");
-                        }
-                        while !spin_before_park.is_zero() && !this.reactor.spin_poll_io().unwrap() {
-                            let spun = pre_time.elapsed();
-                            if spun > spin_before_park {
-                                found_work = false;
-                                this.parker
-                                    .park()
-                                    .expect("Failed to park! This is actually pretty bad!");
-                                break;
+                        } else {
+                            let mut next_yield = Duration::ZERO;
+                            let mut found_work = true;
+                            while !this.reactor.spin_poll_io().unwrap() {
+                                let spun = pre_time.elapsed();
+                                if spun > spin_before_park {
+                                    found_work = false;
+                                    this.parker
+                                        .park()
+                                        .expect("Failed to park! This is actually pretty bad!");
+                                    break;
+                                }
+                                if spun >= next_yield {
+                                    spin_yield.give_way();
+                                    next_yield = pre_time.elapsed() + SPIN_YIELD;
+                                }
                             }
-                            if spun >= next_yield {
-                                spin_yield.give_way();
-                                next_yield = pre_time.elapsed() + SPIN_YIELD;
-                            }
-                        }
-                        if !spin_before_park.is_zero() {
                             spin_yield.spun(found_work);
                         }
                         // reset the timer for deduct spin loop time

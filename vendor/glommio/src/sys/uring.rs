@@ -955,40 +955,43 @@ impl SleepableRing {
         source
     }
 
-    /// (Tern) Prepares the read of the executor's `eventfd` (how other executors wake this
-    /// one) in this ring's submission queue, without entering the kernel: it goes in with the
-    /// next submission, at the latest with the `io_uring_enter` that puts the executor to
-    /// sleep. Marks it installed; false when the submission queue is full.
-    fn prepare_eventfd(&mut self, eventfd_src: &Source) -> bool {
+    /// (Tern) Prepares `args` for `src` in this ring's submission queue without entering
+    /// the kernel: it goes in with the next submission, at the latest with the
+    /// `io_uring_enter` that puts the executor to sleep. False when the queue is full.
+    fn prepare_direct<F>(&mut self, src: &Source, args: UringOpDescriptor, buffer: F) -> bool
+    where
+        F: FnOnce(usize) -> Option<DmaBuffer>,
+    {
         let mut sq = self.ring.sq();
         let Some(mut sqe) = sq.prepare_sqe() else {
             return false;
         };
         let op = UringDescriptor {
-            fd: eventfd_src.raw(),
+            fd: src.raw(),
             flags: SubmissionFlags::empty(),
             user_data: to_user_data(
                 self.source_map
                     .borrow_mut()
-                    .add_source(eventfd_src, self.submission_queue.clone()),
+                    .add_source(src, self.submission_queue.clone()),
             ),
-            args: UringOpDescriptor::Read(0, 8),
+            args,
         };
+        fill_sqe(&mut sqe, &op, buffer, &mut self.source_map.borrow_mut());
+        true
+    }
+
+    /// (Tern) Prepares the read of the executor's `eventfd` (how other executors wake this
+    /// one) and marks it installed; false when the submission queue is full.
+    fn prepare_eventfd(&mut self, eventfd_src: &Source) -> bool {
         let buffer_ptr = match &mut *eventfd_src.source_type_mut() {
             SourceType::ForeignNotifier(result, _) => result as *mut _ as _,
             _ => unreachable!("Expected ForeignNotifier source type"),
         };
-        fill_sqe(
-            &mut sqe,
-            &op,
-            |size| {
-                Some(DmaBuffer::with_storage(
-                    size,
-                    BufferStorage::EventFd(buffer_ptr),
-                ))
-            },
-            &mut self.source_map.borrow_mut(),
-        );
+        let buffer =
+            |size| Some(DmaBuffer::with_storage(size, BufferStorage::EventFd(buffer_ptr)));
+        if !self.prepare_direct(eventfd_src, UringOpDescriptor::Read(0, 8), buffer) {
+            return false;
+        }
         match &mut *eventfd_src.source_type_mut() {
             SourceType::ForeignNotifier(_, installed) => *installed = true,
             _ => unreachable!("Expected ForeignNotifier source type"),
@@ -997,30 +1000,10 @@ impl SleepableRing {
     }
 
     /// (Tern) Prepares the poll of the latency ring's fd (`link`) that lets a completion
-    /// there wake an executor sleeping on this ring, without entering the kernel. False when
-    /// the submission queue is full.
+    /// there wake an executor sleeping on this ring; false when the submission queue is full.
     fn prepare_link(&mut self, link: &Source) -> bool {
-        let mut sq = self.ring.sq();
-        let Some(mut sqe) = sq.prepare_sqe() else {
-            return false;
-        };
-        let op = UringDescriptor {
-            fd: link.raw(),
-            flags: SubmissionFlags::empty(),
-            user_data: to_user_data(
-                self.source_map
-                    .borrow_mut()
-                    .add_source(link, self.submission_queue.clone()),
-            ),
-            args: UringOpDescriptor::PollAdd(common_flags() | read_flags()),
-        };
-        fill_sqe(
-            &mut sqe,
-            &op,
-            DmaBuffer::new,
-            &mut self.source_map.borrow_mut(),
-        );
-        true
+        let args = UringOpDescriptor::PollAdd(common_flags() | read_flags());
+        self.prepare_direct(link, args, DmaBuffer::new)
     }
 
     /// (Tern) Moves the queued requests into submission entries without entering the
