@@ -1423,6 +1423,7 @@ impl LocalExecutor {
             if !self.run_one_task_queue() {
                 return false;
             }
+            self.reactor.sys.note_work();
         }
     }
 

@@ -1157,9 +1157,15 @@ pub(crate) struct Reactor {
     poll_ring: RefCell<PollRing>,
 
     latency_preemption_timeout_src: Cell<Option<Source>>,
-    /// (Tern) The duration of the preemption timer in `latency_preemption_timeout_src`, when
-    /// what is there is a preemption timer (not a user timer armed before sleeping).
+    /// (Tern) The duration of the preemption timer in `latency_preemption_timeout_src`.
     armed_preempt: Cell<Option<Duration>>,
+    /// (Tern) Whether the executor ran tasks since the preemption timer was armed: such a
+    /// timer stays armed while the executor sleeps (see `wait`).
+    preempt_used: Cell<bool>,
+    /// (Tern) The timer armed before sleeping for the earliest user timer, and when it fires.
+    /// It stays armed across sleeps while it fires no later than the executor must wake.
+    user_timeout_src: Cell<Option<Source>>,
+    user_deadline: Cell<Option<Instant>>,
     /// (Tern) The poll of the latency ring's fd on the main ring that wakes a sleeping
     /// executor when the latency ring completes something (a timer). It stays in the kernel
     /// across sleeps until it fires.
@@ -1294,6 +1300,9 @@ impl Reactor {
             poll_ring: RefCell::new(poll_ring),
             latency_preemption_timeout_src: Cell::new(None),
             armed_preempt: Cell::new(None),
+            preempt_used: Cell::new(false),
+            user_timeout_src: Cell::new(None),
+            user_deadline: Cell::new(None),
             link_src: Cell::new(None),
             blocking_thread,
             link_fd,
@@ -1310,6 +1319,11 @@ impl Reactor {
 
     pub(crate) fn ring_depth(&self) -> usize {
         self.rings_depth
+    }
+
+    /// (Tern) Notes that the executor ran tasks: the preemption timer armed before saw work.
+    pub(crate) fn note_work(&self) {
+        self.preempt_used.set(true);
     }
 
     pub(crate) fn process_foreign_wakes(&self) -> usize {
@@ -1769,15 +1783,21 @@ impl Reactor {
         // But if we will sleep, there might be a timer registered that needs
         // to be removed otherwise we'll wake up when it expires.
         //
-        // (Tern) Unless the preemption timer armed on an earlier turn is still pending with
-        // the same duration and we are not going to sleep: then it stays, which saves a
-        // cancel and a re-arm (two `io_uring_enter`) on every turn of a busy executor.
-        // A new one is queued right away, so that the cancel of the old timer and the arm of
-        // the new one go to the kernel in one `io_uring_enter`.
+        // (Tern) Unless the preemption timer armed on an earlier turn is still pending and
+        // either has the same duration, or we may be about to sleep and the executor ran
+        // tasks since it was armed. Keeping it saves a cancel and a re-arm (two
+        // `io_uring_enter`) on every turn of a busy executor and on every sleep of one that
+        // sleeps between messages; the price is one wake-up, at most a preemption period
+        // after the last work. A timer that saw no work (the executor woke for that timer
+        // and found nothing to do) goes, so an idle executor stops waking. A new one is
+        // queued right away, so that the cancel of the old timer and the arm of the new one
+        // go to the kernel in one `io_uring_enter`.
         let preempt = preempt_timer();
-        let keep_preempt = preempt.is_some()
-            && self.armed_preempt.get() == preempt
-            && Self::in_kernel(&self.latency_preemption_timeout_src);
+        let keep_preempt = Self::in_kernel(&self.latency_preemption_timeout_src)
+            && match preempt {
+                Some(_) => self.armed_preempt.get() == preempt,
+                None => self.preempt_used.get(),
+            };
         if !keep_preempt {
             self.armed_preempt.set(None);
             drop(self.latency_preemption_timeout_src.take());
@@ -1785,6 +1805,7 @@ impl Reactor {
                 self.latency_preemption_timeout_src
                     .set(Some(lat_ring.prepare_latency_preemption_timer(preempt)));
                 self.armed_preempt.set(Some(preempt));
+                self.preempt_used.set(false);
             }
         }
 
@@ -1824,10 +1845,20 @@ impl Reactor {
         if should_sleep {
             // We are about to go to sleep. It's ok to sleep, but if there
             // is a timer set, we need to make sure we wake up to handle it.
+            //
+            // (Tern) A timer armed before an earlier sleep that will fire no later than this
+            // one must stays armed: at worst it wakes the executor early once.
             if let Some(dur) = user_timer {
-                self.latency_preemption_timeout_src
-                    .set(Some(lat_ring.prepare_latency_preemption_timer(dur)));
-                assert!(flush_rings!(lat_ring)? > 0);
+                let deadline = Instant::now() + dur;
+                let armed = self.user_deadline.get().filter(|&d| d <= deadline);
+                if armed.is_none() || !Self::in_kernel(&self.user_timeout_src) {
+                    // An earlier timer that would fire too late is cancelled with the
+                    // next turn's cancellations.
+                    self.user_timeout_src
+                        .set(Some(lat_ring.prepare_latency_preemption_timer(dur)));
+                    self.user_deadline.set(Some(deadline));
+                    assert!(flush_rings!(lat_ring)? > 0);
+                }
             }
             // From this moment on the remote executors are aware that we are sleeping
             // We have to sweep the remote channels function once more because since
@@ -1881,6 +1912,7 @@ impl Reactor {
         let cq = unsafe { &lat_ring.ring.raw_mut().cq };
         (cq.khead, cq.ktail)
     }
+
 
     /// (Tern) The main ring's completion queue head and tail: `need_preempt` reads how many
     /// completions wait there, in place of the throughput preemption timeout glommio 0.9.0
