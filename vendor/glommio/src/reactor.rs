@@ -173,6 +173,8 @@ pub(crate) struct Reactor {
     /// refcell) every time. Acquire during initialization
     preempt_ptr_head: *const u32,
     preempt_ptr_tail: *const AtomicU32,
+    /// (Tern) See `sys::Reactor::preempt_flags_pointer`.
+    preempt_ptr_flags: *const AtomicU32,
 
     /// (Tern) The main ring's completion queue head and tail, and how many completions
     /// waiting there make `need_preempt` true (the ring depth): a read of two words in
@@ -194,6 +196,7 @@ impl Reactor {
         let sys = sys::Reactor::new(notifier, io_memory, ring_depth, blocking_thread)?;
         let (preempt_ptr_head, preempt_ptr_tail) = sys.preempt_pointers();
         let (throughput_ptr_head, throughput_ptr_tail) = sys.throughput_pointers();
+        let preempt_ptr_flags = sys.preempt_flags_pointer();
         Ok(Reactor {
             sys,
             timers: RefCell::new(Timers::new()),
@@ -202,6 +205,7 @@ impl Reactor {
             record_io_latencies,
             preempt_ptr_head,
             preempt_ptr_tail: preempt_ptr_tail as _,
+            preempt_ptr_flags,
             throughput_ptr_head,
             throughput_ptr_tail: throughput_ptr_tail as _,
             throughput_depth: ring_depth as u32,
@@ -220,6 +224,9 @@ impl Reactor {
     pub(crate) fn need_preempt(&self) -> bool {
         unsafe {
             *self.preempt_ptr_head != (*self.preempt_ptr_tail).load(Ordering::Acquire)
+                || (*self.preempt_ptr_flags).load(Ordering::Relaxed)
+                    & crate::uring_sys::IORING_SQ_TASKRUN
+                    != 0
                 || (*self.throughput_ptr_tail)
                     .load(Ordering::Acquire)
                     .wrapping_sub(*self.throughput_ptr_head)

@@ -92,6 +92,12 @@ bitflags::bitflags! {
         const CQSIZE    = 1 << 3;
         const CLAMP     = 1 << 4;
         const ATTACH_WQ = 1 << 5;
+        /// (Tern) Completions that need the ring's task do not interrupt it while it runs:
+        /// they wait for its next system call.
+        const COOP_TASKRUN = 1 << 8;
+        /// (Tern) With `COOP_TASKRUN`: the kernel sets `IORING_SQ_TASKRUN` in the submission
+        /// queue's flags while such completions wait.
+        const TASKRUN_FLAG = 1 << 9;
     }
 }
 

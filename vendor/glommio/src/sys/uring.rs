@@ -25,7 +25,10 @@ use std::{
     pin::Pin,
     ptr,
     rc::Rc,
-    sync::Arc,
+    sync::{
+        atomic::{AtomicU32, Ordering},
+        Arc,
+    },
     time::{Duration, Instant},
 };
 
@@ -655,6 +658,9 @@ pub(crate) trait UringCommon {
     fn may_rush(&self) -> bool {
         true
     }
+    /// (Tern) Runs the completions that wait for this thread's next system call (see
+    /// `SleepableRing::new`).
+    fn run_task_work(&mut self) {}
 
     fn consume_sqe_queue(
         &mut self,
@@ -742,6 +748,7 @@ pub(crate) trait UringCommon {
             .or_else(Reactor::busy_ok)
             .or_else(Reactor::again_ok)
             .or_else(Reactor::intr_ok)?;
+        self.run_task_work();
         self.consume_completion_queue(woke);
         Ok(())
     }
@@ -903,8 +910,16 @@ impl SleepableRing {
         source_map: Rc<RefCell<SourceMap>>,
     ) -> io::Result<Self> {
         assert!(*IO_URING_RECENT_ENOUGH);
+        // (Tern) A completion that needs this thread (a socket poll, a timer, a read) does
+        // not interrupt it with an IPI while it runs: it waits for the thread's next system
+        // call, and `IORING_SQ_TASKRUN` tells a spinning executor to make one (see
+        // `run_task_work` and `Reactor::need_preempt`). A sleeping thread is woken as before.
+        // Kernels before 5.19 do not know the flags: the ring is then set up as glommio did.
+        let coop = iou::SetupFlags::COOP_TASKRUN | iou::SetupFlags::TASKRUN_FLAG;
+        let ring = iou::IoUring::new_with_flags(size as _, coop, iou::SetupFeatures::empty())
+            .or_else(|_| iou::IoUring::new(size as _))?;
         Ok(SleepableRing {
-            ring: iou::IoUring::new(size as _)?,
+            ring,
             size,
             submission_queue: UringQueueState::with_capacity(size * 4),
             name,
@@ -918,6 +933,11 @@ impl SleepableRing {
 
     fn ring_fd(&self) -> RawFd {
         self.ring.raw().ring_fd
+    }
+
+    /// (Tern) The submission queue's flags, which the kernel updates.
+    fn sq_flags(&self) -> *const AtomicU32 {
+        self.ring.raw().sq.kflags as *const AtomicU32
     }
 
     /// This function prepares a timer that fires unconditionally after a
@@ -1061,6 +1081,24 @@ impl UringCommon for SleepableRing {
 
     fn may_rush(&self) -> bool {
         false
+    }
+
+    fn run_task_work(&mut self) {
+        // SAFETY: the flags word lives in the ring's shared memory, mapped while `self` is.
+        let flags = unsafe { (*self.sq_flags()).load(Ordering::Acquire) };
+        if flags & uring_sys::IORING_SQ_TASKRUN != 0 {
+            // SAFETY: an enter that submits nothing and waits for nothing: the kernel only
+            // runs this thread's pending completions on the way out.
+            unsafe {
+                uring_sys::syscalls::io_uring_enter(
+                    self.ring_fd(),
+                    0,
+                    0,
+                    uring_sys::IORING_ENTER_GETEVENTS,
+                    std::ptr::null(),
+                );
+            }
+        }
     }
 
     fn needs_kernel_enter(&self) -> bool {
@@ -1913,6 +1951,12 @@ impl Reactor {
         (cq.khead, cq.ktail)
     }
 
+    /// (Tern) The latency ring's submission queue flags: `IORING_SQ_TASKRUN` there means a
+    /// completion for it waits for this thread's next system call, which preempts as the
+    /// completion itself would.
+    pub(crate) fn preempt_flags_pointer(&self) -> *const AtomicU32 {
+        self.latency_ring.borrow().sq_flags()
+    }
 
     /// (Tern) The main ring's completion queue head and tail: `need_preempt` reads how many
     /// completions wait there, in place of the throughput preemption timeout glommio 0.9.0
