@@ -1884,8 +1884,8 @@ impl Reactor {
             // We are about to go to sleep. It's ok to sleep, but if there
             // is a timer set, we need to make sure we wake up to handle it.
             //
-            // (Tern) A timer armed before an earlier sleep that will fire no later than this
-            // one must stays armed: at worst it wakes the executor early once.
+            // (Tern) A timer armed before an earlier sleep stays armed while it fires no
+            // later than this sleep must end: at worst it wakes the executor early once.
             if let Some(dur) = user_timer {
                 let deadline = Instant::now() + dur;
                 let armed = self.user_deadline.get().filter(|&d| d <= deadline);
