@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Runs one tern-bench scenario against a fresh two-shard Tern again and again, and stops at
 # the first run that does not finish: a shard that went to sleep and was never woken. Use it
-# on any change to the vendored glommio's sleep and wake-up path (vendor/README.md, part 4);
+# on any change to the vendored glommio's sleep and wake-up path (vendor/README.md, parts 4
+# and 5). Before fa58b0a fixed the stranded-task bug (an executor parking with runnable tasks),
 # the default scenario (an open loop at 600k msgs/s, publisher and subscriber on one shard)
-# found a lost wake-up about once in 40 runs.
+# and other placement-b scenarios hit it twice in some 300 runs with timers kept armed.
 #
 #   [TERN=path/to/tern] perf/hang-hunt.sh [RUNS] [SCENARIO ARGS...]
 #
