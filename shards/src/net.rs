@@ -5,8 +5,9 @@
 
 use futures_lite::{AsyncRead, AsyncWrite};
 use std::cell::RefCell;
-use std::io;
+use std::io::{self, IoSlice};
 use std::net::SocketAddr;
+use std::os::unix::io::{AsRawFd, RawFd};
 use std::pin::Pin;
 use std::rc::Rc;
 
@@ -21,7 +22,12 @@ pub struct Conn {
 /// The reading half of a [`Conn`].
 pub struct ConnReader(Rc<RefCell<Stream>>);
 /// The writing half of a [`Conn`].
-pub struct ConnWriter(Rc<RefCell<Stream>>);
+pub struct ConnWriter {
+    stream: Rc<RefCell<Stream>>,
+    /// The last gathered write fell short: the socket's buffer is full, so the next write
+    /// goes through glommio's, which waits for room.
+    full: bool,
+}
 
 impl Conn {
     pub(crate) fn new(stream: Stream) -> Conn {
@@ -40,7 +46,11 @@ impl Conn {
 
     /// Splits the connection into halves usable from two tasks.
     pub fn split(self) -> (ConnReader, ConnWriter) {
-        (ConnReader(self.stream.clone()), ConnWriter(self.stream))
+        let w = ConnWriter {
+            stream: self.stream.clone(),
+            full: false,
+        };
+        (ConnReader(self.stream), w)
     }
 }
 
@@ -54,30 +64,67 @@ impl ConnReader {
 }
 
 impl ConnWriter {
-    /// Writes the whole buffer.
-    pub async fn write_all(&mut self, mut buf: &[u8]) -> io::Result<()> {
-        let cell = &self.0;
-        while !buf.is_empty() {
-            let n = futures_lite::future::poll_fn(|cx| {
-                Pin::new(&mut *cell.borrow_mut()).poll_write(cx, buf)
-            })
-            .await?;
-            if n == 0 {
-                return Err(io::ErrorKind::WriteZero.into());
+    /// Writes from `bufs`, in order, as much as the socket takes in one system call, and
+    /// returns how many bytes it took (at least one; `bufs` must hold at least one byte).
+    /// Several buffers go out together in one `sendmsg`, as nats-server's `writev` of its
+    /// queued buffers does; a single buffer, or any write after one that found the socket
+    /// full, goes through glommio's, which waits for room when there is none.
+    pub async fn write_some(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+        if bufs.len() > 1 && !self.full {
+            let want: usize = bufs.iter().map(|b| b.len()).sum();
+            match send_gathered(self.stream.borrow().as_raw_fd(), bufs) {
+                Ok(n) if n > 0 => {
+                    self.full = n < want;
+                    return Ok(n);
+                }
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return Err(e),
             }
-            buf = &buf[n..];
         }
-        Ok(())
+        self.full = false;
+        let first = bufs
+            .iter()
+            .find(|b| !b.is_empty())
+            .map_or(&[][..], |b| &b[..]);
+        let cell = &self.stream;
+        let n = futures_lite::future::poll_fn(|cx| {
+            Pin::new(&mut *cell.borrow_mut()).poll_write(cx, first)
+        })
+        .await?;
+        if n == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        Ok(n)
     }
 
     /// Shuts down both directions of the socket, so the peer sees the close at once even
     /// while the read half is still owned by a task.
     pub fn shutdown(&self) {
-        use std::os::unix::io::AsRawFd;
-        let fd = self.0.borrow().as_raw_fd();
+        let fd = self.stream.borrow().as_raw_fd();
         // SAFETY: shutdown(2) on a socket we own; it only changes the socket's state.
         unsafe {
             libc::shutdown(fd, libc::SHUT_RDWR);
+        }
+    }
+}
+
+/// One non-blocking `sendmsg` of `bufs` on `fd`.
+fn send_gathered(fd: RawFd, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+    // SAFETY: an all-zero msghdr is valid (no name, no control data).
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    // IoSlice is guaranteed to have iovec's layout on Unix; sendmsg only reads the buffers.
+    msg.msg_iov = bufs.as_ptr() as *mut libc::iovec;
+    msg.msg_iovlen = bufs.len() as _;
+    loop {
+        // SAFETY: `msg` points at `bufs`, which outlive the call.
+        let r = unsafe { libc::sendmsg(fd, &msg, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL) };
+        if r >= 0 {
+            return Ok(r as usize);
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
         }
     }
 }
