@@ -60,8 +60,8 @@ impl Parts {
 }
 
 /// A published message: the chunk it lies in, and where its parts are. Reading the parts
-/// costs nothing; a part becomes a `Bytes` (one refcount) only when it must outlive the read,
-/// as a forward to another shard does.
+/// costs nothing; the message takes one refcount on its chunk only when it must outlive the
+/// read ([`PubMsg::owned`]), as a forward to another shard does.
 #[derive(Debug, Clone)]
 pub struct PubMsg<'a> {
     frame: &'a Bytes,
@@ -85,17 +85,17 @@ impl PubMsg<'_> {
     pub fn msg(&self) -> &[u8] {
         &self.frame[self.parts.msg.clone()]
     }
-    /// The subject as shared bytes.
-    pub fn subject_bytes(&self) -> Bytes {
-        self.frame.slice(self.parts.subject.clone())
-    }
     /// The reply as shared bytes.
     pub fn reply_bytes(&self) -> Option<Bytes> {
         self.parts.reply.clone().map(|r| self.frame.slice(r))
     }
-    /// The message as shared bytes.
-    pub fn msg_bytes(&self) -> Bytes {
-        self.frame.slice(self.parts.msg.clone())
+    /// The message holding its frame (one refcount for all its parts), to outlive the
+    /// read, as a forward to another shard must.
+    pub fn owned(&self) -> OwnedPub {
+        OwnedPub {
+            frame: self.frame.clone(),
+            parts: self.parts.clone(),
+        }
     }
 }
 
@@ -111,7 +111,8 @@ impl PartialEq for PubMsg<'_> {
 impl Eq for PubMsg<'_> {}
 
 /// A message that owns its frame: one a route delivered (its own frame of the read buffer),
-/// or one the server makes (a system reply, a mapped import). [`OwnedPub::as_msg`] lends it
+/// one forwarded to another shard (its client's read chunk), or one the server makes (a
+/// system reply, a mapped import). [`OwnedPub::as_msg`] lends it
 /// out as the [`PubMsg`] the delivery path takes.
 #[derive(Debug, Clone)]
 pub struct OwnedPub {

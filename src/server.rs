@@ -225,10 +225,9 @@ pub enum ShardOp {
     /// A message to deliver locally, to plain subscribers and to one member of each named queue.
     Msg {
         account: AccId,
-        subject: Bytes,
-        reply: Option<Bytes>,
-        hdr_len: usize,
-        msg: Bytes,
+        /// Subject, reply and payload, sharing one refcount on the publisher's read chunk:
+        /// the two shards touch that count once per message, not once per part.
+        msg: OwnedPub,
         queues: Vec<Bytes>,
         /// The receiver owns the routes and passes the message on to them too.
         to_routes: bool,
@@ -1054,21 +1053,10 @@ async fn mesh_loop(shard: Rc<Shard>, rx: MeshReceiver<MeshMsg>) {
                 }
                 ShardOp::Msg {
                     account,
-                    subject,
-                    reply,
-                    hdr_len,
                     msg,
                     queues,
                     to_routes,
-                } => shard.deliver_forwarded(
-                    account,
-                    &subject,
-                    reply.as_deref(),
-                    hdr_len,
-                    &msg,
-                    &queues,
-                    to_routes,
-                ),
+                } => shard.deliver_forwarded(account, &msg.as_msg(), &queues, to_routes),
             }
         }
         // Not `send_to`: an Ack needs no Sync of its own, or two shards would sync forever.
@@ -1931,10 +1919,7 @@ impl Shard {
                     peer,
                     ShardOp::Msg {
                         account,
-                        subject: m.subject_bytes(),
-                        reply: m.reply_bytes(),
-                        hdr_len,
-                        msg: m.msg_bytes(),
+                        msg: m.owned(),
                         queues: std::mem::take(queues),
                         to_routes,
                     },
@@ -1949,17 +1934,8 @@ impl Shard {
     /// another shard; on the shard that owns the routes also to them when `to_routes` (a
     /// client's message, not one a route or a stream import delivered). A response to a
     /// service request this shard mapped goes on to the requester.
-    #[allow(clippy::too_many_arguments)]
-    fn deliver_forwarded(
-        &self,
-        account: AccId,
-        subject: &[u8],
-        reply: Option<&[u8]>,
-        hdr_len: usize,
-        msg: &[u8],
-        queues: &[Bytes],
-        to_routes: bool,
-    ) {
+    fn deliver_forwarded(&self, account: AccId, m: &PubMsg, queues: &[Bytes], to_routes: bool) {
+        let (subject, reply, hdr_len, msg) = (m.subject(), m.reply(), m.hdr_len(), m.msg());
         let Some(local) = self
             .subs
             .borrow_mut()
