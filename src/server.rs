@@ -597,7 +597,10 @@ impl PartialEq for SubRef {
 
 /// Another shard's interest, with its queue weight (1 for plain interest). The queue name is
 /// the gossiped `Bytes`, so naming the group in a forward costs a refcount, not a copy.
-#[derive(Clone, PartialEq)]
+/// Two refs are equal when they name the same interest, whatever their weights: the index
+/// holds one entry per (shard, subject, queue, routed), and a weight change takes the old
+/// entry out by that identity ([`Sublist::take`]) and learns its weight from it.
+#[derive(Clone)]
 struct RemoteRef {
     shard: usize,
     weight: u32,
@@ -605,6 +608,12 @@ struct RemoteRef {
     /// Interest the owning shard holds for its routes (other servers' members), which a
     /// queue group uses only when no member on this server is left.
     routed: bool,
+}
+
+impl PartialEq for RemoteRef {
+    fn eq(&self, o: &Self) -> bool {
+        self.shard == o.shard && self.routed == o.routed && self.queue == o.queue
+    }
 }
 
 /// A local (account, subject, queue) interest.
@@ -645,7 +654,6 @@ struct Shard {
     responses: RefCell<HashMap<Bytes, PendingResponse>>,
     /// The mapped replies in the order they were made, to forget unanswered ones.
     resp_expiry: RefCell<VecDeque<(Instant, Bytes)>>,
-    remote_weights: RefCell<HashMap<RemoteKey, u32>>,
     interest: RefCell<HashMap<InterestKey, u32>>,
     /// The same for the interest of this shard's routes (shard 0 only).
     routed_interest: RefCell<HashMap<InterestKey, u32>>,
@@ -708,7 +716,6 @@ pub async fn shard_main(
         )),
         responses: RefCell::new(HashMap::new()),
         resp_expiry: RefCell::new(VecDeque::new()),
-        remote_weights: RefCell::new(HashMap::new()),
         interest: RefCell::new(HashMap::new()),
         routed_interest: RefCell::new(HashMap::new()),
         outbox: RefCell::new((0..n).map(|_| Vec::new()).collect()),
@@ -1352,7 +1359,6 @@ impl Shard {
 
     fn apply_remote_interest(&self, key: RemoteKey, w: u32) {
         let old = {
-            let mut weights = self.remote_weights.borrow_mut();
             let mut remote = self.remote.borrow_mut();
             let Some(sl) = remote.get_mut(key.1 as usize) else {
                 return;
@@ -1363,14 +1369,12 @@ impl Shard {
                 queue: key.3.clone(),
                 routed: key.4,
             };
-            let old = weights.remove(&key);
-            if let Some(old) = old {
-                sl.remove(&key.2, key.3.as_deref(), &entry(old));
+            let old = sl.take(&key.2, key.3.as_deref(), &entry(0));
+            if w > 0 {
+                // An invalid subject is not stored, as before: it can match nothing.
+                let _ = sl.insert(&key.2, key.3.as_deref(), entry(w));
             }
-            if w > 0 && sl.insert(&key.2, key.3.as_deref(), entry(w)).is_ok() {
-                weights.insert(key.clone(), w);
-            }
-            old.unwrap_or(0)
+            old.map_or(0, |r| r.weight)
         };
         // The routes hear of the other shards' clients through the shard that owns them.
         if self.cluster.is_some() && !key.4 {

@@ -284,35 +284,28 @@ impl<T: PartialEq> Node<T> {
         self.psubs.is_empty() && self.qsubs.is_empty() && self.next.is_none()
     }
 
-    fn remove_sub(&mut self, queue: Option<&[u8]>, value: &T) -> bool {
+    fn remove_sub(&mut self, queue: Option<&[u8]>, value: &T) -> Option<T> {
         match queue {
-            None => match self.psubs.iter().position(|v| v == value) {
-                Some(i) => {
-                    self.psubs.swap_remove(i);
-                    true
-                }
-                None => false,
-            },
+            None => {
+                let i = self.psubs.iter().position(|v| v == value)?;
+                Some(self.psubs.swap_remove(i))
+            }
             Some(q) => {
-                let Some(gi) = self.qsubs.iter().position(|(n, _)| **n == *q) else {
-                    return false;
-                };
+                let gi = self.qsubs.iter().position(|(n, _)| **n == *q)?;
                 let members = &mut self.qsubs[gi].1;
-                let Some(i) = members.iter().position(|v| v == value) else {
-                    return false;
-                };
-                members.swap_remove(i);
+                let i = members.iter().position(|v| v == value)?;
+                let taken = members.swap_remove(i);
                 if members.is_empty() {
                     self.qsubs.swap_remove(gi);
                 }
-                true
+                Some(taken)
             }
         }
     }
 }
 
 struct Level<T> {
-    nodes: FxMap<Box<[u8]>, Node<T>>,
+    nodes: Children<T>,
     pwc: Option<Box<Node<T>>>,
     fwc: Option<Box<Node<T>>>,
 }
@@ -320,9 +313,91 @@ struct Level<T> {
 impl<T> Default for Level<T> {
     fn default() -> Self {
         Level {
-            nodes: FxMap::default(),
+            nodes: Children::Few(Vec::new()),
             pwc: None,
             fwc: None,
+        }
+    }
+}
+
+/// Most literal children a level keeps in a list before it moves them into a hash map.
+const FEW: usize = 8;
+
+/// A level's literal children. Below the first tokens most levels have one child
+/// (`orders.<id>.created`): a list that holds exactly its entries costs 72 bytes a child,
+/// where a hash map's smallest table cost ~300, which with a million subscriptions was most
+/// of the index's memory. Past [`FEW`] children the lookup is a hash map's.
+enum Children<T> {
+    Few(Vec<(Box<[u8]>, Node<T>)>),
+    Many(FxMap<Box<[u8]>, Node<T>>),
+}
+
+impl<T> Children<T> {
+    fn is_empty(&self) -> bool {
+        match self {
+            Children::Few(v) => v.is_empty(),
+            Children::Many(m) => m.is_empty(),
+        }
+    }
+
+    #[inline]
+    fn get(&self, tok: &[u8]) -> Option<&Node<T>> {
+        match self {
+            Children::Few(v) => v.iter().find(|(k, _)| **k == *tok).map(|(_, n)| n),
+            Children::Many(m) => m.get(tok),
+        }
+    }
+
+    fn get_mut(&mut self, tok: &[u8]) -> Option<&mut Node<T>> {
+        match self {
+            Children::Few(v) => v.iter_mut().find(|(k, _)| **k == *tok).map(|(_, n)| n),
+            Children::Many(m) => m.get_mut(tok),
+        }
+    }
+
+    /// The child for `tok`, made empty if there is none.
+    fn get_or_insert(&mut self, tok: &[u8]) -> &mut Node<T> {
+        if let Children::Few(v) = self {
+            if v.len() >= FEW && !v.iter().any(|(k, _)| **k == *tok) {
+                *self = Children::Many(std::mem::take(v).into_iter().collect());
+            }
+        }
+        match self {
+            Children::Few(v) => {
+                let i = match v.iter().position(|(k, _)| **k == *tok) {
+                    Some(i) => i,
+                    None => {
+                        // Grow by one: a level's list holds its entries and no spare room.
+                        v.reserve_exact(1);
+                        v.push((Box::from(tok), Node::default()));
+                        v.len() - 1
+                    }
+                };
+                &mut v[i].1
+            }
+            Children::Many(m) => m.entry(Box::from(tok)).or_default(),
+        }
+    }
+
+    fn remove(&mut self, tok: &[u8]) {
+        match self {
+            Children::Few(v) => {
+                if let Some(i) = v.iter().position(|(k, _)| **k == *tok) {
+                    v.swap_remove(i);
+                    v.shrink_to_fit();
+                }
+            }
+            Children::Many(m) => {
+                m.remove(tok);
+            }
+        }
+    }
+
+    #[cfg(test)]
+    fn values(&self) -> Box<dyn Iterator<Item = &Node<T>> + '_> {
+        match self {
+            Children::Few(v) => Box::new(v.iter().map(|(_, n)| n)),
+            Children::Many(m) => Box::new(m.values()),
         }
     }
 }
@@ -336,6 +411,16 @@ impl<T> Level<T> {
     fn node_count(&self) -> usize {
         let sub = |n: &Node<T>| 1 + n.next.as_ref().map_or(0, |l| l.node_count());
         self.nodes.values().map(sub).sum::<usize>()
+            + self.pwc.as_deref().map_or(0, sub)
+            + self.fwc.as_deref().map_or(0, sub)
+    }
+
+    /// How many levels at or below this one keep their children in a map.
+    #[cfg(test)]
+    fn map_levels(&self) -> usize {
+        let sub = |n: &Node<T>| n.next.as_ref().map_or(0, |l| l.map_levels());
+        usize::from(matches!(self.nodes, Children::Many(_)))
+            + self.nodes.values().map(sub).sum::<usize>()
             + self.pwc.as_deref().map_or(0, sub)
             + self.fwc.as_deref().map_or(0, sub)
     }
@@ -427,49 +512,46 @@ impl<T> Node<T> {
     }
 }
 
+/// Pushes onto `v`, allocating room for exactly one element when `v` has none: most
+/// subjects have one subscriber, and `Vec`'s first allocation holds four (192 bytes for
+/// another shard's interest entry). Later pushes grow as usual, amortized.
+fn push_sparing<E>(v: &mut Vec<E>, e: E) {
+    if v.capacity() == 0 {
+        v.reserve_exact(1);
+    }
+    v.push(e);
+}
+
 /// Removes one `(queue, value)` subscription at `subject` below `level`,
-/// pruning nodes that become empty. Returns true if it was found.
+/// pruning nodes that become empty. Returns the stored value if it was found.
 fn remove_rec<T: PartialEq>(
     level: &mut Level<T>,
     subject: &[u8],
     queue: Option<&[u8]>,
     value: &T,
-) -> bool {
+) -> Option<T> {
     let (tok, tail) = split_token(subject);
     let node: &mut Node<T> = match tok {
-        b"*" => match level.pwc.as_deref_mut() {
-            Some(n) => n,
-            None => return false,
-        },
-        b">" => match level.fwc.as_deref_mut() {
-            Some(n) => n,
-            None => return false,
-        },
-        _ => match level.nodes.get_mut(tok) {
-            Some(n) => n,
-            None => return false,
-        },
+        b"*" => level.pwc.as_deref_mut()?,
+        b">" => level.fwc.as_deref_mut()?,
+        _ => level.nodes.get_mut(tok)?,
     };
     let removed = match tail {
         None => node.remove_sub(queue, value),
-        Some(t) => match node.next.as_deref_mut() {
-            Some(next) => {
-                let r = remove_rec(next, t, queue, value);
-                if r && next.is_empty() {
-                    node.next = None;
-                }
-                r
+        Some(t) => {
+            let next = node.next.as_deref_mut()?;
+            let r = remove_rec(next, t, queue, value);
+            if r.is_some() && next.is_empty() {
+                node.next = None;
             }
-            None => false,
-        },
+            r
+        }
     };
-    if removed && node.is_empty() {
+    if removed.is_some() && node.is_empty() {
         match tok {
             b"*" => level.pwc = None,
             b">" => level.fwc = None,
-            _ => {
-                level.nodes.remove(tok);
-            }
+            _ => level.nodes.remove(tok),
         }
     }
     removed
@@ -624,7 +706,7 @@ impl<T: Clone + PartialEq> Sublist<T> {
             let node: &mut Node<T> = match tok {
                 b"*" => level.pwc.get_or_insert_with(Box::default),
                 b">" => level.fwc.get_or_insert_with(Box::default),
-                _ => level.nodes.entry(Box::from(tok)).or_default(),
+                _ => level.nodes.get_or_insert(tok),
             };
             match tail {
                 None => break node,
@@ -635,10 +717,10 @@ impl<T: Clone + PartialEq> Sublist<T> {
             }
         };
         match queue {
-            None => node.psubs.push(value),
+            None => push_sparing(&mut node.psubs, value),
             Some(q) => match node.qsubs.iter_mut().find(|(n, _)| **n == *q) {
                 Some((_, members)) => members.push(value),
-                None => node.qsubs.push((Box::from(q), vec![value])),
+                None => push_sparing(&mut node.qsubs, (Box::from(q), vec![value])),
             },
         }
         self.count += 1;
@@ -650,16 +732,20 @@ impl<T: Clone + PartialEq> Sublist<T> {
     /// Removes one subscription `(subject, queue, value)`. Returns true if it
     /// was present. Empty trie nodes are pruned.
     pub fn remove(&mut self, subject: &[u8], queue: Option<&[u8]>, value: &T) -> bool {
+        self.take(subject, queue, value).is_some()
+    }
+
+    /// Removes one subscription `(subject, queue)` whose value equals `value`, and returns
+    /// the value it stored (which may differ in what `T`'s equality ignores).
+    pub fn take(&mut self, subject: &[u8], queue: Option<&[u8]>, value: &T) -> Option<T> {
         if !is_valid_subject(subject) {
-            return false;
+            return None;
         }
-        let removed = remove_rec(&mut self.root, subject, queue, value);
-        if removed {
-            self.count -= 1;
-            self.removes += 1;
-            self.generation = self.generation.wrapping_add(1);
-        }
-        removed
+        let taken = remove_rec(&mut self.root, subject, queue, value)?;
+        self.count -= 1;
+        self.removes += 1;
+        self.generation = self.generation.wrapping_add(1);
+        Some(taken)
     }
 
     /// Returns all subscriptions matching the published `subject`.
@@ -759,6 +845,11 @@ impl<T: Clone + PartialEq> Sublist<T> {
     #[cfg(test)]
     fn node_count(&self) -> usize {
         self.root.node_count()
+    }
+
+    #[cfg(test)]
+    fn map_levels(&self) -> usize {
+        self.root.map_levels()
     }
 }
 
@@ -986,8 +1077,14 @@ mod tests {
         }
     }
 
-    fn random_filter(rng: &mut StdRng) -> String {
-        const ALPHA: [&str; 3] = ["a", "b", "c"];
+    /// Tokens of the narrow runs: few, so that filters and subjects meet often.
+    const NARROW: [&str; 4] = ["a", "b", "c", "d"];
+    /// Tokens of the wide run: more than [`FEW`], so that levels move into a map.
+    const WIDE: [&str; 14] = [
+        "a", "b", "c", "d", "e", "f", "g", "h", "i", "j", "k", "l", "m", "n",
+    ];
+
+    fn random_filter(rng: &mut StdRng, alpha: &[&'static str]) -> String {
         let n = rng.gen_range(1..=5);
         let mut toks = Vec::new();
         for i in 0..n {
@@ -997,14 +1094,13 @@ mod tests {
             } else if r < 3 {
                 toks.push("*");
             } else {
-                toks.push(ALPHA[rng.gen_range(0..ALPHA.len())]);
+                toks.push(alpha[rng.gen_range(0..alpha.len())]);
             }
         }
         toks.join(".")
     }
 
-    fn random_subject(rng: &mut StdRng) -> String {
-        const ALPHA: [&str; 4] = ["a", "b", "c", "d"];
+    fn random_subject(rng: &mut StdRng, alpha: &[&'static str]) -> String {
         let n = rng.gen_range(1..=6);
         let mut toks = Vec::new();
         for _ in 0..n {
@@ -1014,7 +1110,7 @@ mod tests {
             } else if r == 1 {
                 toks.push(">");
             } else {
-                toks.push(ALPHA[rng.gen_range(0..ALPHA.len())]);
+                toks.push(alpha[rng.gen_range(0..alpha.len())]);
             }
         }
         toks.join(".")
@@ -1060,7 +1156,28 @@ mod tests {
 
     #[test]
     fn randomized_against_naive() {
-        let mut rng = StdRng::seed_from_u64(0x5eed_1234);
+        // Filters from three tokens, subjects from four.
+        randomized_run(0x5eed_1234, &NARROW[..3], &NARROW, 150, 500);
+    }
+
+    #[test]
+    fn randomized_against_naive_wide_levels() {
+        let most = randomized_run(0x5eed_5678, &WIDE, &WIDE, 400, 100);
+        assert!(most > 3, "levels in a map at most: {most}");
+    }
+
+    /// Random inserts, removes and matches against the brute-force oracle, with at most
+    /// `max_live` subscriptions; at least `min_hits` matches must find plain and queue
+    /// subscribers each. Returns the most levels that kept their children in a map at once.
+    fn randomized_run(
+        seed: u64,
+        filter_alpha: &[&'static str],
+        subject_alpha: &[&'static str],
+        max_live: usize,
+        min_hits: usize,
+    ) -> usize {
+        let mut most_maps = 0;
+        let mut rng = StdRng::seed_from_u64(seed);
         let mut sl: Sublist<u32> = Sublist::new();
         let mut live: Vec<(String, Option<String>, u32)> = Vec::new();
         let mut next_id = 0u32;
@@ -1068,8 +1185,8 @@ mod tests {
         for _ in 0..6000 {
             let op = rng.gen_range(0..100);
             // Keep the live set moderate so the brute-force oracle stays fast.
-            if op < 35 && live.len() < 150 {
-                let f = random_filter(&mut rng);
+            if op < 35 && live.len() < max_live {
+                let f = random_filter(&mut rng, filter_alpha);
                 let q = match rng.gen_range(0..4) {
                     0 => Some("q1".to_string()),
                     1 => Some("q2".to_string()),
@@ -1085,11 +1202,11 @@ mod tests {
                     let (f, q, v) = live.swap_remove(i);
                     assert!(sl.remove(f.as_bytes(), q.as_deref().map(str::as_bytes), &v));
                 } else {
-                    let f = random_filter(&mut rng);
+                    let f = random_filter(&mut rng, filter_alpha);
                     assert!(!sl.remove(f.as_bytes(), None, &u32::MAX));
                 }
             } else {
-                let s = random_subject(&mut rng);
+                let s = random_subject(&mut rng, subject_alpha);
                 let r = sl.matches(s.as_bytes());
                 let want = brute(&live, &s);
                 assert_eq!(canon(&r), want, "subject {s}");
@@ -1098,15 +1215,16 @@ mod tests {
                 let empty = want.0.is_empty() && want.1.is_empty();
                 assert_eq!(sl.has_interest(s.as_bytes()), !empty);
                 // Check the cache-less interest walk too.
-                let s2 = random_subject(&mut rng);
+                let s2 = random_subject(&mut rng, subject_alpha);
                 let want2 = brute(&live, &s2);
                 let e2 = want2.0.is_empty() && want2.1.is_empty();
                 assert_eq!(sl.has_interest(s2.as_bytes()), !e2, "interest {s2}");
             }
             assert_eq!(sl.count(), live.len());
+            most_maps = most_maps.max(sl.map_levels());
         }
         assert!(
-            nonempty_p > 500 && nonempty_q > 500,
+            nonempty_p > min_hits && nonempty_q > min_hits,
             "{nonempty_p} {nonempty_q}"
         );
         for (f, q, v) in live.drain(..) {
@@ -1115,5 +1233,6 @@ mod tests {
         assert_eq!(sl.count(), 0);
         assert_eq!(sl.node_count(), 0);
         assert!(sl.matches(b"a.b").is_empty());
+        most_maps
     }
 }
