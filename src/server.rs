@@ -228,11 +228,14 @@ pub enum ShardOp {
         /// Subject, reply and payload, sharing one refcount on the publisher's read chunk:
         /// the two shards touch that count once per message, not once per part.
         msg: OwnedPub,
-        queues: Vec<Bytes>,
+        queues: Queues,
         /// The receiver owns the routes and passes the message on to them too.
         to_routes: bool,
     },
 }
+
+/// The queue groups a forwarded message must serve on the receiving shard.
+pub type Queues = smallvec::SmallVec<[Bytes; 1]>;
 
 /// What travels on the mesh: a batch of operations, in order.
 pub type MeshMsg = Vec<ShardOp>;
@@ -672,7 +675,7 @@ struct Shard {
     stalled: RefCell<Vec<Rc<Client>>>,
     clients: RefCell<HashMap<u64, Rc<Client>>>,
     /// Per-peer scratch for one publish: plain interest, and the queue groups it must serve.
-    scratch: RefCell<Vec<(bool, Vec<Bytes>)>>,
+    scratch: RefCell<Vec<(bool, Queues)>>,
     rng: Cell<u64>,
     /// Message counts of the clients that have closed (open ones keep their own, so the
     /// message path updates one connection's counters only).
@@ -727,7 +730,7 @@ pub async fn shard_main(
         dirty: RefCell::new(Vec::new()),
         stalled: RefCell::new(Vec::new()),
         clients: RefCell::new(HashMap::new()),
-        scratch: RefCell::new((0..n).map(|_| (false, Vec::new())).collect()),
+        scratch: RefCell::new((0..n).map(|_| (false, Queues::new())).collect()),
         rng: Cell::new(0x9E37_79B9_7F4A_7C15 ^ (ctx.id() as u64 + 1)),
         closed_counts: Cell::new(Counts::default()),
         slow_consumers: Cell::new(0),
