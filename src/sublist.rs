@@ -324,7 +324,7 @@ impl<T> Default for Level<T> {
 const FEW: usize = 8;
 
 /// A level's literal children. Below the first tokens most levels have one child
-/// (`orders.<id>.created`): a list that holds exactly its entries costs 72 bytes a child,
+/// (`orders.<id>.created`): a list whose first allocation holds one entry costs 72 bytes,
 /// where a hash map's smallest table cost ~300, which with a million subscriptions was most
 /// of the index's memory. Past [`FEW`] children the lookup is a hash map's.
 enum Children<T> {
@@ -367,9 +367,7 @@ impl<T> Children<T> {
                 let i = match v.iter().position(|(k, _)| **k == *tok) {
                     Some(i) => i,
                     None => {
-                        // Grow by one: a level's list holds its entries and no spare room.
-                        v.reserve_exact(1);
-                        v.push((Box::from(tok), Node::default()));
+                        push_sparing(v, (Box::from(tok), Node::default()));
                         v.len() - 1
                     }
                 };
@@ -384,7 +382,6 @@ impl<T> Children<T> {
             Children::Few(v) => {
                 if let Some(i) = v.iter().position(|(k, _)| **k == *tok) {
                     v.swap_remove(i);
-                    v.shrink_to_fit();
                 }
             }
             Children::Many(m) => {
@@ -407,22 +404,18 @@ impl<T> Level<T> {
         self.nodes.is_empty() && self.pwc.is_none() && self.fwc.is_none()
     }
 
+    /// Calls `f` on this level and every level below it.
     #[cfg(test)]
-    fn node_count(&self) -> usize {
-        let sub = |n: &Node<T>| 1 + n.next.as_ref().map_or(0, |l| l.node_count());
-        self.nodes.values().map(sub).sum::<usize>()
-            + self.pwc.as_deref().map_or(0, sub)
-            + self.fwc.as_deref().map_or(0, sub)
-    }
-
-    /// How many levels at or below this one keep their children in a map.
-    #[cfg(test)]
-    fn map_levels(&self) -> usize {
-        let sub = |n: &Node<T>| n.next.as_ref().map_or(0, |l| l.map_levels());
-        usize::from(matches!(self.nodes, Children::Many(_)))
-            + self.nodes.values().map(sub).sum::<usize>()
-            + self.pwc.as_deref().map_or(0, sub)
-            + self.fwc.as_deref().map_or(0, sub)
+    fn visit(&self, f: &mut dyn FnMut(&Level<T>)) {
+        f(self);
+        let nodes = self
+            .nodes
+            .values()
+            .chain(self.pwc.as_deref())
+            .chain(self.fwc.as_deref());
+        for l in nodes.filter_map(|n| n.next.as_deref()) {
+            l.visit(f);
+        }
     }
 }
 
@@ -844,12 +837,22 @@ impl<T: Clone + PartialEq> Sublist<T> {
 
     #[cfg(test)]
     fn node_count(&self) -> usize {
-        self.root.node_count()
+        let mut n = 0;
+        self.root.visit(&mut |l| {
+            n += l.nodes.values().count()
+                + usize::from(l.pwc.is_some())
+                + usize::from(l.fwc.is_some())
+        });
+        n
     }
 
+    /// How many levels keep their children in a map.
     #[cfg(test)]
     fn map_levels(&self) -> usize {
-        self.root.map_levels()
+        let mut n = 0;
+        self.root
+            .visit(&mut |l| n += usize::from(matches!(l.nodes, Children::Many(_))));
+        n
     }
 }
 

@@ -65,7 +65,7 @@ impl ConnReader {
 
 impl ConnWriter {
     /// Writes from `bufs`, in order, as much as the socket takes in one system call, and
-    /// returns how many bytes it took (at least one; `bufs` must hold at least one byte).
+    /// returns how many bytes it took (at least one; the first buffer must not be empty).
     /// Several buffers go out together in one `sendmsg`, as nats-server's `writev` of its
     /// queued buffers does; a single buffer, or any write after one that found the socket
     /// full, goes through glommio's, which waits for room when there is none.
@@ -83,10 +83,7 @@ impl ConnWriter {
             }
         }
         self.full = false;
-        let first = bufs
-            .iter()
-            .find(|b| !b.is_empty())
-            .map_or(&[][..], |b| &b[..]);
+        let first = bufs.first().map_or(&[][..], |b| &b[..]);
         let cell = &self.stream;
         let n = futures_lite::future::poll_fn(|cx| {
             Pin::new(&mut *cell.borrow_mut()).poll_write(cx, first)
