@@ -60,15 +60,15 @@ impl Parts {
 }
 
 /// A published message: the chunk it lies in, and where its parts are. Reading the parts
-/// costs nothing; the message takes one refcount on its chunk only when it must outlive the
-/// read ([`PubMsg::owned`]), as a forward to another shard does.
+/// costs nothing; a forward to another shard takes one refcount on the chunk for all the
+/// messages of the chunk it forwards in one batch.
 #[derive(Debug, Clone)]
 pub struct PubMsg<'a> {
     frame: &'a Bytes,
     parts: Parts,
 }
 
-impl PubMsg<'_> {
+impl<'a> PubMsg<'a> {
     /// Size of the header block at the start of [`PubMsg::msg`] (0 for none).
     pub fn hdr_len(&self) -> usize {
         self.parts.hdr_len
@@ -89,13 +89,18 @@ impl PubMsg<'_> {
     pub fn reply_bytes(&self) -> Option<Bytes> {
         self.parts.reply.clone().map(|r| self.frame.slice(r))
     }
-    /// The message holding its frame (one refcount for all its parts), to outlive the
-    /// read, as a forward to another shard must.
-    pub fn owned(&self) -> OwnedPub {
-        OwnedPub {
-            frame: self.frame.clone(),
-            parts: self.parts.clone(),
-        }
+    /// The message at `parts` in `frame`: a forwarded message, whose frame travels once for
+    /// all the messages of one read (see `ShardOp::Frame`).
+    pub fn new(frame: &'a Bytes, parts: Parts) -> Self {
+        PubMsg { frame, parts }
+    }
+    /// The chunk the message lies in.
+    pub fn frame(&self) -> &'a Bytes {
+        self.frame
+    }
+    /// Where the message's parts lie in [`PubMsg::frame`].
+    pub fn parts(&self) -> &Parts {
+        &self.parts
     }
 }
 

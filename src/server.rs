@@ -17,7 +17,7 @@ use crate::auth::{Auth, ClientPerms, Grant, Verdict};
 use crate::client::{self, ConnectOpts};
 use crate::events;
 use crate::opts::Options;
-use crate::parser::{Op, OwnedPub, ParseError, Parser, PubMsg};
+use crate::parser::{Op, OwnedPub, ParseError, Parser, Parts, PubMsg};
 use crate::sublist::{self, Sublist};
 use bytes::{Bytes, BytesMut};
 use std::cell::{Cell, RefCell};
@@ -222,12 +222,15 @@ pub enum ShardOp {
     Ack(u64),
     /// The cluster's client URLs changed: tell the clients (async INFO).
     ConnectUrls,
+    /// The chunk the `Msg`s after it in this batch lie in, up to the next `Frame`: one
+    /// refcount on a publisher's read chunk for all the messages of it that a batch carries,
+    /// where one per message made the two shards' cores trade that count's cache line.
+    Frame(Bytes),
     /// A message to deliver locally, to plain subscribers and to one member of each named queue.
     Msg {
         account: AccId,
-        /// Subject, reply and payload, sharing one refcount on the publisher's read chunk:
-        /// the two shards touch that count once per message, not once per part.
-        msg: OwnedPub,
+        /// Where subject, reply and payload lie in the batch's current `Frame`.
+        parts: Parts,
         queues: Queues,
         /// The receiver owns the routes and passes the message on to them too.
         to_routes: bool,
@@ -239,6 +242,15 @@ pub type Queues = smallvec::SmallVec<[Bytes; 1]>;
 
 /// What travels on the mesh: a batch of operations, in order.
 pub type MeshMsg = Vec<ShardOp>;
+
+/// The batch this shard is building for one peer.
+#[derive(Default)]
+struct Outbox {
+    ops: MeshMsg,
+    /// Address and length of the last `ShardOp::Frame` in `ops` (which keeps that memory
+    /// alive, so no other chunk can have it while the batch is pending).
+    frame: (usize, usize),
+}
 
 /// A request from outside the shards (monitoring, signals) to one shard, through its inbox.
 pub enum Admin {
@@ -660,7 +672,7 @@ struct Shard {
     interest: RefCell<HashMap<InterestKey, u32>>,
     /// The same for the interest of this shard's routes (shard 0 only).
     routed_interest: RefCell<HashMap<InterestKey, u32>>,
-    outbox: RefCell<Vec<MeshMsg>>,
+    outbox: RefCell<Vec<Outbox>>,
     /// The last `Sync` sequence issued (to any peer).
     sync_seq: Cell<u64>,
     /// Per peer: the last `Sync` sent to it, the last one it acknowledged, and whether
@@ -721,7 +733,7 @@ pub async fn shard_main(
         resp_expiry: RefCell::new(VecDeque::new()),
         interest: RefCell::new(HashMap::new()),
         routed_interest: RefCell::new(HashMap::new()),
-        outbox: RefCell::new((0..n).map(|_| Vec::new()).collect()),
+        outbox: RefCell::new((0..n).map(|_| Outbox::default()).collect()),
         sync_seq: Cell::new(0),
         issued: RefCell::new(vec![0; n]),
         acked: RefCell::new(vec![0; n]),
@@ -1043,6 +1055,7 @@ async fn mesh_loop(shard: Rc<Shard>, rx: MeshReceiver<MeshMsg>) {
     let from = rx.from();
     while let Some(batch) = rx.recv().await {
         let mut ack = None;
+        let mut frame = Bytes::new();
         for op in batch {
             match op {
                 ShardOp::Interest {
@@ -1061,17 +1074,23 @@ async fn mesh_loop(shard: Rc<Shard>, rx: MeshReceiver<MeshMsg>) {
                         w.wake();
                     }
                 }
+                ShardOp::Frame(f) => frame = f,
                 ShardOp::Msg {
                     account,
-                    msg,
+                    parts,
                     queues,
                     to_routes,
-                } => shard.deliver_forwarded(account, &msg.as_msg(), &queues, to_routes),
+                } => shard.deliver_forwarded(
+                    account,
+                    &PubMsg::new(&frame, parts),
+                    &queues,
+                    to_routes,
+                ),
             }
         }
         // Not `send_to`: an Ack needs no Sync of its own, or two shards would sync forever.
         if let Some(seq) = ack {
-            shard.outbox.borrow_mut()[from].push(ShardOp::Ack(seq));
+            shard.outbox.borrow_mut()[from].ops.push(ShardOp::Ack(seq));
         }
         shard.flush();
         shard.wait_for_stalled().await;
@@ -1213,9 +1232,10 @@ impl Shard {
     fn flush(&self) {
         {
             let mut outbox = self.outbox.borrow_mut();
-            for (peer, ops) in outbox.iter_mut().enumerate() {
-                if !ops.is_empty() {
-                    self.mesh.send(peer, std::mem::take(ops));
+            for (peer, out) in outbox.iter_mut().enumerate() {
+                if !out.ops.is_empty() {
+                    self.mesh.send(peer, std::mem::take(&mut out.ops));
+                    out.frame = (0, 0);
                 }
             }
         }
@@ -1261,8 +1281,31 @@ impl Shard {
 
     /// Queues `op` for `peer`, to go out with the next flush.
     fn send_to(&self, peer: usize, op: ShardOp) {
-        self.outbox.borrow_mut()[peer].push(op);
+        self.outbox.borrow_mut()[peer].ops.push(op);
         self.unsynced.borrow_mut()[peer] = true;
+    }
+
+    /// Queues message `m` for `peer`, after its frame unless the batch's last frame is it.
+    fn forward(&self, peer: usize, account: AccId, m: &PubMsg, queues: Queues, to_routes: bool) {
+        {
+            let mut outbox = self.outbox.borrow_mut();
+            let out = &mut outbox[peer];
+            let frame = m.frame();
+            let id = (frame.as_ptr() as usize, frame.len());
+            if out.frame != id {
+                out.ops.push(ShardOp::Frame(frame.clone()));
+                out.frame = id;
+            }
+        }
+        self.send_to(
+            peer,
+            ShardOp::Msg {
+                account,
+                parts: m.parts().clone(),
+                queues,
+                to_routes,
+            },
+        );
     }
 
     /// Waits until every peer shard has applied everything this shard sent it so far:
@@ -1281,7 +1324,7 @@ impl Shard {
                 if unsynced[peer] {
                     let seq = self.sync_seq.get() + 1;
                     self.sync_seq.set(seq);
-                    outbox[peer].push(ShardOp::Sync(seq));
+                    outbox[peer].ops.push(ShardOp::Sync(seq));
                     issued[peer] = seq;
                     unsynced[peer] = false;
                 }
@@ -1922,15 +1965,7 @@ impl Shard {
         for (peer, (plain, queues)) in scratch.iter_mut().enumerate() {
             if *plain || !queues.is_empty() {
                 any = true;
-                self.send_to(
-                    peer,
-                    ShardOp::Msg {
-                        account,
-                        msg: m.owned(),
-                        queues: std::mem::take(queues),
-                        to_routes,
-                    },
-                );
+                self.forward(peer, account, m, std::mem::take(queues), to_routes);
                 *plain = false;
             }
         }

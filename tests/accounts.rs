@@ -138,6 +138,39 @@ fn stream_imports_with_a_prefix_and_restricted_exports() {
     assert_eq!(a.msgs_until_pong(), vec![]);
 }
 
+/// One read of many messages, delivered on the other shard both as published and mapped by
+/// a stream import (each mapped message is made anew, so the batch between the shards keeps
+/// switching between the read and the copies): every message arrives whole and in order.
+#[test]
+fn imported_and_direct_messages_of_one_read_cross_shards_whole() {
+    let (_conf, s) = start("acc-mixed");
+    // Connections alternate between the two shards: a and c on one, a2 and b on the other.
+    let mut a = login(&s, "a", "a");
+    let mut a2 = login(&s, "a2", "a");
+    let _c = login(&s, "c", "c");
+    let mut b = login(&s, "b", "b");
+    a2.send(b"SUB news.> 1\r\n");
+    a2.ping_pong();
+    b.send(b"SUB an.> 1\r\n");
+    b.ping_pong();
+    let n = 500;
+    let mut batch = Vec::new();
+    for i in 0..n {
+        let body = format!("m{i}.{}", "x".repeat(i % 23));
+        batch.extend_from_slice(format!("PUB news.{i} {}\r\n{body}\r\n", body.len()).as_bytes());
+    }
+    a.send(&batch);
+    assert_eq!(a.msgs_until_pong(), vec![]);
+    for (c, prefix) in [(&mut a2, ""), (&mut b, "an.")] {
+        let got = c.msgs_until_pong();
+        assert_eq!(got.len(), n, "{prefix}: lost or duplicated messages");
+        for (i, m) in got.iter().enumerate() {
+            assert_eq!(m.subject, format!("{prefix}news.{i}"));
+            assert_eq!(m.payload, format!("m{i}.{}", "x".repeat(i % 23)).as_bytes());
+        }
+    }
+}
+
 #[test]
 fn service_imports_map_the_reply_and_carry_the_response_back() {
     let (_conf, s) = start("acc-service");
