@@ -452,9 +452,18 @@ impl Reactor {
         source
     }
 
+    #[allow(dead_code)] // (Tern) stream reads receive in the ring instead
     pub(crate) fn poll_read_ready(&self, fd: RawFd) -> Source {
         let source = self.new_source(fd, SourceType::PollAdd, None);
         self.sys.poll_ready(&source, common_flags() | read_flags());
+        source
+    }
+
+    /// (Tern) A receive of up to `len` bytes from the stream socket `fd` into `buf`,
+    /// which the returned source owns until its request completes.
+    pub(crate) fn stream_recv(&self, fd: RawFd, buf: Vec<u8>, len: usize) -> Source {
+        let source = self.new_source(fd, SourceType::StreamRecv(buf), None);
+        self.sys.stream_recv(&source, len);
         source
     }
 

@@ -220,16 +220,55 @@ pub(crate) struct NonBufferedStream<S> {
     reactor: Weak<Reactor>,
     stream: S,
     source_tx: Option<Source>,
+    /// (Tern) The receive in the ring, if any (a `SourceType::StreamRecv`).
     source_rx: Option<Source>,
+    /// (Tern) The receive buffer while no receive is in the ring; `rx_buf[rx_head..rx_tail]`
+    /// are bytes the last receive brought beyond what its reader's buffer took.
+    rx_buf: Vec<u8>,
+    rx_head: usize,
+    rx_tail: usize,
+    /// (Tern) How many bytes the last receive asked for (or would have, had it gone in the
+    /// ring: see `start_recv`).
+    rx_want: usize,
     write_timeout: Timeout,
     read_timeout: Timeout,
 }
 
+/// (Tern) The most a receive in the ring asks for. A stream whose reads bring more than half
+/// of it waits for readiness and reads straight into the reader's buffer instead: for bulk
+/// data a copy costs more than the system call it saves.
+const STREAM_RECV_MAX: usize = 16 * 1024;
+/// (Tern) The least a receive in the ring asks for, and the size of the first one.
+const STREAM_RECV_MIN: usize = 512;
+
 impl<S: AsRawFd> NonBufferedStream<S> {
     fn init(&mut self) {
         let reactor = self.reactor.upgrade().unwrap();
-        let stream_fd = self.stream.as_raw_fd();
-        self.source_rx = Some(reactor.poll_read_ready(stream_fd));
+        self.start_recv(&reactor, STREAM_RECV_MIN);
+    }
+
+    /// (Tern) Puts a receive of twice `last` (about the size of the read before it), at
+    /// least `STREAM_RECV_MIN`, in the ring, so a connection that sends little keeps a
+    /// small buffer for it. It replaces glommio's readiness poll followed by a `recv`: the
+    /// data comes back with the completion, which saves a system call per read that would
+    /// have waited. Past `STREAM_RECV_MAX` it queues that readiness poll, as glommio does.
+    fn start_recv(&mut self, reactor: &Reactor, last: usize) {
+        let fd = self.stream.as_raw_fd();
+        let want = last.saturating_mul(2).max(STREAM_RECV_MIN);
+        self.rx_want = want;
+        if want > STREAM_RECV_MAX {
+            self.source_rx = Some(reactor.poll_read_ready(fd));
+            return;
+        }
+        let mut buf = std::mem::take(&mut self.rx_buf);
+        if buf.len() < want || buf.len() > 4 * want {
+            // Reuse the buffer unless it is too small or far too large (a connection
+            // that went quiet after a burst gives its large buffer back).
+            buf = vec![0; want];
+        }
+        self.rx_head = 0;
+        self.rx_tail = 0;
+        self.source_rx = Some(reactor.stream_recv(fd, buf, want));
     }
 
     pub(crate) fn try_peek(&self, buf: &mut [u8]) -> Option<io::Result<usize>> {
@@ -253,45 +292,61 @@ impl<S: AsRawFd> NonBufferedStream<S> {
         Ok(sz)
     }
 
+    /// (Tern) Reads what is available into `buf`: bytes left from the last receive in the
+    /// ring, then that receive's result once it completed, else a direct `recv`. A read that
+    /// leaves the socket drained puts the next receive in the ring at once, so its data is
+    /// usually there when the reader comes back.
     pub(crate) fn poll_read(
         &mut self,
         cx: &Context<'_>,
         buf: &mut [u8],
     ) -> Poll<io::Result<usize>> {
+        if self.rx_head < self.rx_tail {
+            let n = (self.rx_tail - self.rx_head).min(buf.len());
+            buf[..n].copy_from_slice(&self.rx_buf[self.rx_head..self.rx_head + n]);
+            self.rx_head += n;
+            return Poll::Ready(Ok(n));
+        }
         let reactor = self.reactor.upgrade().unwrap();
         let reactor = reactor.as_ref();
 
-        let no_pending_poll = self
-            .source_rx
-            .as_ref()
-            .map(|src| src.result().is_some())
-            .unwrap_or(true);
-
-        if no_pending_poll {
-            if let Some(result) = super::yolo_recv(self.stream.as_raw_fd(), buf) {
-                self.source_rx.take();
-                self.read_timeout.cancel_timer(reactor);
-                let result = poll_err!(result);
-                // Start an early poll if the buffer is not fully filled. So when
-                // the next time `poll_read` is called, it will be known immediately
-                // whether the underlying stream is ready for reading.
-                if result > 0 && result < buf.len() {
-                    self.source_rx = Some(reactor.poll_read_ready(self.stream.as_raw_fd()));
-                    // The `rush_dispatch`s here and after could be removed to
-                    // improve performance if #458 is handled appropriately.
-                    // reactor.rush_dispatch(self.source_rx.as_ref().unwrap());
-                }
-                return Poll::Ready(Ok(result));
+        if let Some(source) = self.source_rx.as_ref() {
+            let Some(result) = source.result() else {
+                poll_err!(self.read_timeout.check(reactor));
+                source.add_waiter_single(cx.waker());
+                self.read_timeout.maybe_set_timer(reactor, cx.waker());
+                return Poll::Pending;
+            };
+            let source = self.source_rx.take().unwrap();
+            match source.extract_source_type() {
+                SourceType::StreamRecv(b) => self.rx_buf = b,
+                // A readiness poll: read directly below.
+                _ => return self.poll_read(cx, buf),
             }
+            self.read_timeout.cancel_timer(reactor);
+            let got = poll_err!(result);
+            let n = got.min(buf.len());
+            buf[..n].copy_from_slice(&self.rx_buf[..n]);
+            if n < got {
+                self.rx_head = n;
+                self.rx_tail = got;
+            } else if got > 0 && got < self.rx_want {
+                self.start_recv(reactor, got);
+            }
+            return Poll::Ready(Ok(n));
+        }
+
+        if let Some(result) = super::yolo_recv(self.stream.as_raw_fd(), buf) {
+            self.read_timeout.cancel_timer(reactor);
+            let result = poll_err!(result);
+            if result > 0 && result < buf.len() {
+                self.start_recv(reactor, result);
+            }
+            return Poll::Ready(Ok(result));
         }
 
         poll_err!(self.read_timeout.check(reactor));
-
-        if no_pending_poll {
-            self.source_rx = Some(reactor.poll_read_ready(self.stream.as_raw_fd()));
-            // reactor.rush_dispatch(self.source_rx.as_ref().unwrap());
-        }
-
+        self.start_recv(reactor, self.rx_want / 2);
         let source = self.source_rx.as_ref().unwrap();
         source.add_waiter_single(cx.waker());
         self.read_timeout.maybe_set_timer(reactor, cx.waker());
@@ -366,6 +421,10 @@ where
             stream: socket.into(),
             source_tx: None,
             source_rx: None,
+            rx_buf: Vec::new(),
+            rx_head: 0,
+            rx_tail: 0,
+            rx_want: 0,
             write_timeout: Timeout::new(reactor.register_timer()),
             read_timeout: Timeout::new(reactor.register_timer()),
         };

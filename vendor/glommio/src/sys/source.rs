@@ -35,6 +35,9 @@ pub(crate) enum SourceType {
     PollAdd,
     SockSend(DmaBuffer),
     SockRecv(Option<DmaBuffer>),
+    /// (Tern) A stream socket's receive on the main ring, into a buffer the stream lends
+    /// for the request and takes back with its result.
+    StreamRecv(Vec<u8>),
     SockRecvMsg(
         Option<DmaBuffer>,
         libc::iovec,

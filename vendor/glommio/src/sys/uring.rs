@@ -80,6 +80,8 @@ enum UringOpDescriptor {
     SockSendMsg(*mut libc::msghdr, i32),
     SockRecv(usize, i32),
     SockRecvMsg(usize, i32),
+    /// (Tern) A stream socket's receive into the buffer its `SourceType::StreamRecv` owns.
+    StreamRecv(*mut u8, usize),
     Nop,
 }
 
@@ -403,6 +405,11 @@ fn fill_sqe<F>(
                         _ => unreachable!(),
                     };
                 });
+            }
+
+            UringOpDescriptor::StreamRecv(ptr, len) => {
+                let buf = std::slice::from_raw_parts_mut(ptr, len);
+                sqe.prep_recv(op.fd, buf, MsgFlags::empty());
             }
 
             UringOpDescriptor::SockRecvMsg(len, flags) => {
@@ -1479,6 +1486,24 @@ impl Reactor {
 
     pub(crate) fn recv(&self, source: &Source, len: usize, flags: MsgFlags) {
         let op = UringOpDescriptor::SockRecv(len, flags.bits());
+        queue_request_into_ring(
+            &mut *self.ring_for_source(source),
+            source,
+            op,
+            &mut self.source_map.borrow_mut(),
+        );
+    }
+
+    /// (Tern) Queues a receive of up to `len` bytes into the buffer of `source`, a
+    /// `SourceType::StreamRecv`. It goes to the main ring, which the executor sleeps on, so
+    /// a shard about to sleep submits it in the same `io_uring_enter`.
+    pub(crate) fn stream_recv(&self, source: &Source, len: usize) {
+        let op = match &mut *source.source_type_mut() {
+            SourceType::StreamRecv(buf) => {
+                UringOpDescriptor::StreamRecv(buf.as_mut_ptr(), len.min(buf.len()))
+            }
+            _ => unreachable!(),
+        };
         queue_request_into_ring(
             &mut *self.ring_for_source(source),
             source,
