@@ -166,8 +166,8 @@ mod tests {
         (0..len).map(|i| (i % 251) as u8).collect()
     }
 
-    /// A read that drains the socket puts the next receive in the ring, sized by that
-    /// read's buffer. What the receive brings beyond a later, smaller buffer must come
+    /// A read that drains the socket puts the next receive in the ring, sized from what
+    /// that read brought. What the receive brings beyond a later, smaller buffer must come
     /// out whole and in order, and the end of the stream after it.
     #[test]
     fn a_ring_receive_larger_than_the_reader_s_buffer_comes_out_in_order() {

@@ -452,7 +452,6 @@ impl Reactor {
         source
     }
 
-    #[allow(dead_code)] // (Tern) stream reads receive in the ring instead
     pub(crate) fn poll_read_ready(&self, fd: RawFd) -> Source {
         let source = self.new_source(fd, SourceType::PollAdd, None);
         self.sys.poll_ready(&source, common_flags() | read_flags());
