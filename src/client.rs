@@ -311,30 +311,8 @@ impl<'a> Outgoing<'a> {
                 &self.msg[self.hdr_len.min(self.msg.len())..],
             )
         };
-        let out = out.tail(head.len() + sid.len() + tail.len() + body.len() + 2);
-        put_all(out, [head, sid, tail, body, b"\r\n"]);
+        out.put_parts([head, sid, tail, body, b"\r\n"]);
     }
-}
-
-/// Appends `parts` to `out` with one room check and one length update, where a `put_slice`
-/// each would check and update per part: this is most of a fan-out delivery's work.
-#[inline(always)]
-fn put_all<const N: usize>(out: &mut BytesMut, parts: [&[u8]; N]) {
-    let total: usize = parts.iter().map(|p| p.len()).sum();
-    let room = out.spare_capacity_mut();
-    assert!(room.len() >= total);
-    let mut dst = room.as_mut_ptr().cast::<u8>();
-    for p in parts {
-        // SAFETY: `dst` stays within `room`, which holds all `total` bytes (asserted); a
-        // part is a different allocation than `out`'s spare room, so they do not overlap.
-        unsafe {
-            std::ptr::copy_nonoverlapping(p.as_ptr(), dst, p.len());
-            dst = dst.add(p.len());
-        }
-    }
-    let len = out.len() + total;
-    // SAFETY: the `total` bytes after the old length were all written just above.
-    unsafe { out.set_len(len) };
 }
 
 /// The "no responders" status a requester gets when nobody is listening.
@@ -446,6 +424,29 @@ impl Outbound {
     /// Appends `b`.
     pub fn extend_from_slice(&mut self, b: &[u8]) {
         self.tail(b.len()).extend_from_slice(b);
+    }
+
+    /// Appends `parts` in order with one room check and one length update, where an
+    /// `extend_from_slice` each (a call apiece, not inlined) would check and update per
+    /// part: that was most of a fan-out delivery's work.
+    #[inline(always)]
+    pub fn put_parts<const N: usize>(&mut self, parts: [&[u8]; N]) {
+        let total: usize = parts.iter().map(|p| p.len()).sum();
+        let out = self.tail(total);
+        let room = out.spare_capacity_mut();
+        assert!(room.len() >= total);
+        let mut dst = room.as_mut_ptr().cast::<u8>();
+        for p in parts {
+            // SAFETY: `dst` stays within `room`, which holds all `total` bytes (asserted);
+            // nothing else can point into a `BytesMut`'s spare room, so no part overlaps it.
+            unsafe {
+                std::ptr::copy_nonoverlapping(p.as_ptr(), dst, p.len());
+                dst = dst.add(p.len());
+            }
+        }
+        let len = out.len() + total;
+        // SAFETY: the `total` bytes after the old length were all written just above.
+        unsafe { out.set_len(len) };
     }
 
     /// Moves everything queued to the back of `batch` (the writer's list).

@@ -241,20 +241,24 @@ const STREAM_RECV_MAX: usize = 16 * 1024;
 /// (Tern) The least a receive in the ring asks for, and the size of the first one.
 const STREAM_RECV_MIN: usize = 512;
 
+/// (Tern) The size of the receive that follows a read of `last` bytes that drained the
+/// socket: twice that, so a connection that sends little keeps a small buffer for it.
+fn recv_size_after(last: usize) -> usize {
+    last.saturating_mul(2).max(STREAM_RECV_MIN)
+}
+
 impl<S: AsRawFd> NonBufferedStream<S> {
     fn init(&mut self) {
         let reactor = self.reactor.upgrade().unwrap();
         self.start_recv(&reactor, STREAM_RECV_MIN);
     }
 
-    /// (Tern) Puts a receive of twice `last` (about the size of the read before it), at
-    /// least `STREAM_RECV_MIN`, in the ring, so a connection that sends little keeps a
-    /// small buffer for it. It replaces glommio's readiness poll followed by a `recv`: the
-    /// data comes back with the completion, which saves a system call per read that would
-    /// have waited. Past `STREAM_RECV_MAX` it queues that readiness poll, as glommio does.
-    fn start_recv(&mut self, reactor: &Reactor, last: usize) {
+    /// (Tern) Puts a receive of `want` bytes in the ring. It replaces glommio's readiness
+    /// poll followed by a `recv`: the data comes back with the completion, which saves a
+    /// system call per read that would have waited. Past `STREAM_RECV_MAX` it queues that
+    /// readiness poll, as glommio does.
+    fn start_recv(&mut self, reactor: &Reactor, want: usize) {
         let fd = self.stream.as_raw_fd();
-        let want = last.saturating_mul(2).max(STREAM_RECV_MIN);
         self.rx_want = want;
         if want > STREAM_RECV_MAX {
             self.source_rx = Some(reactor.poll_read_ready(fd));
@@ -317,36 +321,35 @@ impl<S: AsRawFd> NonBufferedStream<S> {
                 self.read_timeout.maybe_set_timer(reactor, cx.waker());
                 return Poll::Pending;
             };
-            let source = self.source_rx.take().unwrap();
-            match source.extract_source_type() {
-                SourceType::StreamRecv(b) => self.rx_buf = b,
-                // A readiness poll: read directly below.
-                _ => return self.poll_read(cx, buf),
+            // A completed readiness poll only says to read directly, below.
+            if let SourceType::StreamRecv(b) = self.source_rx.take().unwrap().extract_source_type()
+            {
+                self.rx_buf = b;
+                self.read_timeout.cancel_timer(reactor);
+                let got = poll_err!(result);
+                let n = got.min(buf.len());
+                buf[..n].copy_from_slice(&self.rx_buf[..n]);
+                if n < got {
+                    self.rx_head = n;
+                    self.rx_tail = got;
+                } else if got > 0 && got < self.rx_want {
+                    self.start_recv(reactor, recv_size_after(got));
+                }
+                return Poll::Ready(Ok(n));
             }
-            self.read_timeout.cancel_timer(reactor);
-            let got = poll_err!(result);
-            let n = got.min(buf.len());
-            buf[..n].copy_from_slice(&self.rx_buf[..n]);
-            if n < got {
-                self.rx_head = n;
-                self.rx_tail = got;
-            } else if got > 0 && got < self.rx_want {
-                self.start_recv(reactor, got);
-            }
-            return Poll::Ready(Ok(n));
         }
 
         if let Some(result) = super::yolo_recv(self.stream.as_raw_fd(), buf) {
             self.read_timeout.cancel_timer(reactor);
             let result = poll_err!(result);
             if result > 0 && result < buf.len() {
-                self.start_recv(reactor, result);
+                self.start_recv(reactor, recv_size_after(result));
             }
             return Poll::Ready(Ok(result));
         }
 
         poll_err!(self.read_timeout.check(reactor));
-        self.start_recv(reactor, self.rx_want / 2);
+        self.start_recv(reactor, self.rx_want);
         let source = self.source_rx.as_ref().unwrap();
         source.add_waiter_single(cx.waker());
         self.read_timeout.maybe_set_timer(reactor, cx.waker());
