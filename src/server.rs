@@ -933,29 +933,28 @@ pub(crate) fn seal(t: &mut rustls::Connection, data: &mut BytesMut) -> std::io::
     Ok(())
 }
 
-/// Most blocks one write gathers: 1 MiB of output in one system call when a backlog
-/// allows it.
+/// Most blocks one send gathers: 1 MiB of output at once when a backlog allows it.
 const GATHER: usize = 16;
 
-/// Writes `batch`, gathering up to [`GATHER`] blocks per system call, giving each block back
-/// to the pool as soon as the socket took all of it and counting written bytes off
-/// `in_flight`.
+/// Writes `batch`, gathering up to [`GATHER`] blocks per send, giving each block back to
+/// the pool as soon as the socket took all of it and counting written bytes off
+/// `in_flight`. `sending` is the writer's own (empty) list that a send takes its blocks in.
 async fn write_blocks(
     w: &mut ConnWriter,
     batch: &mut VecDeque<BytesMut>,
+    sending: &mut Vec<BytesMut>,
     in_flight: &Cell<usize>,
 ) -> std::io::Result<()> {
     // Bytes of the front block already written.
     let mut done = 0;
     drop_written(batch, &mut done);
     while !batch.is_empty() {
-        let mut iov = [std::io::IoSlice::new(&[]); GATHER];
-        let n = batch.len().min(GATHER);
-        for (slot, b) in iov.iter_mut().zip(batch.iter()) {
-            *slot = std::io::IoSlice::new(b);
-        }
-        iov[0] = std::io::IoSlice::new(&batch[0][done..]);
-        let wrote = w.write_some(&iov[..n]).await?;
+        sending.extend(batch.drain(..batch.len().min(GATHER)));
+        let (wrote, back) = w.send(std::mem::take(sending), done).await;
+        *sending = back;
+        // What the socket did not take goes back to the front, in order.
+        sending.drain(..).rev().for_each(|b| batch.push_front(b));
+        let wrote = wrote?;
         in_flight.set(in_flight.get().saturating_sub(wrote));
         done += wrote;
         drop_written(batch, &mut done);
@@ -2509,6 +2508,7 @@ fn no_responders(shard: &Shard, c: &Rc<Client>, reply: &[u8]) {
 
 async fn writer_task(shard: Rc<Shard>, c: Rc<Client>, mut w: ConnWriter) {
     let mut batch = VecDeque::new();
+    let mut sending = Vec::with_capacity(GATHER);
     loop {
         std::future::poll_fn(|cx| {
             let tls_pending = c.tls.as_ref().is_some_and(|t| t.borrow().wants_write());
@@ -2543,7 +2543,12 @@ async fn writer_task(shard: Rc<Shard>, c: Rc<Client>, mut w: ConnWriter) {
         c.in_flight.set(total);
         let deadline = shard.opts.borrow().write_deadline;
         // One deadline for the whole batch, as for one writev.
-        match rt::timeout(deadline, write_blocks(&mut w, &mut batch, &c.in_flight)).await {
+        match rt::timeout(
+            deadline,
+            write_blocks(&mut w, &mut batch, &mut sending, &c.in_flight),
+        )
+        .await
+        {
             Some(Ok(())) => {}
             Some(Err(_)) => {
                 shard.close_client(&c, CloseReason::WriteError);

@@ -3,11 +3,11 @@
 //! socket, so the two never contend); outgoing connections ([`connect`]); and a listener a
 //! shard accepts on by itself ([`Listener`], for ports other than the client port).
 
-use futures_lite::{AsyncRead, AsyncWrite};
+use futures_lite::AsyncRead;
 use std::cell::RefCell;
-use std::io::{self, IoSlice};
+use std::io;
 use std::net::SocketAddr;
-use std::os::unix::io::{AsRawFd, RawFd};
+use std::os::unix::io::AsRawFd;
 use std::pin::Pin;
 use std::rc::Rc;
 
@@ -24,9 +24,6 @@ pub struct ConnReader(Rc<RefCell<Stream>>);
 /// The writing half of a [`Conn`].
 pub struct ConnWriter {
     stream: Rc<RefCell<Stream>>,
-    /// The last gathered write fell short: the socket's buffer is full, so the next write
-    /// goes through glommio's, which waits for room.
-    full: bool,
 }
 
 impl Conn {
@@ -48,7 +45,6 @@ impl Conn {
     pub fn split(self) -> (ConnReader, ConnWriter) {
         let w = ConnWriter {
             stream: self.stream.clone(),
-            full: false,
         };
         (ConnReader(self.stream), w)
     }
@@ -64,35 +60,22 @@ impl ConnReader {
 }
 
 impl ConnWriter {
-    /// Writes from `bufs`, in order, as much as the socket takes in one system call, and
-    /// returns how many bytes it took (at least one; the first buffer must not be empty).
-    /// Several buffers go out together in one `sendmsg`, as nats-server's `writev` of its
-    /// queued buffers does; a single buffer, or any write after one that found the socket
-    /// full, goes through glommio's, which waits for room when there is none.
-    pub async fn write_some(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
-        if bufs.len() > 1 && !self.full {
-            let want: usize = bufs.iter().map(|b| b.len()).sum();
-            match send_gathered(self.stream.borrow().as_raw_fd(), bufs) {
-                Ok(n) if n > 0 => {
-                    self.full = n < want;
-                    return Ok(n);
-                }
-                Ok(_) => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                Err(e) => return Err(e),
-            }
+    /// Sends `bufs` in order, the first from byte `skip`, and hands them back with how many
+    /// bytes the socket took: at least one, fewer than all when it had room for only part.
+    /// The send is one `sendmsg` (nats-server's `writev` of its queued buffers) that the
+    /// shard submits with its next poll or sleep, in the same `io_uring_enter` as the other
+    /// requests of that turn, so it costs no system call of its own. When the socket is full
+    /// the kernel waits for room. Dropping the future cancels the send.
+    pub async fn send<T: AsRef<[u8]> + 'static>(
+        &mut self,
+        bufs: Vec<T>,
+        skip: usize,
+    ) -> (io::Result<usize>, Vec<T>) {
+        let send = self.stream.borrow().send_owned(bufs, skip);
+        match send.await {
+            (Ok(0), bufs) => (Err(io::ErrorKind::WriteZero.into()), bufs),
+            done => done,
         }
-        self.full = false;
-        let first = bufs.first().map_or(&[][..], |b| &b[..]);
-        let cell = &self.stream;
-        let n = futures_lite::future::poll_fn(|cx| {
-            Pin::new(&mut *cell.borrow_mut()).poll_write(cx, first)
-        })
-        .await?;
-        if n == 0 {
-            return Err(io::ErrorKind::WriteZero.into());
-        }
-        Ok(n)
     }
 
     /// Shuts down both directions of the socket, so the peer sees the close at once even
@@ -102,26 +85,6 @@ impl ConnWriter {
         // SAFETY: shutdown(2) on a socket we own; it only changes the socket's state.
         unsafe {
             libc::shutdown(fd, libc::SHUT_RDWR);
-        }
-    }
-}
-
-/// One non-blocking `sendmsg` of `bufs` on `fd`.
-fn send_gathered(fd: RawFd, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
-    // SAFETY: an all-zero msghdr is valid (no name, no control data).
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    // IoSlice is guaranteed to have iovec's layout on Unix; sendmsg only reads the buffers.
-    msg.msg_iov = bufs.as_ptr() as *mut libc::iovec;
-    msg.msg_iovlen = bufs.len() as _;
-    loop {
-        // SAFETY: `msg` points at `bufs`, which outlive the call.
-        let r = unsafe { libc::sendmsg(fd, &msg, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL) };
-        if r >= 0 {
-            return Ok(r as usize);
-        }
-        let e = io::Error::last_os_error();
-        if e.kind() != io::ErrorKind::Interrupted {
-            return Err(e);
         }
     }
 }
@@ -191,7 +154,7 @@ mod tests {
                 let mut buf = vec![0u8; 64 * 1024];
                 assert_eq!(r.read(&mut buf).await.unwrap(), 1);
                 assert_eq!(buf[0], b'x');
-                w.write_some(&[IoSlice::new(b"k")]).await.unwrap();
+                w.send(vec![b"k"], 0).await.0.unwrap();
                 let mut got = Vec::new();
                 let mut small = [0u8; 100];
                 loop {
@@ -235,7 +198,7 @@ mod tests {
                 drop(first);
                 let second = connect(addr, Duration::from_secs(5)).await.unwrap();
                 let (_r, mut w) = second.split();
-                w.write_some(&[IoSlice::new(b"bye")]).await.unwrap();
+                w.send(vec![b"bye"], 0).await.0.unwrap();
                 w.shutdown();
             })
             .unwrap()
@@ -244,5 +207,120 @@ mod tests {
         let ends = peer.join().unwrap();
         assert_eq!(ends[0].as_ref().unwrap(), b"");
         assert_eq!(ends[1].as_ref().unwrap(), b"bye");
+    }
+
+    /// Sends everything in `blocks` (the first from byte `skip`) through `w`, handing the
+    /// unsent rest back to the next send, as the server's writer does.
+    async fn send_all(w: &mut ConnWriter, mut blocks: Vec<Vec<u8>>, mut skip: usize) {
+        while !blocks.is_empty() {
+            let (r, mut back) = w.send(blocks, skip).await;
+            let mut n = r.unwrap() + skip;
+            while back.first().is_some_and(|b| b.len() <= n) {
+                n -= back.remove(0).len();
+            }
+            blocks = back;
+            skip = n;
+        }
+    }
+
+    /// Gathered sends from the ring, the first block from an offset, some filling the
+    /// socket so that the kernel waits for room and sends fall short: the peer gets every
+    /// byte once, in order.
+    #[test]
+    fn gathered_sends_in_the_ring_arrive_whole_and_in_order() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let peer = std::thread::spawn(move || {
+            let (mut s, _) = listener.accept().unwrap();
+            // Let the sender fill the socket before reading anything.
+            std::thread::sleep(Duration::from_millis(100));
+            let mut got = Vec::new();
+            s.read_to_end(&mut got).unwrap();
+            got
+        });
+        let body = pattern(3 * 1024 * 1024 + 7);
+        let expect = body[5..].to_vec();
+        glommio::LocalExecutorBuilder::default()
+            .spawn(move || async move {
+                let conn = connect(addr, Duration::from_secs(5)).await.unwrap();
+                let (_r, mut w) = conn.split();
+                // Blocks of uneven sizes, sixteen at a time, as the writer gathers them.
+                let mut blocks: Vec<Vec<u8>> = Vec::new();
+                let mut rest = &body[..];
+                let mut size = 10;
+                while !rest.is_empty() {
+                    let n = size.min(rest.len());
+                    blocks.push(rest[..n].to_vec());
+                    rest = &rest[n..];
+                    size = size * 3 % 100_003 + 1;
+                }
+                let mut skip = 5;
+                for group in blocks.chunks(16) {
+                    send_all(&mut w, group.to_vec(), skip).await;
+                    skip = 0;
+                }
+                w.shutdown();
+            })
+            .unwrap()
+            .join()
+            .unwrap();
+        let got = peer.join().unwrap();
+        assert_eq!(got.len(), expect.len());
+        assert!(got == expect, "bytes reordered or changed");
+    }
+
+    /// A send waiting in the kernel for room (the peer reads nothing) that is given up, as a
+    /// write deadline does, leaves the shard serving other connections, and the waiting
+    /// connection closes.
+    #[test]
+    fn a_send_given_up_while_it_waits_for_room_leaves_the_shard_serving() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stuck_tx, stuck_rx) = std::sync::mpsc::channel::<()>();
+        let peer = std::thread::spawn(move || {
+            let (mut stuck, _) = listener.accept().unwrap();
+            let (mut s, _) = listener.accept().unwrap();
+            let mut bye = Vec::new();
+            s.read_to_end(&mut bye).unwrap();
+            // Only now read the first connection: it must end, after some of its bytes.
+            stuck_rx.recv().unwrap();
+            let mut got = Vec::new();
+            stuck.read_to_end(&mut got).unwrap();
+            (bye, got)
+        });
+        let sent = glommio::LocalExecutorBuilder::default()
+            .spawn(move || async move {
+                let first = connect(addr, Duration::from_secs(5)).await.unwrap();
+                let (_r1, mut w1) = first.split();
+                let big = vec![vec![7u8; 64 * 1024]; 16];
+                let mut sent = 0;
+                // Fill the socket until a send waits for room, then give that send up.
+                loop {
+                    let send = w1.send(big.clone(), 0);
+                    let timed = glommio::timer::timeout(Duration::from_millis(50), async {
+                        Ok(send.await)
+                    });
+                    match timed.await {
+                        Ok((r, _)) => sent += r.unwrap(),
+                        Err(_) => break,
+                    }
+                    assert!(sent < 1 << 30, "the socket never filled");
+                }
+                w1.shutdown();
+                let second = connect(addr, Duration::from_secs(5)).await.unwrap();
+                let (_r, mut w) = second.split();
+                w.send(vec![b"bye"], 0).await.0.unwrap();
+                w.shutdown();
+                sent
+            })
+            .unwrap()
+            .join()
+            .unwrap();
+        stuck_tx.send(()).unwrap();
+        let (bye, got) = peer.join().unwrap();
+        assert_eq!(bye, b"bye");
+        // What the completed sends took arrives, then the end of the stream.
+        assert!(got.len() >= sent, "{} of {sent} bytes", got.len());
+        assert!(got.iter().all(|&b| b == 7));
     }
 }

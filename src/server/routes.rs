@@ -1085,6 +1085,7 @@ fn route_session(
 /// Writes what is queued for a route (through its TLS session, if it has one).
 async fn route_writer(r: Rc<Route>, mut w: ConnWriter) {
     let mut batch = VecDeque::new();
+    let mut sending = Vec::with_capacity(super::GATHER);
     loop {
         std::future::poll_fn(|cx| {
             let tls_out = r.tls.as_ref().is_some_and(|t| t.borrow().wants_write());
@@ -1104,7 +1105,7 @@ async fn route_writer(r: Rc<Route>, mut w: ConnWriter) {
             }
         }
         r.in_flight.set(batch.iter().map(BytesMut::len).sum());
-        if super::write_blocks(&mut w, &mut batch, &r.in_flight)
+        if super::write_blocks(&mut w, &mut batch, &mut sending, &r.in_flight)
             .await
             .is_err()
         {

@@ -466,6 +466,39 @@ impl Reactor {
         source
     }
 
+    /// (Tern) A gathered send of `bufs` on the stream socket `fd`, the first buffer from
+    /// byte `skip`; the returned source owns the buffers until its request completes.
+    pub(crate) fn stream_send<T: AsRef<[u8]> + 'static>(
+        &self,
+        fd: RawFd,
+        bufs: Vec<T>,
+        skip: usize,
+    ) -> Source {
+        let iov = bufs
+            .iter()
+            .enumerate()
+            .map(|(i, b)| {
+                let b = if i == 0 { &b.as_ref()[skip..] } else { b.as_ref() };
+                libc::iovec {
+                    iov_base: b.as_ptr() as *mut libc::c_void,
+                    iov_len: b.len(),
+                }
+            })
+            .collect();
+        // The iovecs point into the buffers' own storage, which moving `bufs` into the box
+        // does not move.
+        let bufs = crate::sys::StreamSendBufs {
+            owner: Box::new(bufs),
+            iov,
+            // SAFETY: an all-zero msghdr is valid (no name, no control data); the ring
+            // fills in the iovecs when it queues the request.
+            hdr: unsafe { std::mem::zeroed() },
+        };
+        let source = self.new_source(fd, SourceType::StreamSend(bufs), None);
+        self.sys.stream_send(&source);
+        source
+    }
+
     pub(crate) fn poll_write_ready(&self, fd: RawFd) -> Source {
         let source = self.new_source(fd, SourceType::PollAdd, None);
         self.sys

@@ -356,6 +356,29 @@ impl<S: AsRawFd> NonBufferedStream<S> {
         Poll::Pending
     }
 
+    /// (Tern) Sends `bufs`, the first from byte `skip`, in one `sendmsg` queued on the main
+    /// ring, and hands them back with the number of bytes the socket took. The request goes
+    /// to the kernel with the executor's next poll or sleep, together with every other
+    /// request queued in the same turn (the connection's next receive, other connections'
+    /// sends): no system call of its own. When the socket has no room the kernel waits for
+    /// it. The future does not borrow the stream; dropping it cancels the send, and the
+    /// buffers are freed once the kernel is done with them.
+    pub(crate) fn send_owned<T: AsRef<[u8]> + 'static>(
+        &self,
+        bufs: Vec<T>,
+        skip: usize,
+    ) -> impl std::future::Future<Output = (io::Result<usize>, Vec<T>)> + 'static {
+        let reactor = self.reactor.upgrade().unwrap();
+        let source = reactor.stream_send(self.stream.as_raw_fd(), bufs, skip);
+        async move {
+            let result = source.collect_rw().await;
+            match source.extract_source_type() {
+                SourceType::StreamSend(b) => (result, *b.owner.downcast::<Vec<T>>().unwrap()),
+                _ => unreachable!(),
+            }
+        }
+    }
+
     pub(crate) fn poll_write(&mut self, cx: &Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         // On the write path, we always start with calling `yolo_send`, because
         // it is very likely to success. It could be a waste if it already timed
@@ -467,6 +490,15 @@ impl<S> GlommioStream<S, NonBuffered> {
 }
 
 impl<S: AsRawFd, B: RxBuf> GlommioStream<S, B> {
+    /// (Tern) See `NonBufferedStream::send_owned`.
+    pub(crate) fn send_owned<T: AsRef<[u8]> + 'static>(
+        &self,
+        bufs: Vec<T>,
+        skip: usize,
+    ) -> impl std::future::Future<Output = (io::Result<usize>, Vec<T>)> + 'static {
+        self.stream.send_owned(bufs, skip)
+    }
+
     /// Receives data on the socket from the remote address to which it is
     /// connected, without removing that data from the queue.
     ///

@@ -642,6 +642,21 @@ impl<B: RxBuf> TcpStream<B> {
         Ok(self.stream.stream().set_ttl(ttl)?)
     }
 
+    /// (Tern) Sends `bufs`, the first from byte `skip`, in one `sendmsg` queued on the
+    /// executor's main ring, and hands them back with the number of bytes the socket took
+    /// (at least one unless the peer is gone; fewer than all when the socket had room for
+    /// only part). The request goes to the kernel with the executor's next poll or sleep,
+    /// in the same `io_uring_enter` as the other requests of that turn. The returned future
+    /// does not borrow the stream; dropping it cancels the send, and the buffers are freed
+    /// once the kernel is done with them.
+    pub fn send_owned<T: AsRef<[u8]> + 'static>(
+        &self,
+        bufs: Vec<T>,
+        skip: usize,
+    ) -> impl std::future::Future<Output = (std::io::Result<usize>, Vec<T>)> + 'static {
+        self.stream.send_owned(bufs, skip)
+    }
+
     /// Receives data on the socket from the remote address to which it is
     /// connected, without removing that data from the queue.
     ///

@@ -26,6 +26,24 @@ use std::{
     time::Duration,
 };
 
+/// (Tern) What a `SourceType::StreamSend` keeps alive while the kernel may read it: the
+/// caller's buffers (`owner`, handed back with the result), the `iovec`s that point into
+/// them and the `msghdr` that points at those. The `msghdr` lives inside the source, whose
+/// address does not change until its completion is consumed.
+pub(crate) struct StreamSendBufs {
+    pub(crate) owner: Box<dyn std::any::Any>,
+    pub(crate) iov: Vec<libc::iovec>,
+    pub(crate) hdr: libc::msghdr,
+}
+
+impl fmt::Debug for StreamSendBufs {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StreamSendBufs")
+            .field("iov", &self.iov.len())
+            .finish()
+    }
+}
+
 #[derive(Debug)]
 #[allow(dead_code)] // Clippy is unhappy with some of the fields on these enums never being read,
                     // but they are certainly used, and read by debug
@@ -38,6 +56,9 @@ pub(crate) enum SourceType {
     /// (Tern) A stream socket's receive on the main ring, into a buffer the stream lends
     /// for the request and takes back with its result.
     StreamRecv(Vec<u8>),
+    /// (Tern) A stream socket's gathered send on the main ring, from buffers the request
+    /// owns until it completes.
+    StreamSend(StreamSendBufs),
     SockRecvMsg(
         Option<DmaBuffer>,
         libc::iovec,

@@ -82,6 +82,9 @@ enum UringOpDescriptor {
     SockRecvMsg(usize, i32),
     /// (Tern) A stream socket's receive into the buffer its `SourceType::StreamRecv` owns.
     StreamRecv(*mut u8, usize),
+    /// (Tern) A stream socket's gathered send, from the `msghdr` of its
+    /// `SourceType::StreamSend`.
+    StreamSend(*mut libc::msghdr),
     Nop,
 }
 
@@ -410,6 +413,10 @@ fn fill_sqe<F>(
             UringOpDescriptor::StreamRecv(ptr, len) => {
                 let buf = std::slice::from_raw_parts_mut(ptr, len);
                 sqe.prep_recv(op.fd, buf, MsgFlags::empty());
+            }
+
+            UringOpDescriptor::StreamSend(hdr) => {
+                sqe.prep_sendmsg(op.fd, hdr, MsgFlags::MSG_NOSIGNAL);
             }
 
             UringOpDescriptor::SockRecvMsg(len, flags) => {
@@ -1501,6 +1508,26 @@ impl Reactor {
         let op = match &mut *source.source_type_mut() {
             SourceType::StreamRecv(buf) => {
                 UringOpDescriptor::StreamRecv(buf.as_mut_ptr(), len.min(buf.len()))
+            }
+            _ => unreachable!(),
+        };
+        queue_request_into_ring(
+            &mut *self.ring_for_source(source),
+            source,
+            op,
+            &mut self.source_map.borrow_mut(),
+        );
+    }
+
+    /// (Tern) Queues the gathered send of `source`, a `SourceType::StreamSend`, on the main
+    /// ring: it goes to the kernel with the executor's next poll or sleep, in the same
+    /// `io_uring_enter` as every other request queued in that turn.
+    pub(crate) fn stream_send(&self, source: &Source) {
+        let op = match &mut *source.source_type_mut() {
+            SourceType::StreamSend(bufs) => {
+                bufs.hdr.msg_iov = bufs.iov.as_mut_ptr();
+                bufs.hdr.msg_iovlen = bufs.iov.len() as _;
+                UringOpDescriptor::StreamSend(&mut bufs.hdr)
             }
             _ => unreachable!(),
         };
