@@ -413,6 +413,8 @@ struct Client {
     cid: u64,
     out: RefCell<client::Outbound>,
     in_flight: Cell<usize>,
+    /// The send in the ring fell short or failed: its writer must look at it.
+    send_note: Cell<bool>,
     writer: Cell<Option<Waker>>,
     dirty: Cell<bool>,
     closed: Cell<bool>,
@@ -936,30 +938,107 @@ pub(crate) fn seal(t: &mut rustls::Connection, data: &mut BytesMut) -> std::io::
 /// Most blocks one send gathers: 1 MiB of output at once when a backlog allows it.
 const GATHER: usize = 16;
 
-/// Writes `batch`, gathering up to [`GATHER`] blocks per send, giving each block back to
-/// the pool as soon as the socket took all of it and counting written bytes off
-/// `in_flight`. `sending` is the writer's own (empty) list that a send takes its blocks in.
-async fn write_blocks(
-    w: &mut ConnWriter,
-    batch: &mut VecDeque<BytesMut>,
-    sending: &mut Vec<BytesMut>,
-    in_flight: &Cell<usize>,
-) -> std::io::Result<()> {
-    // Bytes of the front block already written.
-    let mut done = 0;
-    drop_written(batch, &mut done);
-    while !batch.is_empty() {
-        sending.extend(batch.drain(..batch.len().min(GATHER)));
-        let (wrote, back) = w.send(std::mem::take(sending), done).await;
-        *sending = back;
-        // What the socket did not take goes back to the front, in order.
-        sending.drain(..).rev().for_each(|b| batch.push_front(b));
-        let wrote = wrote?;
-        in_flight.set(in_flight.get().saturating_sub(wrote));
-        done += wrote;
-        drop_written(batch, &mut done);
+/// A connection's output between its queue and its socket: the blocks taken from the
+/// queue and not yet sent, and the send in the ring, if any. One send is out at a time, so
+/// bytes leave in order. A send that the socket takes whole (the usual case) gives its
+/// blocks back to the pool and counts them off `in_flight` from its completion hook,
+/// without waking the writer; the writer only looks at it again before its next send.
+struct Outflow<S> {
+    /// Taken from the queue, not yet handed to a send (more than one send gathers, or
+    /// what a short send left).
+    batch: VecDeque<BytesMut>,
+    /// Bytes of the front block of `batch` already sent.
+    done: usize,
+    /// The send in the ring, the byte of its first block it started from, and how many
+    /// blocks it has.
+    sending: Option<(S, usize, usize)>,
+    /// The (empty) list the next send takes its blocks in.
+    spare: Vec<BytesMut>,
+}
+
+impl<S> Outflow<S>
+where
+    S: std::future::Future<Output = (std::io::Result<usize>, Vec<BytesMut>)> + Unpin,
+{
+    fn new() -> Self {
+        Outflow {
+            batch: VecDeque::new(),
+            done: 0,
+            sending: None,
+            spare: Vec::with_capacity(GATHER),
+        }
     }
-    Ok(())
+
+    /// Whether a send is out.
+    fn busy(&self) -> bool {
+        self.sending.is_some()
+    }
+
+    /// Blocks in the batch and in the send that is out.
+    fn blocks(&self) -> usize {
+        self.batch.len() + self.sending.as_ref().map_or(0, |s| s.2)
+    }
+
+    /// Waits for the send that is out, if any. What it did not send goes back to the front
+    /// of the batch, counted off `in_flight` by what it did.
+    async fn settle(&mut self, in_flight: &Cell<usize>) -> std::io::Result<()> {
+        let Some((send, skip, _)) = self.sending.take() else {
+            return Ok(());
+        };
+        let (wrote, mut back) = send.await;
+        let wrote = match wrote {
+            Ok(0) => Err(std::io::ErrorKind::WriteZero.into()),
+            r => r,
+        }?;
+        if !back.is_empty() {
+            // The hook leaves the blocks of a send that fell short.
+            back.drain(..).rev().for_each(|b| self.batch.push_front(b));
+            in_flight.set(in_flight.get().saturating_sub(wrote));
+            self.done = skip + wrote;
+            drop_written(&mut self.batch, &mut self.done);
+        }
+        self.spare = back;
+        Ok(())
+    }
+
+    /// Hands up to [`GATHER`] blocks of the batch to a send made by `send`, which is given
+    /// the blocks and the byte of the first to start from.
+    fn start(&mut self, send: impl FnOnce(Vec<BytesMut>, usize) -> S) {
+        drop_written(&mut self.batch, &mut self.done);
+        if self.batch.is_empty() {
+            return;
+        }
+        let n = self.batch.len().min(GATHER);
+        self.spare.extend(self.batch.drain(..n));
+        let skip = std::mem::take(&mut self.done);
+        self.sending = Some((send(std::mem::take(&mut self.spare), skip), skip, n));
+    }
+
+    /// Gives every block back to the pool; a send still out is cancelled.
+    fn clear(&mut self) {
+        self.sending = None;
+        self.batch.drain(..).for_each(client::give_block);
+    }
+}
+
+/// The completion hook of a send of `blocks` from byte `skip`: when the socket took them
+/// whole, gives them back to the pool, counts them off `in_flight` and returns true; else
+/// leaves them to the writer.
+fn sent_whole(
+    result: &std::io::Result<usize>,
+    blocks: &mut Vec<BytesMut>,
+    skip: usize,
+    in_flight: &Cell<usize>,
+) -> bool {
+    let total = blocks.iter().map(BytesMut::len).sum::<usize>() - skip;
+    match result {
+        Ok(n) if *n == total && total > 0 => {
+            in_flight.set(in_flight.get().saturating_sub(total));
+            blocks.drain(..).for_each(client::give_block);
+            true
+        }
+        _ => false,
+    }
 }
 
 /// Gives back the front blocks that `done` bytes cover entirely (and empty ones), leaving
@@ -2093,6 +2172,7 @@ async fn client_main(shard: Rc<Shard>, conn: tern_shards::Conn) {
         cid,
         out: RefCell::new(client::Outbound::default()),
         in_flight: Cell::new(0),
+        send_note: Cell::new(false),
         writer: Cell::new(None),
         dirty: Cell::new(false),
         closed: Cell::new(false),
@@ -2506,13 +2586,18 @@ fn no_responders(shard: &Shard, c: &Rc<Client>, reply: &[u8]) {
     }
 }
 
-async fn writer_task(shard: Rc<Shard>, c: Rc<Client>, mut w: ConnWriter) {
-    let mut batch = VecDeque::new();
-    let mut sending = Vec::with_capacity(GATHER);
+async fn writer_task(shard: Rc<Shard>, c: Rc<Client>, w: ConnWriter) {
+    let mut flow = Outflow::new();
+    let mut fresh = VecDeque::new();
     loop {
         std::future::poll_fn(|cx| {
             let tls_pending = c.tls.as_ref().is_some_and(|t| t.borrow().wants_write());
-            if !c.out.borrow().is_empty() || c.closed.get() || tls_pending {
+            if !c.out.borrow().is_empty()
+                || c.closed.get()
+                || tls_pending
+                || !flow.batch.is_empty()
+                || c.send_note.get()
+            {
                 Poll::Ready(())
             } else {
                 c.writer.set(Some(cx.waker().clone()));
@@ -2523,51 +2608,60 @@ async fn writer_task(shard: Rc<Shard>, c: Rc<Client>, mut w: ConnWriter) {
         if c.discard.get() {
             break;
         }
-        c.out.borrow_mut().take_into(&mut batch);
+        c.send_note.set(false);
+        if flow.busy() {
+            let deadline = shard.opts.borrow().write_deadline;
+            let (chunks, total) = (flow.blocks(), c.in_flight.get());
+            // One deadline per send, as for one writev.
+            match rt::timeout(deadline, flow.settle(&c.in_flight)).await {
+                Some(Ok(())) => {}
+                Some(Err(_)) => {
+                    shard.close_client(&c, CloseReason::WriteError);
+                    break;
+                }
+                None => {
+                    tracing::info!(
+                        "{} - cid:{} - Slow Consumer Detected: WriteDeadline of {:?} exceeded with {} chunks of {} total bytes.",
+                        c.addr, c.cid, deadline, chunks, total
+                    );
+                    c.discard.set(true);
+                    shard.close_client(&c, CloseReason::SlowConsumerWriteDeadline);
+                    break;
+                }
+            }
+        }
+        c.out.borrow_mut().take_into(&mut fresh);
         if let Some(tls) = c.session().filter(|_| !c.tls_failed.get()) {
             // Plaintext in, TLS records out (handshake records included).
             if !c.tls_plain_once.replace(false)
-                && seal_blocks(&mut tls.borrow_mut(), &mut batch).is_err()
+                && seal_blocks(&mut tls.borrow_mut(), &mut fresh).is_err()
             {
                 shard.close_client(&c, CloseReason::WriteError);
                 break;
             }
         }
-        if batch.is_empty() {
+        c.in_flight
+            .set(c.in_flight.get() + fresh.iter().map(BytesMut::len).sum::<usize>());
+        flow.batch.append(&mut fresh);
+        if flow.batch.is_empty() {
             if c.closed.get() {
                 break;
             }
             continue;
         }
-        let (chunks, total) = (batch.len(), batch.iter().map(BytesMut::len).sum::<usize>());
-        c.in_flight.set(total);
-        let deadline = shard.opts.borrow().write_deadline;
-        // One deadline for the whole batch, as for one writev.
-        match rt::timeout(
-            deadline,
-            write_blocks(&mut w, &mut batch, &mut sending, &c.in_flight),
-        )
-        .await
-        {
-            Some(Ok(())) => {}
-            Some(Err(_)) => {
-                shard.close_client(&c, CloseReason::WriteError);
-                break;
-            }
-            None => {
-                tracing::info!(
-                    "{} - cid:{} - Slow Consumer Detected: WriteDeadline of {:?} exceeded with {} chunks of {} total bytes.",
-                    c.addr, c.cid, deadline, chunks, total
-                );
-                c.discard.set(true);
-                shard.close_client(&c, CloseReason::SlowConsumerWriteDeadline);
-                break;
-            }
-        }
+        flow.start(|blocks, skip| {
+            let c = c.clone();
+            w.send(blocks, skip, move |r, blocks| {
+                if !sent_whole(r, blocks, skip, &c.in_flight) {
+                    c.send_note.set(true);
+                    c.wake_writer();
+                }
+            })
+        });
     }
     w.shutdown();
     c.in_flight.set(0);
-    batch.drain(..).for_each(client::give_block);
+    flow.clear();
     // Stale match-cache entries may still reference this client: let go of its buffers now.
     c.out.borrow_mut().clear();
     c.writer_done.set(true);

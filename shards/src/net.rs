@@ -5,6 +5,7 @@
 
 use futures_lite::AsyncRead;
 use std::cell::RefCell;
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::os::unix::io::AsRawFd;
@@ -60,22 +61,28 @@ impl ConnReader {
 }
 
 impl ConnWriter {
-    /// Sends `bufs` in order, the first from byte `skip`, and hands them back with how many
-    /// bytes the socket took: at least one, fewer than all when it had room for only part.
-    /// The send is one `sendmsg` (nats-server's `writev` of its queued buffers) that the
-    /// shard submits with its next poll or sleep, in the same `io_uring_enter` as the other
-    /// requests of that turn, so it costs no system call of its own. When the socket is full
-    /// the kernel waits for room. Dropping the future cancels the send.
-    pub async fn send<T: AsRef<[u8]> + 'static>(
-        &mut self,
+    /// Sends `bufs` in order, the first from byte `skip`; the future hands them back with
+    /// how many bytes the socket took: at least one, fewer than all when it had room for
+    /// only part. The send is one request in the shard's ring (a `sendmsg` for several
+    /// buffers: nats-server's `writev` of its queued buffers), submitted at once in one
+    /// `io_uring_enter` with the connection's next receive, which the reader queued before
+    /// it. When the socket is full the kernel waits for room.
+    ///
+    /// `on_done` runs on the result and the buffers as soon as the shard sees the send
+    /// complete, whether or not anyone polls the future, so a writer with nothing more to
+    /// send need not wake up for it (it can take the buffers, say). It must not start I/O.
+    /// The future does not borrow the writer; dropping it cancels the send.
+    pub fn send<T, F>(
+        &self,
         bufs: Vec<T>,
         skip: usize,
-    ) -> (io::Result<usize>, Vec<T>) {
-        let send = self.stream.borrow().send_owned(bufs, skip);
-        match send.await {
-            (Ok(0), bufs) => (Err(io::ErrorKind::WriteZero.into()), bufs),
-            done => done,
-        }
+        on_done: F,
+    ) -> impl Future<Output = (io::Result<usize>, Vec<T>)> + Unpin + 'static
+    where
+        T: AsRef<[u8]> + 'static,
+        F: FnOnce(&io::Result<usize>, &mut Vec<T>) + 'static,
+    {
+        self.stream.borrow().send_owned(bufs, skip, on_done)
     }
 
     /// Shuts down both directions of the socket, so the peer sees the close at once even
@@ -154,7 +161,7 @@ mod tests {
                 let mut buf = vec![0u8; 64 * 1024];
                 assert_eq!(r.read(&mut buf).await.unwrap(), 1);
                 assert_eq!(buf[0], b'x');
-                w.send(vec![b"k"], 0).await.0.unwrap();
+                w.send(vec![b"k"], 0, |_, _| {}).await.0.unwrap();
                 let mut got = Vec::new();
                 let mut small = [0u8; 100];
                 loop {
@@ -198,7 +205,7 @@ mod tests {
                 drop(first);
                 let second = connect(addr, Duration::from_secs(5)).await.unwrap();
                 let (_r, mut w) = second.split();
-                w.send(vec![b"bye"], 0).await.0.unwrap();
+                w.send(vec![b"bye"], 0, |_, _| {}).await.0.unwrap();
                 w.shutdown();
             })
             .unwrap()
@@ -213,7 +220,7 @@ mod tests {
     /// unsent rest back to the next send, as the server's writer does.
     async fn send_all(w: &mut ConnWriter, mut blocks: Vec<Vec<u8>>, mut skip: usize) {
         while !blocks.is_empty() {
-            let (r, mut back) = w.send(blocks, skip).await;
+            let (r, mut back) = w.send(blocks, skip, |_, _| {}).await;
             let mut n = r.unwrap() + skip;
             while back.first().is_some_and(|b| b.len() <= n) {
                 n -= back.remove(0).len();
@@ -296,7 +303,7 @@ mod tests {
                 let mut sent = 0;
                 // Fill the socket until a send waits for room, then give that send up.
                 loop {
-                    let send = w1.send(big.clone(), 0);
+                    let send = w1.send(big.clone(), 0, |_, _| {});
                     let timed = glommio::timer::timeout(Duration::from_millis(50), async {
                         Ok(send.await)
                     });
@@ -309,7 +316,7 @@ mod tests {
                 w1.shutdown();
                 let second = connect(addr, Duration::from_secs(5)).await.unwrap();
                 let (_r, mut w) = second.split();
-                w.send(vec![b"bye"], 0).await.0.unwrap();
+                w.send(vec![b"bye"], 0, |_, _| {}).await.0.unwrap();
                 w.shutdown();
                 sent
             })
@@ -322,5 +329,47 @@ mod tests {
         // What the completed sends took arrives, then the end of the stream.
         assert!(got.len() >= sent, "{} of {sent} bytes", got.len());
         assert!(got.iter().all(|&b| b == 7));
+    }
+
+    /// A send's hook runs when the shard sees the send complete, though nobody polls its
+    /// future, and can take the buffers; the future then hands back what the hook left.
+    #[test]
+    fn a_send_s_hook_runs_without_the_future_being_polled() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let peer = std::thread::spawn(move || {
+            let (mut s, _) = listener.accept().unwrap();
+            let mut got = Vec::new();
+            s.read_to_end(&mut got).unwrap();
+            got
+        });
+        let (seen, left) = glommio::LocalExecutorBuilder::default()
+            .spawn(move || async move {
+                let conn = connect(addr, Duration::from_secs(5)).await.unwrap();
+                let (_r, w) = conn.split();
+                let seen = std::rc::Rc::new(std::cell::Cell::new(None));
+                let hook = seen.clone();
+                let send = w.send(
+                    vec![b"hello ".to_vec(), b"world".to_vec()],
+                    2,
+                    move |r, bufs| {
+                        hook.set(Some(*r.as_ref().unwrap()));
+                        bufs.clear();
+                    },
+                );
+                // Not polled: the shard submits the send with its next poll of the ring.
+                glommio::timer::sleep(Duration::from_millis(20)).await;
+                let seen = seen.get();
+                let (r, left) = send.await;
+                assert_eq!(r.unwrap(), 9);
+                w.shutdown();
+                (seen, left)
+            })
+            .unwrap()
+            .join()
+            .unwrap();
+        assert_eq!(peer.join().unwrap(), b"llo world");
+        assert_eq!(seen, Some(9));
+        assert!(left.is_empty());
     }
 }

@@ -40,6 +40,8 @@ pub(super) struct Route {
     out: RefCell<client::Outbound>,
     /// Bytes the writer has taken from `out` and not written yet.
     in_flight: Cell<usize>,
+    /// The send in the ring fell short or failed: the writer must look at it.
+    send_note: Cell<bool>,
     waker: Cell<Option<Waker>>,
     closed: Cell<bool>,
     /// Past the handshake: counted in the cluster, sends and takes interest.
@@ -778,6 +780,7 @@ async fn route_main(
         addr,
         out: RefCell::new(client::Outbound::default()),
         in_flight: Cell::new(0),
+        send_note: Cell::new(false),
         waker: Cell::new(None),
         closed: Cell::new(false),
         registered: Cell::new(false),
@@ -1083,13 +1086,18 @@ fn route_session(
 }
 
 /// Writes what is queued for a route (through its TLS session, if it has one).
-async fn route_writer(r: Rc<Route>, mut w: ConnWriter) {
-    let mut batch = VecDeque::new();
-    let mut sending = Vec::with_capacity(super::GATHER);
+async fn route_writer(r: Rc<Route>, w: ConnWriter) {
+    let mut flow = super::Outflow::new();
+    let mut fresh = VecDeque::new();
     loop {
         std::future::poll_fn(|cx| {
             let tls_out = r.tls.as_ref().is_some_and(|t| t.borrow().wants_write());
-            if !r.out.borrow().is_empty() || r.closed.get() || tls_out {
+            if !r.out.borrow().is_empty()
+                || r.closed.get()
+                || tls_out
+                || !flow.batch.is_empty()
+                || r.send_note.get()
+            {
                 Poll::Ready(())
             } else {
                 r.waker.set(Some(cx.waker().clone()));
@@ -1097,27 +1105,39 @@ async fn route_writer(r: Rc<Route>, mut w: ConnWriter) {
             }
         })
         .await;
-        r.out.borrow_mut().take_into(&mut batch);
+        r.send_note.set(false);
+        if flow.settle(&r.in_flight).await.is_err() {
+            r.close();
+            break;
+        }
+        r.out.borrow_mut().take_into(&mut fresh);
         if let Some(t) = &r.tls {
-            if super::seal_blocks(&mut t.borrow_mut(), &mut batch).is_err() {
+            if super::seal_blocks(&mut t.borrow_mut(), &mut fresh).is_err() {
                 r.close();
                 break;
             }
         }
-        r.in_flight.set(batch.iter().map(BytesMut::len).sum());
-        if super::write_blocks(&mut w, &mut batch, &mut sending, &r.in_flight)
-            .await
-            .is_err()
-        {
-            r.close();
-            break;
+        r.in_flight
+            .set(r.in_flight.get() + fresh.iter().map(BytesMut::len).sum::<usize>());
+        flow.batch.append(&mut fresh);
+        if flow.batch.is_empty() {
+            if r.closed.get() {
+                break;
+            }
+            continue;
         }
-        if r.closed.get() && r.out.borrow().is_empty() {
-            break;
-        }
+        flow.start(|blocks, skip| {
+            let r = r.clone();
+            w.send(blocks, skip, move |res, blocks| {
+                if !super::sent_whole(res, blocks, skip, &r.in_flight) {
+                    r.send_note.set(true);
+                    r.wake();
+                }
+            })
+        });
     }
     r.in_flight.set(0);
-    batch.drain(..).for_each(client::give_block);
+    flow.clear();
     w.shutdown();
 }
 

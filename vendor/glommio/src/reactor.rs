@@ -467,12 +467,14 @@ impl Reactor {
     }
 
     /// (Tern) A gathered send of `bufs` on the stream socket `fd`, the first buffer from
-    /// byte `skip`; the returned source owns the buffers until its request completes.
+    /// byte `skip`; the returned source owns the buffers until its request completes, and
+    /// runs `on_done` on them when the completion is consumed.
     pub(crate) fn stream_send<T: AsRef<[u8]> + 'static>(
         &self,
         fd: RawFd,
         bufs: Vec<T>,
         skip: usize,
+        on_done: crate::sys::StreamSendDone,
     ) -> Source {
         let iov = bufs
             .iter()
@@ -493,6 +495,7 @@ impl Reactor {
             // SAFETY: an all-zero msghdr is valid (no name, no control data); the ring
             // fills in the iovecs when it queues the request.
             hdr: unsafe { std::mem::zeroed() },
+            on_done: Some(on_done),
         };
         let source = self.new_source(fd, SourceType::StreamSend(bufs), None);
         self.sys.stream_send(&source);

@@ -11,9 +11,11 @@ use futures_lite::ready;
 use nix::sys::socket::MsgFlags;
 use std::{
     cell::Cell,
+    fmt,
     io,
     net::Shutdown,
     os::unix::io::{AsRawFd, FromRawFd, RawFd},
+    pin::Pin,
     rc::{Rc, Weak},
     task::{Context, Poll, Waker},
     time::{Duration, Instant},
@@ -215,6 +217,35 @@ impl Timeout {
     }
 }
 
+/// (Tern) A send queued by `NonBufferedStream::send_owned`: resolves to its result and
+/// the buffers it took.
+pub(crate) struct SendOwned<T> {
+    source: Option<Source>,
+    bufs: std::marker::PhantomData<fn() -> T>,
+}
+
+impl<T> fmt::Debug for SendOwned<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SendOwned").finish_non_exhaustive()
+    }
+}
+
+impl<T: 'static> std::future::Future for SendOwned<T> {
+    type Output = (io::Result<usize>, Vec<T>);
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let source = self.source.as_ref().expect("SendOwned polled after completion");
+        let Some(result) = source.result() else {
+            source.add_waiter_single(cx.waker());
+            return Poll::Pending;
+        };
+        match self.source.take().unwrap().extract_source_type() {
+            SourceType::StreamSend(b) => Poll::Ready((result, *b.owner.downcast().unwrap())),
+            _ => unreachable!(),
+        }
+    }
+}
+
 #[derive(Debug)]
 pub(crate) struct NonBufferedStream<S> {
     reactor: Weak<Reactor>,
@@ -356,26 +387,29 @@ impl<S: AsRawFd> NonBufferedStream<S> {
         Poll::Pending
     }
 
-    /// (Tern) Sends `bufs`, the first from byte `skip`, in one `sendmsg` queued on the main
-    /// ring, and hands them back with the number of bytes the socket took. The request goes
-    /// to the kernel with the executor's next poll or sleep, together with every other
-    /// request queued in the same turn (the connection's next receive, other connections'
-    /// sends): no system call of its own. When the socket has no room the kernel waits for
-    /// it. The future does not borrow the stream; dropping it cancels the send, and the
-    /// buffers are freed once the kernel is done with them.
-    pub(crate) fn send_owned<T: AsRef<[u8]> + 'static>(
-        &self,
-        bufs: Vec<T>,
-        skip: usize,
-    ) -> impl std::future::Future<Output = (io::Result<usize>, Vec<T>)> + 'static {
+    /// (Tern) Sends `bufs`, the first from byte `skip`, in one send on the main ring, and
+    /// hands them back with the number of bytes the socket took. The request goes to the
+    /// kernel at once, in one `io_uring_enter` with the requests queued before it (the
+    /// connection's next receive). When the socket has no room the kernel waits for it.
+    /// `on_done` runs on the result and the buffers as soon as the completion is
+    /// consumed, whether or not the future is being polled, so a caller that has nothing
+    /// more to send need not wake up for it. The future does not borrow the stream;
+    /// dropping it cancels the send, and the buffers are freed once the kernel is done
+    /// with them.
+    pub(crate) fn send_owned<T, F>(&self, bufs: Vec<T>, skip: usize, on_done: F) -> SendOwned<T>
+    where
+        T: AsRef<[u8]> + 'static,
+        F: FnOnce(&io::Result<usize>, &mut Vec<T>) + 'static,
+    {
         let reactor = self.reactor.upgrade().unwrap();
-        let source = reactor.stream_send(self.stream.as_raw_fd(), bufs, skip);
-        async move {
-            let result = source.collect_rw().await;
-            match source.extract_source_type() {
-                SourceType::StreamSend(b) => (result, *b.owner.downcast::<Vec<T>>().unwrap()),
-                _ => unreachable!(),
+        let on_done: crate::sys::StreamSendDone = Box::new(move |result, owner| {
+            if let Some(bufs) = owner.downcast_mut::<Vec<T>>() {
+                on_done(result, bufs);
             }
+        });
+        SendOwned {
+            source: Some(reactor.stream_send(self.stream.as_raw_fd(), bufs, skip, on_done)),
+            bufs: std::marker::PhantomData,
         }
     }
 
@@ -491,12 +525,12 @@ impl<S> GlommioStream<S, NonBuffered> {
 
 impl<S: AsRawFd, B: RxBuf> GlommioStream<S, B> {
     /// (Tern) See `NonBufferedStream::send_owned`.
-    pub(crate) fn send_owned<T: AsRef<[u8]> + 'static>(
-        &self,
-        bufs: Vec<T>,
-        skip: usize,
-    ) -> impl std::future::Future<Output = (io::Result<usize>, Vec<T>)> + 'static {
-        self.stream.send_owned(bufs, skip)
+    pub(crate) fn send_owned<T, F>(&self, bufs: Vec<T>, skip: usize, on_done: F) -> SendOwned<T>
+    where
+        T: AsRef<[u8]> + 'static,
+        F: FnOnce(&io::Result<usize>, &mut Vec<T>) + 'static,
+    {
+        self.stream.send_owned(bufs, skip, on_done)
     }
 
     /// Receives data on the socket from the remote address to which it is

@@ -642,19 +642,26 @@ impl<B: RxBuf> TcpStream<B> {
         Ok(self.stream.stream().set_ttl(ttl)?)
     }
 
-    /// (Tern) Sends `bufs`, the first from byte `skip`, in one `sendmsg` queued on the
-    /// executor's main ring, and hands them back with the number of bytes the socket took
-    /// (at least one unless the peer is gone; fewer than all when the socket had room for
-    /// only part). The request goes to the kernel with the executor's next poll or sleep,
-    /// in the same `io_uring_enter` as the other requests of that turn. The returned future
-    /// does not borrow the stream; dropping it cancels the send, and the buffers are freed
-    /// once the kernel is done with them.
-    pub fn send_owned<T: AsRef<[u8]> + 'static>(
+    /// (Tern) Sends `bufs`, the first from byte `skip`, in one send on the executor's main
+    /// ring, and hands them back with the number of bytes the socket took (at least one
+    /// unless the peer is gone; fewer than all when the socket had room for only part).
+    /// The request goes to the kernel at once, in one `io_uring_enter` with the requests
+    /// queued before it (the connection's next receive). `on_done` runs on
+    /// the result and the buffers as soon as the completion is consumed, whether or not the
+    /// future is polled; it must not start I/O. The returned future does not borrow the
+    /// stream; dropping it cancels the send, and the buffers are freed once the kernel is
+    /// done with them.
+    pub fn send_owned<T, F>(
         &self,
         bufs: Vec<T>,
         skip: usize,
-    ) -> impl std::future::Future<Output = (std::io::Result<usize>, Vec<T>)> + 'static {
-        self.stream.send_owned(bufs, skip)
+        on_done: F,
+    ) -> impl std::future::Future<Output = (std::io::Result<usize>, Vec<T>)> + Unpin + 'static
+    where
+        T: AsRef<[u8]> + 'static,
+        F: FnOnce(&std::io::Result<usize>, &mut Vec<T>) + 'static,
+    {
+        self.stream.send_owned(bufs, skip, on_done)
     }
 
     /// Receives data on the socket from the remote address to which it is

@@ -29,12 +29,18 @@ use std::{
 /// (Tern) What a `SourceType::StreamSend` keeps alive while the kernel may read it: the
 /// caller's buffers (`owner`, handed back with the result), the `iovec`s that point into
 /// them and the `msghdr` that points at those. The `msghdr` lives inside the source, whose
-/// address does not change until its completion is consumed.
+/// address does not change until its completion is consumed. `on_done` runs when the
+/// completion is consumed, before any waiter wakes.
 pub(crate) struct StreamSendBufs {
     pub(crate) owner: Box<dyn std::any::Any>,
     pub(crate) iov: Vec<libc::iovec>,
     pub(crate) hdr: libc::msghdr,
+    pub(crate) on_done: Option<StreamSendDone>,
 }
+
+/// (Tern) A hook a send runs on its result and its buffers when its completion is
+/// consumed, from the reactor: it must not touch the rings (no new I/O).
+pub(crate) type StreamSendDone = Box<dyn FnOnce(&io::Result<usize>, &mut dyn std::any::Any)>;
 
 impl fmt::Debug for StreamSendBufs {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

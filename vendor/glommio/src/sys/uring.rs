@@ -85,6 +85,9 @@ enum UringOpDescriptor {
     /// (Tern) A stream socket's gathered send, from the `msghdr` of its
     /// `SourceType::StreamSend`.
     StreamSend(*mut libc::msghdr),
+    /// (Tern) The same with a single buffer: a plain send, which the kernel sets up for
+    /// less than a `sendmsg`.
+    StreamSendOne(*const u8, usize),
     Nop,
 }
 
@@ -417,6 +420,11 @@ fn fill_sqe<F>(
 
             UringOpDescriptor::StreamSend(hdr) => {
                 sqe.prep_sendmsg(op.fd, hdr, MsgFlags::MSG_NOSIGNAL);
+            }
+
+            UringOpDescriptor::StreamSendOne(ptr, len) => {
+                let buf = std::slice::from_raw_parts(ptr, len);
+                sqe.prep_send(op.fd, buf, MsgFlags::MSG_NOSIGNAL);
             }
 
             UringOpDescriptor::SockRecvMsg(len, flags) => {
@@ -1159,8 +1167,14 @@ impl UringCommon for SleepableRing {
             },
             |mut src, res| {
                 record_stats(self, &mut src, &res);
-                if let SourceType::ForeignNotifier(_, installed) = &mut src.source_type {
-                    *installed = false;
+                match &mut src.source_type {
+                    SourceType::ForeignNotifier(_, installed) => *installed = false,
+                    SourceType::StreamSend(b) => {
+                        if let Some(done) = b.on_done.take() {
+                            done(&res, &mut *b.owner);
+                        }
+                    }
+                    _ => {}
                 }
                 res
             },
@@ -1519,11 +1533,13 @@ impl Reactor {
         );
     }
 
-    /// (Tern) Queues the gathered send of `source`, a `SourceType::StreamSend`, on the main
-    /// ring: it goes to the kernel with the executor's next poll or sleep, in the same
-    /// `io_uring_enter` as every other request queued in that turn.
+    /// (Tern) Queues the send of `source`, a `SourceType::StreamSend`, on the main ring and
+    /// submits it with whatever else waits there.
     pub(crate) fn stream_send(&self, source: &Source) {
         let op = match &mut *source.source_type_mut() {
+            SourceType::StreamSend(bufs) if bufs.iov.len() == 1 => {
+                UringOpDescriptor::StreamSendOne(bufs.iov[0].iov_base as _, bufs.iov[0].iov_len)
+            }
             SourceType::StreamSend(bufs) => {
                 bufs.hdr.msg_iov = bufs.iov.as_mut_ptr();
                 bufs.hdr.msg_iovlen = bufs.iov.len() as _;
@@ -1531,12 +1547,13 @@ impl Reactor {
             }
             _ => unreachable!(),
         };
-        queue_request_into_ring(
-            &mut *self.ring_for_source(source),
-            source,
-            op,
-            &mut self.source_map.borrow_mut(),
-        );
+        let mut ring = self.main_ring.borrow_mut();
+        queue_request_into_ring(&mut *ring, source, op, &mut self.source_map.borrow_mut());
+        // Submitted at once, with whatever else the turn queued so far (typically the
+        // connection's next receive): the bytes leave now instead of after the rest of the
+        // turn and the executor's bookkeeping, which would be on the peer's critical path.
+        // Its completion is consumed with the executor's next poll.
+        let _ = ring.consume_submission_queue();
     }
 
     pub(crate) fn recvmsg(&self, source: &Source, len: usize, flags: MsgFlags) {
