@@ -157,7 +157,7 @@ mod tests {
         let got = glommio::LocalExecutorBuilder::default()
             .spawn(move || async move {
                 let conn = connect(addr, Duration::from_secs(5)).await.unwrap();
-                let (mut r, mut w) = conn.split();
+                let (mut r, w) = conn.split();
                 let mut buf = vec![0u8; 64 * 1024];
                 assert_eq!(r.read(&mut buf).await.unwrap(), 1);
                 assert_eq!(buf[0], b'x');
@@ -204,7 +204,7 @@ mod tests {
                 glommio::timer::sleep(Duration::from_millis(20)).await;
                 drop(first);
                 let second = connect(addr, Duration::from_secs(5)).await.unwrap();
-                let (_r, mut w) = second.split();
+                let (_r, w) = second.split();
                 w.send(vec![b"bye"], 0, |_, _| {}).await.0.unwrap();
                 w.shutdown();
             })
@@ -218,7 +218,7 @@ mod tests {
 
     /// Sends everything in `blocks` (the first from byte `skip`) through `w`, handing the
     /// unsent rest back to the next send, as the server's writer does.
-    async fn send_all(w: &mut ConnWriter, mut blocks: Vec<Vec<u8>>, mut skip: usize) {
+    async fn send_all(w: &ConnWriter, mut blocks: Vec<Vec<u8>>, mut skip: usize) {
         while !blocks.is_empty() {
             let (r, mut back) = w.send(blocks, skip, |_, _| {}).await;
             let mut n = r.unwrap() + skip;
@@ -250,7 +250,7 @@ mod tests {
         glommio::LocalExecutorBuilder::default()
             .spawn(move || async move {
                 let conn = connect(addr, Duration::from_secs(5)).await.unwrap();
-                let (_r, mut w) = conn.split();
+                let (_r, w) = conn.split();
                 // Blocks of uneven sizes, sixteen at a time, as the writer gathers them.
                 let mut blocks: Vec<Vec<u8>> = Vec::new();
                 let mut rest = &body[..];
@@ -263,7 +263,7 @@ mod tests {
                 }
                 let mut skip = 5;
                 for group in blocks.chunks(16) {
-                    send_all(&mut w, group.to_vec(), skip).await;
+                    send_all(&w, group.to_vec(), skip).await;
                     skip = 0;
                 }
                 w.shutdown();
@@ -298,7 +298,7 @@ mod tests {
         let sent = glommio::LocalExecutorBuilder::default()
             .spawn(move || async move {
                 let first = connect(addr, Duration::from_secs(5)).await.unwrap();
-                let (_r1, mut w1) = first.split();
+                let (_r1, w1) = first.split();
                 let big = vec![vec![7u8; 64 * 1024]; 16];
                 let mut sent = 0;
                 // Fill the socket until a send waits for room, then give that send up.
@@ -315,7 +315,7 @@ mod tests {
                 }
                 w1.shutdown();
                 let second = connect(addr, Duration::from_secs(5)).await.unwrap();
-                let (_r, mut w) = second.split();
+                let (_r, w) = second.split();
                 w.send(vec![b"bye"], 0, |_, _| {}).await.0.unwrap();
                 w.shutdown();
                 sent
@@ -357,7 +357,7 @@ mod tests {
                         bufs.clear();
                     },
                 );
-                // Not polled: the shard submits the send with its next poll of the ring.
+                // Not polled: the send goes out and completes with nobody waiting on it.
                 glommio::timer::sleep(Duration::from_millis(20)).await;
                 let seen = seen.get();
                 let (r, left) = send.await;
