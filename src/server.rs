@@ -28,7 +28,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{Poll, Waker};
 use std::time::{Duration, Instant, SystemTime};
-use tern_shards::{rt, ConnReader, ConnWriter, InboxReceiver, Mesh, MeshReceiver, ShardCtx};
+use tern_shards::{
+    rt, ConnReader, ConnWriter, InboxReceiver, Mesh, MeshReceiver, Sending, ShardCtx,
+};
 
 mod routes;
 
@@ -938,12 +940,30 @@ pub(crate) fn seal(t: &mut rustls::Connection, data: &mut BytesMut) -> std::io::
 /// Most blocks one send gathers: 1 MiB of output at once when a backlog allows it.
 const GATHER: usize = 16;
 
+/// What a connection's writer shares with the completion hooks of its sends.
+trait Outlet: 'static {
+    /// Bytes taken from the connection's queue and not yet sent.
+    fn in_flight(&self) -> &Cell<usize>;
+    /// Tells the writer that its send fell short or failed, so it must look at it.
+    fn note_send(&self);
+}
+
+impl Outlet for Client {
+    fn in_flight(&self) -> &Cell<usize> {
+        &self.in_flight
+    }
+    fn note_send(&self) {
+        self.send_note.set(true);
+        self.wake_writer();
+    }
+}
+
 /// A connection's output between its queue and its socket: the blocks taken from the
 /// queue and not yet sent, and the send in the ring, if any. One send is out at a time, so
 /// bytes leave in order. A send that the socket takes whole (the usual case) gives its
 /// blocks back to the pool and counts them off `in_flight` from its completion hook,
 /// without waking the writer; the writer only looks at it again before its next send.
-struct Outflow<S> {
+struct Outflow {
     /// Taken from the queue, not yet handed to a send (more than one send gathers, or
     /// what a short send left).
     batch: VecDeque<BytesMut>,
@@ -951,15 +971,12 @@ struct Outflow<S> {
     done: usize,
     /// The send in the ring, the byte of its first block it started from, and how many
     /// blocks it has.
-    sending: Option<(S, usize, usize)>,
+    sending: Option<(Sending<BytesMut>, usize, usize)>,
     /// The (empty) list the next send takes its blocks in.
     spare: Vec<BytesMut>,
 }
 
-impl<S> Outflow<S>
-where
-    S: std::future::Future<Output = (std::io::Result<usize>, Vec<BytesMut>)> + Unpin,
-{
+impl Outflow {
     fn new() -> Self {
         Outflow {
             batch: VecDeque::new(),
@@ -1001,9 +1018,10 @@ where
         Ok(())
     }
 
-    /// Hands up to [`GATHER`] blocks of the batch to a send made by `send`, which is given
-    /// the blocks and the byte of the first to start from.
-    fn start(&mut self, send: impl FnOnce(Vec<BytesMut>, usize) -> S) {
+    /// Hands up to [`GATHER`] blocks of the batch to a send on `w`. Its hook gives the
+    /// blocks of a whole send back to the pool and counts them off `owner`'s `in_flight`;
+    /// a send that fell short or failed is left to the writer, through `note_send`.
+    fn start(&mut self, w: &ConnWriter, owner: &Rc<impl Outlet>) {
         drop_written(&mut self.batch, &mut self.done);
         if self.batch.is_empty() {
             return;
@@ -1011,33 +1029,25 @@ where
         let n = self.batch.len().min(GATHER);
         self.spare.extend(self.batch.drain(..n));
         let skip = std::mem::take(&mut self.done);
-        self.sending = Some((send(std::mem::take(&mut self.spare), skip), skip, n));
+        let owner = owner.clone();
+        let send = w.send(std::mem::take(&mut self.spare), skip, move |r, blocks| {
+            let total = blocks.iter().map(BytesMut::len).sum::<usize>() - skip;
+            match r {
+                Ok(n) if *n == total && total > 0 => {
+                    let in_flight = owner.in_flight();
+                    in_flight.set(in_flight.get().saturating_sub(total));
+                    blocks.drain(..).for_each(client::give_block);
+                }
+                _ => owner.note_send(),
+            }
+        });
+        self.sending = Some((send, skip, n));
     }
 
     /// Gives every block back to the pool; a send still out is cancelled.
     fn clear(&mut self) {
         self.sending = None;
         self.batch.drain(..).for_each(client::give_block);
-    }
-}
-
-/// The completion hook of a send of `blocks` from byte `skip`: when the socket took them
-/// whole, gives them back to the pool, counts them off `in_flight` and returns true; else
-/// leaves them to the writer.
-fn sent_whole(
-    result: &std::io::Result<usize>,
-    blocks: &mut Vec<BytesMut>,
-    skip: usize,
-    in_flight: &Cell<usize>,
-) -> bool {
-    let total = blocks.iter().map(BytesMut::len).sum::<usize>() - skip;
-    match result {
-        Ok(n) if *n == total && total > 0 => {
-            in_flight.set(in_flight.get().saturating_sub(total));
-            blocks.drain(..).for_each(client::give_block);
-            true
-        }
-        _ => false,
     }
 }
 
@@ -2649,15 +2659,7 @@ async fn writer_task(shard: Rc<Shard>, c: Rc<Client>, w: ConnWriter) {
             }
             continue;
         }
-        flow.start(|blocks, skip| {
-            let c = c.clone();
-            w.send(blocks, skip, move |r, blocks| {
-                if !sent_whole(r, blocks, skip, &c.in_flight) {
-                    c.send_note.set(true);
-                    c.wake_writer();
-                }
-            })
-        });
+        flow.start(&w, &c);
     }
     w.shutdown();
     c.in_flight.set(0);

@@ -5,7 +5,6 @@
 
 use futures_lite::AsyncRead;
 use std::cell::RefCell;
-use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::os::unix::io::AsRawFd;
@@ -13,6 +12,10 @@ use std::pin::Pin;
 use std::rc::Rc;
 
 type Stream = glommio::net::TcpStream;
+
+/// A send made by [`ConnWriter::send`]: a future of its result and its buffers (what its
+/// hook left of them). It does not borrow the writer; dropping it cancels the send.
+pub type Sending<T> = glommio::net::SendOwned<T>;
 
 /// An accepted connection, bound to the shard that will serve it.
 pub struct Conn {
@@ -72,12 +75,7 @@ impl ConnWriter {
     /// complete, whether or not anyone polls the future, so a writer with nothing more to
     /// send need not wake up for it (it can take the buffers, say). It must not start I/O.
     /// The future does not borrow the writer; dropping it cancels the send.
-    pub fn send<T, F>(
-        &self,
-        bufs: Vec<T>,
-        skip: usize,
-        on_done: F,
-    ) -> impl Future<Output = (io::Result<usize>, Vec<T>)> + Unpin + 'static
+    pub fn send<T, F>(&self, bufs: Vec<T>, skip: usize, on_done: F) -> Sending<T>
     where
         T: AsRef<[u8]> + 'static,
         F: FnOnce(&io::Result<usize>, &mut Vec<T>) + 'static,
@@ -216,6 +214,20 @@ mod tests {
         assert_eq!(ends[1].as_ref().unwrap(), b"bye");
     }
 
+    /// A peer that accepts one connection and, after `delay`, reads it to its end.
+    fn reading_peer(delay: Duration) -> (SocketAddr, std::thread::JoinHandle<Vec<u8>>) {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let peer = std::thread::spawn(move || {
+            let (mut s, _) = listener.accept().unwrap();
+            std::thread::sleep(delay);
+            let mut got = Vec::new();
+            s.read_to_end(&mut got).unwrap();
+            got
+        });
+        (addr, peer)
+    }
+
     /// Sends everything in `blocks` (the first from byte `skip`) through `w`, handing the
     /// unsent rest back to the next send, as the server's writer does.
     async fn send_all(w: &ConnWriter, mut blocks: Vec<Vec<u8>>, mut skip: usize) {
@@ -235,16 +247,8 @@ mod tests {
     /// byte once, in order.
     #[test]
     fn gathered_sends_in_the_ring_arrive_whole_and_in_order() {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = listener.local_addr().unwrap();
-        let peer = std::thread::spawn(move || {
-            let (mut s, _) = listener.accept().unwrap();
-            // Let the sender fill the socket before reading anything.
-            std::thread::sleep(Duration::from_millis(100));
-            let mut got = Vec::new();
-            s.read_to_end(&mut got).unwrap();
-            got
-        });
+        // Let the sender fill the socket before reading anything.
+        let (addr, peer) = reading_peer(Duration::from_millis(100));
         let body = pattern(3 * 1024 * 1024 + 7);
         let expect = body[5..].to_vec();
         glommio::LocalExecutorBuilder::default()
@@ -335,14 +339,7 @@ mod tests {
     /// future, and can take the buffers; the future then hands back what the hook left.
     #[test]
     fn a_send_s_hook_runs_without_the_future_being_polled() {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = listener.local_addr().unwrap();
-        let peer = std::thread::spawn(move || {
-            let (mut s, _) = listener.accept().unwrap();
-            let mut got = Vec::new();
-            s.read_to_end(&mut got).unwrap();
-            got
-        });
+        let (addr, peer) = reading_peer(Duration::ZERO);
         let (seen, left) = glommio::LocalExecutorBuilder::default()
             .spawn(move || async move {
                 let conn = connect(addr, Duration::from_secs(5)).await.unwrap();

@@ -1085,6 +1085,16 @@ fn route_session(
     Ok(Some(RefCell::new(t)))
 }
 
+impl super::Outlet for Route {
+    fn in_flight(&self) -> &Cell<usize> {
+        &self.in_flight
+    }
+    fn note_send(&self) {
+        self.send_note.set(true);
+        self.wake();
+    }
+}
+
 /// Writes what is queued for a route (through its TLS session, if it has one).
 async fn route_writer(r: Rc<Route>, w: ConnWriter) {
     let mut flow = super::Outflow::new();
@@ -1126,15 +1136,7 @@ async fn route_writer(r: Rc<Route>, w: ConnWriter) {
             }
             continue;
         }
-        flow.start(|blocks, skip| {
-            let r = r.clone();
-            w.send(blocks, skip, move |res, blocks| {
-                if !super::sent_whole(res, blocks, skip, &r.in_flight) {
-                    r.send_note.set(true);
-                    r.wake();
-                }
-            })
-        });
+        flow.start(&w, &r);
     }
     r.in_flight.set(0);
     flow.clear();

@@ -466,36 +466,20 @@ impl Reactor {
         source
     }
 
-    /// (Tern) A gathered send of `bufs` on the stream socket `fd`, the first buffer from
-    /// byte `skip`; the returned source owns the buffers until its request completes, and
-    /// runs `on_done` on them when the completion is consumed.
-    pub(crate) fn stream_send<T: AsRef<[u8]> + 'static>(
+    /// (Tern) A send on the stream socket `fd` of the buffers `owner` holds, which `iov`
+    /// points into; the returned source keeps both until its request completes.
+    pub(crate) fn stream_send(
         &self,
         fd: RawFd,
-        bufs: Vec<T>,
-        skip: usize,
-        on_done: crate::sys::StreamSendDone,
+        owner: Box<dyn crate::sys::StreamSendOwner>,
+        iov: smallvec::SmallVec<[libc::iovec; 4]>,
     ) -> Source {
-        let iov = bufs
-            .iter()
-            .enumerate()
-            .map(|(i, b)| {
-                let b = if i == 0 { &b.as_ref()[skip..] } else { b.as_ref() };
-                libc::iovec {
-                    iov_base: b.as_ptr() as *mut libc::c_void,
-                    iov_len: b.len(),
-                }
-            })
-            .collect();
-        // The iovecs point into the buffers' own storage, which moving `bufs` into the box
-        // does not move.
         let bufs = crate::sys::StreamSendBufs {
-            owner: Box::new(bufs),
+            owner,
             iov,
             // SAFETY: an all-zero msghdr is valid (no name, no control data); the ring
             // fills in the iovecs when it queues the request.
             hdr: unsafe { std::mem::zeroed() },
-            on_done: Some(on_done),
         };
         let source = self.new_source(fd, SourceType::StreamSend(bufs), None);
         self.sys.stream_send(&source);

@@ -217,9 +217,9 @@ impl Timeout {
     }
 }
 
-/// (Tern) A send queued by `NonBufferedStream::send_owned`: resolves to its result and
-/// the buffers it took.
-pub(crate) struct SendOwned<T> {
+/// (Tern) A send queued by `TcpStream::send_owned`: resolves to its result and the
+/// buffers (what the completion hook left of them).
+pub struct SendOwned<T> {
     source: Option<Source>,
     bufs: std::marker::PhantomData<fn() -> T>,
 }
@@ -240,9 +240,32 @@ impl<T: 'static> std::future::Future for SendOwned<T> {
             return Poll::Pending;
         };
         match self.source.take().unwrap().extract_source_type() {
-            SourceType::StreamSend(b) => Poll::Ready((result, *b.owner.downcast().unwrap())),
+            SourceType::StreamSend(mut b) => {
+                let bufs = b.owner.bufs().downcast_mut::<Vec<T>>().unwrap();
+                Poll::Ready((result, std::mem::take(bufs)))
+            }
             _ => unreachable!(),
         }
+    }
+}
+
+/// (Tern) The buffers of a send and its completion hook, in one allocation.
+struct SendBufs<T, F> {
+    bufs: Vec<T>,
+    on_done: Option<F>,
+}
+
+impl<T: 'static, F: FnOnce(&io::Result<usize>, &mut Vec<T>)> sys::StreamSendOwner
+    for SendBufs<T, F>
+{
+    fn done(&mut self, result: &io::Result<usize>) {
+        if let Some(f) = self.on_done.take() {
+            f(result, &mut self.bufs);
+        }
+    }
+
+    fn bufs(&mut self) -> &mut dyn std::any::Any {
+        &mut self.bufs
     }
 }
 
@@ -401,14 +424,26 @@ impl<S: AsRawFd> NonBufferedStream<S> {
         T: AsRef<[u8]> + 'static,
         F: FnOnce(&io::Result<usize>, &mut Vec<T>) + 'static,
     {
-        let reactor = self.reactor.upgrade().unwrap();
-        let on_done: crate::sys::StreamSendDone = Box::new(move |result, owner| {
-            if let Some(bufs) = owner.downcast_mut::<Vec<T>>() {
-                on_done(result, bufs);
-            }
+        // The iovecs point into the buffers' own storage, which moving `bufs` into the box
+        // does not move.
+        let iov = bufs
+            .iter()
+            .enumerate()
+            .map(|(i, b)| {
+                let b = if i == 0 { &b.as_ref()[skip..] } else { b.as_ref() };
+                libc::iovec {
+                    iov_base: b.as_ptr() as *mut libc::c_void,
+                    iov_len: b.len(),
+                }
+            })
+            .collect();
+        let owner = Box::new(SendBufs {
+            bufs,
+            on_done: Some(on_done),
         });
+        let reactor = self.reactor.upgrade().unwrap();
         SendOwned {
-            source: Some(reactor.stream_send(self.stream.as_raw_fd(), bufs, skip, on_done)),
+            source: Some(reactor.stream_send(self.stream.as_raw_fd(), owner, iov)),
             bufs: std::marker::PhantomData,
         }
     }

@@ -656,7 +656,7 @@ impl<B: RxBuf> TcpStream<B> {
         bufs: Vec<T>,
         skip: usize,
         on_done: F,
-    ) -> impl std::future::Future<Output = (std::io::Result<usize>, Vec<T>)> + Unpin + 'static
+    ) -> super::SendOwned<T>
     where
         T: AsRef<[u8]> + 'static,
         F: FnOnce(&std::io::Result<usize>, &mut Vec<T>) + 'static,

@@ -27,20 +27,24 @@ use std::{
 };
 
 /// (Tern) What a `SourceType::StreamSend` keeps alive while the kernel may read it: the
-/// caller's buffers (`owner`, handed back with the result), the `iovec`s that point into
-/// them and the `msghdr` that points at those. The `msghdr` lives inside the source, whose
-/// address does not change until its completion is consumed. `on_done` runs when the
-/// completion is consumed, before any waiter wakes.
+/// caller's buffers and completion hook (`owner`, one allocation), the `iovec`s that point
+/// into the buffers (inline for a few) and the `msghdr` that points at those. The `msghdr`
+/// lives inside the source, whose address does not change until its completion is
+/// consumed.
 pub(crate) struct StreamSendBufs {
-    pub(crate) owner: Box<dyn std::any::Any>,
-    pub(crate) iov: Vec<libc::iovec>,
+    pub(crate) owner: Box<dyn StreamSendOwner>,
+    pub(crate) iov: smallvec::SmallVec<[libc::iovec; 4]>,
     pub(crate) hdr: libc::msghdr,
-    pub(crate) on_done: Option<StreamSendDone>,
 }
 
-/// (Tern) A hook a send runs on its result and its buffers when its completion is
-/// consumed, from the reactor: it must not touch the rings (no new I/O).
-pub(crate) type StreamSendDone = Box<dyn FnOnce(&io::Result<usize>, &mut dyn std::any::Any)>;
+/// (Tern) The buffers of a stream send and the hook to run on them.
+pub(crate) trait StreamSendOwner {
+    /// Runs the hook (the first call only) on the send's result, from the reactor as it
+    /// consumes the completion and before any waiter wakes: it must not touch the rings.
+    fn done(&mut self, result: &io::Result<usize>);
+    /// The buffers (a `Vec` of the sender's buffer type), to hand back.
+    fn bufs(&mut self) -> &mut dyn std::any::Any;
+}
 
 impl fmt::Debug for StreamSendBufs {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

@@ -1169,11 +1169,7 @@ impl UringCommon for SleepableRing {
                 record_stats(self, &mut src, &res);
                 match &mut src.source_type {
                     SourceType::ForeignNotifier(_, installed) => *installed = false,
-                    SourceType::StreamSend(b) => {
-                        if let Some(done) = b.on_done.take() {
-                            done(&res, &mut *b.owner);
-                        }
-                    }
+                    SourceType::StreamSend(b) => b.owner.done(&res),
                     _ => {}
                 }
                 res
