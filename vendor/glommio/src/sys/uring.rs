@@ -272,6 +272,13 @@ lazy_static! {
     static ref IO_URING_RECENT_ENOUGH: bool = check_supported_operations(GLOMMIO_URING_OPS);
 }
 
+/// (Tern) The kernel took `IORING_SETUP_COOP_TASKRUN` (5.19 or later), so it also knows
+/// `IORING_RECVSEND_POLL_FIRST`, which older kernels reject as `EINVAL`.
+static KERNEL_5_19: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// `IORING_RECVSEND_POLL_FIRST`, in a receive's `ioprio`.
+const RECVSEND_POLL_FIRST: u16 = 1;
+
 fn fill_sqe<F>(
     sqe: &mut iou::SQE<'_>,
     op: &UringDescriptor,
@@ -416,6 +423,12 @@ fn fill_sqe<F>(
             UringOpDescriptor::StreamRecv(ptr, len) => {
                 let buf = std::slice::from_raw_parts_mut(ptr, len);
                 sqe.prep_recv(op.fd, buf, MsgFlags::empty());
+                // The stream queues a receive only once the socket is drained: the kernel
+                // arms the readiness poll at once instead of trying a receive that finds
+                // nothing first.
+                if KERNEL_5_19.load(std::sync::atomic::Ordering::Relaxed) {
+                    sqe.raw_mut().ioprio = RECVSEND_POLL_FIRST;
+                }
             }
 
             UringOpDescriptor::StreamSend(hdr) => {
@@ -938,8 +951,14 @@ impl SleepableRing {
         // `run_task_work` and `Reactor::need_preempt`). A sleeping thread is woken as before.
         // Kernels before 5.19 do not know the flags: the ring is then set up as glommio did.
         let coop = iou::SetupFlags::COOP_TASKRUN | iou::SetupFlags::TASKRUN_FLAG;
-        let ring = iou::IoUring::new_with_flags(size as _, coop, iou::SetupFeatures::empty())
-            .or_else(|_| iou::IoUring::new(size as _))?;
+        let ring = match iou::IoUring::new_with_flags(size as _, coop, iou::SetupFeatures::empty())
+        {
+            Ok(ring) => {
+                KERNEL_5_19.store(true, std::sync::atomic::Ordering::Relaxed);
+                ring
+            }
+            Err(_) => iou::IoUring::new(size as _)?,
+        };
         Ok(SleepableRing {
             ring,
             size,
@@ -1548,7 +1567,17 @@ impl Reactor {
         // Submitted at once, with whatever else the turn queued so far (typically the
         // connection's next receive): the bytes leave now instead of after the rest of the
         // turn and the executor's bookkeeping, which would be on the peer's critical path.
-        // Its completion is consumed with the executor's next poll.
+        // The send goes first, since the kernel handles a submission's requests in order:
+        // arming the receives is then off the peer's critical path. Nothing queued depends
+        // on the send (it has no linked timeout), and one connection has one send out at a
+        // time. Its completion is consumed with the executor's next poll.
+        {
+            let q = ring.submission_queue();
+            let mut q = q.borrow_mut();
+            if let Some(send) = q.submissions.pop_back() {
+                q.submissions.push_front(send);
+            }
+        }
         let _ = ring.consume_submission_queue();
     }
 
