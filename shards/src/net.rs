@@ -127,7 +127,9 @@ impl Listener {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::future::Future;
     use std::io::{Read, Write};
+    use std::task::Poll;
     use std::time::Duration;
 
     fn pattern(len: usize) -> Vec<u8> {
@@ -212,6 +214,53 @@ mod tests {
         let ends = peer.join().unwrap();
         assert_eq!(ends[0].as_ref().unwrap(), b"");
         assert_eq!(ends[1].as_ref().unwrap(), b"bye");
+    }
+
+    /// Bytes that arrive while the connection's receive waits in the ring's queue (the ring
+    /// then arms it on a socket that is already readable) are read, and a send queued behind
+    /// that receive goes to the kernel ahead of it and arrives.
+    #[test]
+    fn bytes_arriving_while_the_receive_is_queued_are_read_and_a_later_send_arrives() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
+        let (sent_tx, sent_rx) = std::sync::mpsc::channel::<()>();
+        let peer = std::thread::spawn(move || {
+            let (mut s, _) = listener.accept().unwrap();
+            go_rx.recv().unwrap();
+            s.write_all(b"ping").unwrap();
+            sent_tx.send(()).unwrap();
+            let mut got = Vec::new();
+            s.read_to_end(&mut got).unwrap();
+            got
+        });
+        let got = glommio::LocalExecutorBuilder::default()
+            .spawn(move || async move {
+                let conn = connect(addr, Duration::from_secs(5)).await.unwrap();
+                let (mut r, w) = conn.split();
+                let mut buf = [0u8; 64];
+                let n = {
+                    let mut read = std::pin::pin!(r.read(&mut buf));
+                    // Nothing has arrived: the read queues its receive and waits.
+                    let first = std::future::poll_fn(|cx| Poll::Ready(read.as_mut().poll(cx)));
+                    assert!(first.await.is_pending());
+                    // The peer's bytes land in the socket before this turn ends, so before
+                    // the ring takes the receive.
+                    go_tx.send(()).unwrap();
+                    sent_rx.recv().unwrap();
+                    let send = w.send(vec![b"pong"], 0, |_, _| {});
+                    let n = read.await.unwrap();
+                    send.await.0.unwrap();
+                    n
+                };
+                w.shutdown();
+                buf[..n].to_vec()
+            })
+            .unwrap()
+            .join()
+            .unwrap();
+        assert_eq!(got, b"ping");
+        assert_eq!(peer.join().unwrap(), b"pong");
     }
 
     /// A peer that accepts one connection and, after `delay`, reads it to its end.
