@@ -900,10 +900,6 @@ impl UringCommon for PollRing {
     }
 
     fn submit_one_event(&mut self, queue: &mut VecDeque<UringDescriptor>) -> Option<bool> {
-        // (Tern) Every poll of a ring comes here, mostly with nothing queued.
-        if queue.is_empty() {
-            return Some(false);
-        }
         let source_map = &mut *self.source_map.borrow_mut();
 
         while let Some(chain) = peek_one_chain(queue, self.size) {
@@ -1209,10 +1205,6 @@ impl UringCommon for SleepableRing {
     }
 
     fn submit_one_event(&mut self, queue: &mut VecDeque<UringDescriptor>) -> Option<bool> {
-        // (Tern) Every poll of a ring comes here, mostly with nothing queued.
-        if queue.is_empty() {
-            return Some(false);
-        }
         let source_map = &mut *self.source_map.borrow_mut();
 
         while let Some(chain) = peek_one_chain(queue, self.size) {
@@ -1581,6 +1573,7 @@ impl Reactor {
         // arming the receives is then off the peer's critical path. Nothing queued depends
         // on the send (it has no linked timeout), and one connection has one send out at a
         // time. Its completion is consumed with the executor's next poll.
+        debug_assert!(source.timeout_ref().is_none(), "a send with a linked timeout");
         {
             let q = ring.submission_queue();
             let mut q = q.borrow_mut();
