@@ -158,8 +158,9 @@ fn run(opts: Options, log: LogHandle) -> Result<(), String> {
         pin: shards <= cores,
         spin_before_park: Some(opts.spin_before_park).filter(|d| !d.is_zero()),
         io_memory: limits.io_memory_per_shard(shards),
-        // Each queued batch can pin a 64 KiB read buffer: 128 of them bound that to 8 MiB per
-        // pair of shards while keeping plenty in flight.
+        // Each queued batch can pin a 64 KiB read buffer until its receiver gives it back and
+        // its sender takes it back: 128 of them bound that to 8 MiB per pair of shards (and
+        // as much in the return queue) while keeping plenty in flight.
         mesh_capacity: 128,
         accept: if opts.reuseport {
             AcceptMode::ReusePort

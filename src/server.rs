@@ -252,6 +252,8 @@ struct Outbox {
     /// Address and length of the last `ShardOp::Frame` in `ops` (which keeps that memory
     /// alive, so no other chunk can have it while the batch is pending).
     frame: (usize, usize),
+    /// An emptied batch the peer gave back, to build the next one in.
+    spare: MeshMsg,
 }
 
 /// A request from outside the shards (monitoring, signals) to one shard, through its inbox.
@@ -1141,10 +1143,11 @@ async fn lame_duck(shard: Rc<Shard>, grace: Duration, every: Duration) {
 
 async fn mesh_loop(shard: Rc<Shard>, rx: MeshReceiver<MeshMsg>) {
     let from = rx.from();
+    let no_frame = Bytes::new();
     while let Some(batch) = rx.recv().await {
         let mut ack = None;
-        let mut frame = Bytes::new();
-        for op in batch {
+        let mut frame = &no_frame;
+        for op in &batch {
             match op {
                 ShardOp::Interest {
                     account,
@@ -1152,12 +1155,15 @@ async fn mesh_loop(shard: Rc<Shard>, rx: MeshReceiver<MeshMsg>) {
                     queue,
                     weight,
                     routed,
-                } => shard.apply_remote_interest((from, account, subject, queue, routed), weight),
-                ShardOp::Sync(seq) => ack = Some(seq),
+                } => shard.apply_remote_interest(
+                    (from, *account, subject.clone(), queue.clone(), *routed),
+                    *weight,
+                ),
+                ShardOp::Sync(seq) => ack = Some(*seq),
                 ShardOp::ConnectUrls => shard.connect_urls_changed(),
                 ShardOp::Ack(seq) => {
                     let mut acked = shard.acked.borrow_mut();
-                    acked[from] = acked[from].max(seq);
+                    acked[from] = acked[from].max(*seq);
                     for w in shard.barrier_waiters.borrow_mut().drain(..) {
                         w.wake();
                     }
@@ -1169,13 +1175,16 @@ async fn mesh_loop(shard: Rc<Shard>, rx: MeshReceiver<MeshMsg>) {
                     queues,
                     to_routes,
                 } => shard.deliver_forwarded(
-                    account,
-                    &PubMsg::new(&frame, parts),
-                    &queues,
-                    to_routes,
+                    *account,
+                    &PubMsg::new(frame, parts.clone()),
+                    queues,
+                    *to_routes,
                 ),
             }
         }
+        // The batch and the read chunks it holds were allocated by the sender: freeing them
+        // there keeps this shard off the lock of the sender's malloc arena.
+        rx.give_back(batch);
         // Not `send_to`: an Ack needs no Sync of its own, or two shards would sync forever.
         if let Some(seq) = ack {
             shard.outbox.borrow_mut()[from].ops.push(ShardOp::Ack(seq));
@@ -1321,8 +1330,17 @@ impl Shard {
         {
             let mut outbox = self.outbox.borrow_mut();
             for (peer, out) in outbox.iter_mut().enumerate() {
+                while let Some(mut done) = self.mesh.take_back(peer) {
+                    // Frees the frames and names this shard allocated, here; keeps the
+                    // largest batch for reuse.
+                    done.clear();
+                    if done.capacity() > out.spare.capacity() {
+                        out.spare = done;
+                    }
+                }
                 if !out.ops.is_empty() {
-                    self.mesh.send(peer, std::mem::take(&mut out.ops));
+                    let next = std::mem::take(&mut out.spare);
+                    self.mesh.send(peer, std::mem::replace(&mut out.ops, next));
                     out.frame = (0, 0);
                 }
             }

@@ -170,8 +170,17 @@ impl<M: Send + 'static> ShardCtx<M> {
 /// Everything one shard needs from the pool builder; all of it is `Send`.
 struct ShardSeed<M: Send + 'static> {
     id: usize,
-    senders: Vec<Option<shared_channel::SharedSender<M>>>,
-    receivers: Vec<(usize, shared_channel::SharedReceiver<M>)>,
+    senders: Vec<
+        Option<(
+            shared_channel::SharedSender<M>,
+            crossbeam_channel::Receiver<M>,
+        )>,
+    >,
+    receivers: Vec<(
+        usize,
+        shared_channel::SharedReceiver<M>,
+        crossbeam_channel::Sender<M>,
+    )>,
     conn_senders: Vec<Option<shared_channel::SharedSender<AcceptedTcpStream>>>,
     conn_receiver: Option<shared_channel::SharedReceiver<AcceptedTcpStream>>,
     listener_fd: Option<RawFd>,
@@ -238,8 +247,11 @@ where
         for to in 0..n {
             if from != to {
                 let (tx, rx) = shared_channel::new_bounded(cfg.mesh_capacity);
-                seeds[from].senders[to] = Some(tx);
-                seeds[to].receivers.push((from, rx));
+                // A sender takes back what it gave at every flush, so what waits to be taken
+                // is at most what was in flight when it last flushed.
+                let (back_tx, back_rx) = crossbeam_channel::bounded(cfg.mesh_capacity);
+                seeds[from].senders[to] = Some((tx, back_rx));
+                seeds[to].receivers.push((from, rx, back_tx));
             }
         }
     }
@@ -295,12 +307,12 @@ async fn shard_setup<M: Send + 'static>(
     let senders: Vec<_> = seed
         .senders
         .into_iter()
-        .map(|s| s.map(|s| glommio::spawn_local(s.connect())))
+        .map(|s| s.map(|(s, back)| (glommio::spawn_local(s.connect()), back)))
         .collect();
     let receivers: Vec<_> = seed
         .receivers
         .into_iter()
-        .map(|(from, r)| (from, glommio::spawn_local(r.connect())))
+        .map(|(from, r, back)| (from, glommio::spawn_local(r.connect()), back))
         .collect();
     let conn_senders: Vec<_> = seed
         .conn_senders
@@ -311,10 +323,16 @@ async fn shard_setup<M: Send + 'static>(
         .conn_receiver
         .map(|r| glommio::spawn_local(r.connect()));
 
-    let connected = await_each(senders).await;
+    let mut connected = Vec::with_capacity(n);
+    for s in senders {
+        connected.push(match s {
+            Some((t, back)) => Some((t.await, back)),
+            None => None,
+        });
+    }
     let mut mesh_rx = Vec::with_capacity(n);
-    for (from, t) in receivers {
-        mesh_rx.push(MeshReceiver::new(from, t.await));
+    for (from, t, back) in receivers {
+        mesh_rx.push(MeshReceiver::new(from, t.await, back));
     }
     let conn_tx = await_each(conn_senders).await;
     let conn_rx = match conn_receiver {
