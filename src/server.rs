@@ -1183,7 +1183,10 @@ async fn mesh_loop(shard: Rc<Shard>, rx: MeshReceiver<MeshMsg>) {
             }
         }
         // The batch and the read chunks it holds were allocated by the sender: freeing them
-        // there keeps this shard off the lock of the sender's malloc arena.
+        // there keeps this shard off the lock of the sender's malloc arena. The rest of the
+        // batch is dropped here, where it is in the cache, not by a sender that may be busy.
+        let mut batch = batch;
+        batch.retain(|op| matches!(op, ShardOp::Frame(_)));
         rx.give_back(batch);
         // Not `send_to`: an Ack needs no Sync of its own, or two shards would sync forever.
         if let Some(seq) = ack {
