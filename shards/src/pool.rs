@@ -194,15 +194,18 @@ const TRIM_THRESHOLD: usize = 16 << 20;
 /// Allocations from this size up get their own mapping.
 const MMAP_THRESHOLD: usize = 1 << 20;
 
-/// Stops glibc's malloc from handing memory back to the kernel on every cross-shard free.
+/// Stops glibc's malloc from handing memory back to the kernel whenever a read chunk is freed.
 ///
 /// A message forwarded to another shard keeps its publisher's read chunk (up to 64 KiB)
-/// alive there, so the chunk is usually freed by the receiving shard's thread, into the
-/// publisher's arena. With glibc's defaults that free trims the arena's top with `madvise`,
-/// which flushes the TLB of every core the process runs on (an IPI each), and the publisher's
-/// next read faults the pages back in: 10-20 % of the CPU of a cross-shard stream. Fixed
-/// thresholds end that (and the dynamic adjustment that would move them): freed read chunks
-/// stay mapped for the next read, up to `TRIM_THRESHOLD` per arena.
+/// alive there, so chunks are freed out of the order they were allocated in: when the batch
+/// comes back to the publisher ([`crate::mesh::MeshReceiver::give_back`]), or on the
+/// receiving shard, into the publisher's arena, when the return queue is full. With glibc's
+/// defaults a free that leaves enough room at the arena's top trims it with `madvise`, which
+/// flushes the TLB of every core the process runs on (an IPI each), and the publisher's next
+/// read faults the pages back in: 10-20 % of the CPU of a cross-shard stream (measured when
+/// the receiving shard freed every chunk). Fixed thresholds end that (and the dynamic
+/// adjustment that would move them): freed read chunks stay mapped for the next read, up to
+/// `TRIM_THRESHOLD` per arena.
 fn keep_freed_memory() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: mallopt only changes allocator parameters; it is called before the shards start.
