@@ -1,7 +1,7 @@
 //! Micro-benchmarks of the sans-IO hot path: the parser, the MSG encoder, the subject index
 //! (hit, miss, wildcards, a large index, churn). Run with `cargo bench`; compare runs with
-//! criterion's saved baselines. The cross-shard hop and whole-server throughput are measured
-//! by `tern-bench` (perf/), side by side with nats-server.
+//! criterion's saved baselines. The cross-shard hop is in `shards/benches/mesh.rs`; whole-server
+//! throughput is measured by `tern-bench` (perf/), side by side with nats-server.
 
 use bytes::{Bytes, BytesMut};
 use criterion::{black_box, criterion_group, criterion_main, BatchSize, Criterion, Throughput};
