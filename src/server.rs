@@ -245,6 +245,11 @@ pub type Queues = smallvec::SmallVec<[Bytes; 1]>;
 /// What travels on the mesh: a batch of operations, in order.
 pub type MeshMsg = Vec<ShardOp>;
 
+/// The largest batch (in operations, about 120 bytes each) kept for reuse per peer: a 64 KiB
+/// read of messages of 64 bytes or more. Larger batches are freed and grown anew, so what a
+/// shard keeps for its peers stays small with many shards.
+const SPARE_MAX: usize = 1024;
+
 /// The batch this shard is building for one peer.
 #[derive(Default)]
 struct Outbox {
@@ -1144,7 +1149,7 @@ async fn lame_duck(shard: Rc<Shard>, grace: Duration, every: Duration) {
 async fn mesh_loop(shard: Rc<Shard>, rx: MeshReceiver<MeshMsg>) {
     let from = rx.from();
     let no_frame = Bytes::new();
-    while let Some(batch) = rx.recv().await {
+    while let Some(mut batch) = rx.recv().await {
         let mut ack = None;
         let mut frame = &no_frame;
         for op in &batch {
@@ -1185,7 +1190,6 @@ async fn mesh_loop(shard: Rc<Shard>, rx: MeshReceiver<MeshMsg>) {
         // The batch and the read chunks it holds were allocated by the sender: freeing them
         // there keeps this shard off the lock of the sender's malloc arena. The rest of the
         // batch is dropped here, where it is in the cache, not by a sender that may be busy.
-        let mut batch = batch;
         batch.retain(|op| matches!(op, ShardOp::Frame(_)));
         rx.give_back(batch);
         // Not `send_to`: an Ack needs no Sync of its own, or two shards would sync forever.
@@ -1334,10 +1338,10 @@ impl Shard {
             let mut outbox = self.outbox.borrow_mut();
             for (peer, out) in outbox.iter_mut().enumerate() {
                 while let Some(mut done) = self.mesh.take_back(peer) {
-                    // Frees the frames and names this shard allocated, here; keeps the
-                    // largest batch for reuse.
+                    // Frees the read chunks this shard allocated, here; keeps the largest
+                    // batch of a bounded size for reuse.
                     done.clear();
-                    if done.capacity() > out.spare.capacity() {
+                    if done.capacity() > out.spare.capacity() && done.capacity() <= SPARE_MAX {
                         out.spare = done;
                     }
                 }
