@@ -65,6 +65,9 @@ const fn extra(mut s: Spec, count: usize) -> Spec {
 /// Every scenario `compare` knows.
 pub const CATALOG: &[Spec] = &[
     spec("pub16", Kind::Pub, 16, 1, 0),
+    // Two publisher connections: with two shards each has a shard of its own, so this row
+    // shows what a second shard adds when the load can be spread (see `scaling_table`).
+    spec("pub16x2", Kind::Pub, 16, 2, 0),
     spec("pubsub16", Kind::Pubsub, 16, 1, 1),
     spec("pubsub128", Kind::Pubsub, 128, 1, 1),
     spec("pubsub16k", Kind::Pubsub, 16384, 1, 1),
@@ -577,6 +580,67 @@ fn med(runs: &[&Run], server: &str, get: fn(&Report) -> Option<f64>) -> Option<f
     )
 }
 
+/// Whether a kind's headline figure is a throughput (not a latency at a fixed load).
+fn is_throughput(kind: Kind) -> bool {
+    matches!(
+        kind,
+        Kind::Pub
+            | Kind::Pubsub
+            | Kind::Fanout
+            | Kind::Fanpoll
+            | Kind::Fanin
+            | Kind::Queue
+            | Kind::Subscale
+            | Kind::Churn
+    )
+}
+
+/// Placement b ÷ placement a, per server, for every throughput row run in both: whether two
+/// shards (nats-server: `GOMAXPROCS=2`) deliver more than one pinned core (`GOMAXPROCS=1`).
+/// In b the generator shares the two cores with the server. `None` without such a row.
+fn scaling_table(runs: &[Run]) -> Option<String> {
+    let mut t = String::from(
+        "| scenario (placement b) | tern b ÷ a | nats-server b ÷ a |\n|---|---:|---:|\n",
+    );
+    let mut done: Vec<&str> = Vec::new();
+    for r in runs.iter().filter(|r| r.placement == "b") {
+        if done.contains(&r.scenario.as_str()) {
+            continue;
+        }
+        done.push(&r.scenario);
+        let base = r.scenario.split('/').next().unwrap_or(&r.scenario);
+        let kind = kind_of(base);
+        let in_a: Vec<&Run> = runs
+            .iter()
+            .filter(|x| x.placement == "a" && x.scenario == base)
+            .collect();
+        if !is_throughput(kind) || in_a.is_empty() {
+            continue;
+        }
+        let in_b: Vec<&Run> = runs
+            .iter()
+            .filter(|x| x.placement == "b" && x.scenario == r.scenario)
+            .collect();
+        let get: fn(&Report) -> Option<f64> = if kind == Kind::Pub {
+            |r| Some(r.msgs_in_per_s)
+        } else {
+            |r| Some(r.msgs_out_per_s)
+        };
+        let ratio = |w: Which| match (med(&in_a, w.name(), get), med(&in_b, w.name(), get)) {
+            (Some(a), Some(b)) if a > 0.0 => format!("{:.2}", b / a),
+            _ => "–".into(),
+        };
+        let _ = writeln!(
+            t,
+            "| {} | {} | {} |",
+            r.scenario,
+            ratio(Which::Tern),
+            ratio(Which::Nats)
+        );
+    }
+    (t.lines().count() > 2).then_some(t)
+}
+
 fn summary_table(s: &Settings, runs: &[Run], sys: &[Syscalls]) -> String {
     let mut t = String::from(
         "| placement | scenario | metric | nats-server | tern | tern ÷ nats |\n\
@@ -840,6 +904,15 @@ fn write_report(
     );
     m.push_str("## Summary\n\n");
     m.push_str(summary);
+    if let Some(scaling) = scaling_table(runs) {
+        m.push_str(
+            "\n## Scaling: placement b ÷ placement a\n\nMessages per second (in for `pub`, \
+             out for the rest), medians. A row with one publisher connection cannot gain from \
+             a second shard: a connection lives on one shard (on one goroutine's read loop in \
+             nats-server).\n\n",
+        );
+        m.push_str(&scaling);
+    }
     m.push_str("\n## Raw runs\n\n");
     m.push_str(
         "| placement | scenario | server | round | msgs/s in | msgs/s out | MB/s out | lost | \
@@ -960,13 +1033,58 @@ mod tests {
         assert_eq!(civil_from_days(20_454), (2026, 1, 1));
         assert_eq!(civil_from_days(11_016), (2000, 2, 29));
         let d = pick("default").unwrap();
-        assert_eq!(d.len(), 11);
+        assert_eq!(d.len(), 12);
         assert!(d.iter().any(|s| s.routed && s.kind == Kind::Reqreply));
         assert!(pick("pub16,nope").is_err());
         assert_eq!(pick("churn,conns1k").unwrap()[1].count, 1000);
         let poll = pick("reqpoll").unwrap()[0];
         assert_eq!(variants(&poll, 'a'), vec![Placement::Any]);
         assert!(variants(&poll, 'b').is_empty());
+    }
+
+    fn run(placement: &str, scenario: &str, server: &'static str, out: f64) -> Run {
+        Run {
+            placement: placement.into(),
+            scenario: scenario.into(),
+            server,
+            round: 1,
+            result: Ok(Report {
+                msgs_in_per_s: out / 2.0,
+                msgs_out_per_s: out,
+                ..Report::default()
+            }),
+            warnings: Vec::new(),
+        }
+    }
+
+    /// Each placement-b variant of a throughput row is set against the row in placement a,
+    /// per server (messages in for `pub`, out for the rest); latency rows are left out.
+    #[test]
+    fn scaling_sets_b_against_a() {
+        let (t, n) = (Which::Tern.name(), Which::Nats.name());
+        let runs = vec![
+            run("a", "pubsub128", t, 100.0),
+            run("a", "pubsub128", n, 50.0),
+            run("b", "pubsub128/same-shard", t, 150.0),
+            run("b", "pubsub128/same-shard", n, 100.0),
+            run("b", "pubsub128/cross-shard", t, 80.0),
+            run("b", "pubsub128/cross-shard", n, 25.0),
+            run("a", "pub16x2", t, 100.0),
+            run("b", "pub16x2", t, 170.0),
+            run("a", "reqreply", t, 100.0),
+            run("b", "reqreply/same-shard", t, 100.0),
+        ];
+        let table = scaling_table(&runs).unwrap();
+        let rows: Vec<&str> = table.lines().skip(2).collect();
+        assert_eq!(
+            rows,
+            [
+                "| pubsub128/same-shard | 1.50 | 2.00 |",
+                "| pubsub128/cross-shard | 0.80 | 0.50 |",
+                "| pub16x2 | 1.70 | – |",
+            ]
+        );
+        assert!(scaling_table(&runs[..2]).is_none());
     }
 
     /// The Tern binary built beside this test (target/<profile>/tern).
