@@ -851,6 +851,26 @@ async fn tls_timer(shard: Rc<Shard>, c: Rc<Client>, timeout: Duration) {
 
 /// Reads a client's plaintext into `dst`: straight from the socket, or through its TLS
 /// session ([`read_through`]), after telling TLS from plaintext under `allow_non_tls`.
+/// Appends up to `max` bytes of the client's plaintext to `buf`. A plain connection reads
+/// straight into `buf`'s spare room, without zeroing it first; TLS, or bytes kept while
+/// telling TLS from plaintext, go through [`read_plain`].
+async fn read_chunk(
+    c: &Client,
+    reader: &mut ConnReader,
+    buf: &mut BytesMut,
+    max: usize,
+    cipher: &mut Vec<u8>,
+) -> std::io::Result<usize> {
+    if c.session().is_none() && cipher.is_empty() {
+        return reader.read_into(buf, max).await;
+    }
+    let start = buf.len();
+    buf.resize(start + max, 0);
+    let r = read_plain(c, reader, &mut buf[start..], cipher).await;
+    buf.truncate(start + *r.as_ref().unwrap_or(&0));
+    r
+}
+
 async fn read_plain(
     c: &Client,
     reader: &mut ConnReader,
@@ -2291,9 +2311,7 @@ async fn read_loop(shard: &Rc<Shard>, c: &Rc<Client>, mut reader: ConnReader) ->
             shard.flush();
             shard.mesh.wait_uncongested().await;
         }
-        let start = buf.len();
-        buf.resize(start + read_size, 0);
-        let n = match read_plain(c, &mut reader, &mut buf[start..], &mut cipher).await {
+        let n = match read_chunk(c, &mut reader, &mut buf, read_size, &mut cipher).await {
             Ok(0) => return CloseReason::ClientClosed,
             Err(e) if c.handshaking() => {
                 tracing::error!("{} - cid:{} - TLS handshake error: {e}", c.addr, c.cid);
@@ -2302,7 +2320,6 @@ async fn read_loop(shard: &Rc<Shard>, c: &Rc<Client>, mut reader: ConnReader) ->
             Err(_) => return CloseReason::ReadError,
             Ok(n) => n,
         };
-        buf.truncate(start + n);
         if c.closed.get() {
             return CloseReason::ClientClosed;
         }

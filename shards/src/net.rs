@@ -3,6 +3,7 @@
 //! socket, so the two never contend); outgoing connections ([`connect`]); and a listener a
 //! shard accepts on by itself ([`Listener`], for ports other than the client port).
 
+use bytes::BytesMut;
 use futures_lite::AsyncRead;
 use std::cell::RefCell;
 use std::io;
@@ -60,6 +61,22 @@ impl ConnReader {
         let cell = &self.0;
         futures_lite::future::poll_fn(|cx| Pin::new(&mut *cell.borrow_mut()).poll_read(cx, buf))
             .await
+    }
+
+    /// Appends what is available, up to `max` bytes, to `buf`; `Ok(0)` at end of stream.
+    /// The bytes land straight in `buf`'s spare room, which is not zeroed first (a fill
+    /// that cost 3-6 % of a reading shard at 64 KiB reads).
+    pub async fn read_into(&mut self, buf: &mut BytesMut, max: usize) -> io::Result<usize> {
+        buf.reserve(max);
+        let cell = &self.0;
+        let spare = &mut buf.spare_capacity_mut()[..max];
+        let n = futures_lite::future::poll_fn(|cx| cell.borrow_mut().poll_read_uninit(cx, spare))
+            .await?;
+        assert!(n <= max, "a read returned more than it was given room for");
+        // SAFETY: the read initialised the first `n` bytes of the spare room (the contract of
+        // glommio's `poll_read_uninit`), and `n <= max` lies within the capacity reserved.
+        unsafe { buf.set_len(buf.len() + n) };
+        Ok(n)
     }
 }
 
@@ -179,6 +196,49 @@ mod tests {
         peer.join().unwrap();
         assert_eq!(got.len(), body.len());
         assert!(got == body, "bytes reordered or changed");
+    }
+
+    /// `read_into` appends to what the buffer holds, up to `max` bytes at a time, from every
+    /// place a read takes bytes from (a direct receive, a completed ring receive, the rest of
+    /// one kept from an earlier read), and then reports the end of the stream.
+    #[test]
+    fn read_into_appends_every_byte_in_order() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let body = pattern(40_000);
+        let sent = body.clone();
+        let peer = std::thread::spawn(move || {
+            let (mut s, _) = listener.accept().unwrap();
+            s.write_all(b"x").unwrap();
+            let mut ack = [0u8; 1];
+            s.read_exact(&mut ack).unwrap();
+            s.write_all(&sent).unwrap();
+        });
+        let got = glommio::LocalExecutorBuilder::default()
+            .spawn(move || async move {
+                let conn = connect(addr, Duration::from_secs(5)).await.unwrap();
+                let (mut r, w) = conn.split();
+                let mut buf = BytesMut::from(&b"prefix:"[..]);
+                assert_eq!(r.read_into(&mut buf, 1).await.unwrap(), 1);
+                w.send(vec![b"k"], 0, |_, _| {}).await.0.unwrap();
+                for max in [100, 7, 4096, 1, 65536].into_iter().cycle() {
+                    let before = buf.len();
+                    let n = r.read_into(&mut buf, max).await.unwrap();
+                    assert!(n <= max, "{n} > {max}");
+                    assert_eq!(buf.len(), before + n);
+                    if n == 0 {
+                        break;
+                    }
+                }
+                buf
+            })
+            .unwrap()
+            .join()
+            .unwrap();
+        peer.join().unwrap();
+        assert_eq!(&got[..8], b"prefix:x");
+        assert_eq!(got.len(), 8 + body.len());
+        assert!(got[8..] == body[..], "bytes reordered or changed");
     }
 
     /// Dropping a connection while its receive is in the ring closes the socket (the peer

@@ -297,6 +297,13 @@ const STREAM_RECV_MIN: usize = 512;
 
 /// (Tern) The size of the receive that follows a read of `last` bytes that drained the
 /// socket: twice that, so a connection that sends little keeps a small buffer for it.
+/// (Tern) Copies `src` into `dst`, which has its length and may be uninitialised.
+fn copy_to_uninit(dst: &mut [std::mem::MaybeUninit<u8>], src: &[u8]) {
+    assert_eq!(dst.len(), src.len());
+    // SAFETY: both are valid for `src.len()` bytes, and a `&mut` cannot overlap a `&`.
+    unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), dst.as_mut_ptr().cast(), src.len()) }
+}
+
 fn recv_size_after(last: usize) -> usize {
     last.saturating_mul(2).max(STREAM_RECV_MIN)
 }
@@ -359,9 +366,23 @@ impl<S: AsRawFd> NonBufferedStream<S> {
         cx: &Context<'_>,
         buf: &mut [u8],
     ) -> Poll<io::Result<usize>> {
+        // SAFETY: `poll_read_uninit` only writes initialised bytes into `buf`, so the slice
+        // stays a valid `[u8]`.
+        let buf = unsafe { &mut *(buf as *mut [u8] as *mut [std::mem::MaybeUninit<u8>]) };
+        self.poll_read_uninit(cx, buf)
+    }
+
+    /// (Tern) `poll_read` into memory that need not be initialised: on `Ready(Ok(n))` the
+    /// first `n` bytes of `buf` are, and nothing else was written. A reader that would
+    /// otherwise zero its buffer before every read saves that fill.
+    pub(crate) fn poll_read_uninit(
+        &mut self,
+        cx: &Context<'_>,
+        buf: &mut [std::mem::MaybeUninit<u8>],
+    ) -> Poll<io::Result<usize>> {
         if self.rx_head < self.rx_tail {
             let n = (self.rx_tail - self.rx_head).min(buf.len());
-            buf[..n].copy_from_slice(&self.rx_buf[self.rx_head..self.rx_head + n]);
+            copy_to_uninit(&mut buf[..n], &self.rx_buf[self.rx_head..self.rx_head + n]);
             self.rx_head += n;
             return Poll::Ready(Ok(n));
         }
@@ -382,7 +403,7 @@ impl<S: AsRawFd> NonBufferedStream<S> {
                 self.read_timeout.cancel_timer(reactor);
                 let got = poll_err!(result);
                 let n = got.min(buf.len());
-                buf[..n].copy_from_slice(&self.rx_buf[..n]);
+                copy_to_uninit(&mut buf[..n], &self.rx_buf[..n]);
                 if n < got {
                     self.rx_head = n;
                     self.rx_tail = got;
@@ -393,7 +414,9 @@ impl<S: AsRawFd> NonBufferedStream<S> {
             }
         }
 
-        if let Some(result) = super::yolo_recv(self.stream.as_raw_fd(), buf) {
+        if let Some(result) =
+            super::yolo_recv_raw(self.stream.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len())
+        {
             self.read_timeout.cancel_timer(reactor);
             let result = poll_err!(result);
             if result > 0 && result < buf.len() {
@@ -545,6 +568,17 @@ where
     unsafe fn from_raw_fd(fd: RawFd) -> Self {
         let socket = socket2::Socket::from_raw_fd(fd);
         GlommioStream::from(socket)
+    }
+}
+
+impl<S: AsRawFd> GlommioStream<S, NonBuffered> {
+    /// (Tern) See `NonBufferedStream::poll_read_uninit`.
+    pub(crate) fn poll_read_uninit(
+        &mut self,
+        cx: &Context<'_>,
+        buf: &mut [std::mem::MaybeUninit<u8>],
+    ) -> Poll<io::Result<usize>> {
+        self.stream.poll_read_uninit(cx, buf)
     }
 }
 

@@ -733,6 +733,19 @@ impl<B: RxBuf + Unpin> AsyncRead for TcpStream<B> {
     }
 }
 
+impl TcpStream {
+    /// (Tern) Like `AsyncRead::poll_read`, into memory that need not be initialised: on
+    /// `Ready(Ok(n))` the first `n` bytes of `buf` are initialised, and nothing else was
+    /// written. A reader that would zero its buffer before every read saves that fill.
+    pub fn poll_read_uninit(
+        &mut self,
+        cx: &mut Context<'_>,
+        buf: &mut [std::mem::MaybeUninit<u8>],
+    ) -> Poll<std::io::Result<usize>> {
+        self.stream.poll_read_uninit(cx, buf)
+    }
+}
+
 impl<B: RxBuf + Unpin> AsyncWrite for TcpStream<B> {
     fn poll_write(
         mut self: Pin<&mut Self>,
