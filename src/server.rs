@@ -849,8 +849,6 @@ async fn tls_timer(shard: Rc<Shard>, c: Rc<Client>, timeout: Duration) {
     }
 }
 
-/// Reads a client's plaintext into `dst`: straight from the socket, or through its TLS
-/// session ([`read_through`]), after telling TLS from plaintext under `allow_non_tls`.
 /// Appends up to `max` bytes of the client's plaintext to `buf`. A plain connection reads
 /// straight into `buf`'s spare room, without zeroing it first; TLS, or bytes kept while
 /// telling TLS from plaintext, go through [`read_plain`].
@@ -871,6 +869,8 @@ async fn read_chunk(
     r
 }
 
+/// Reads a client's plaintext into `dst`: straight from the socket, or through its TLS
+/// session ([`read_through`]), after telling TLS from plaintext under `allow_non_tls`.
 async fn read_plain(
     c: &Client,
     reader: &mut ConnReader,

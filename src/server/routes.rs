@@ -93,17 +93,23 @@ impl Route {
         }
     }
 
-    /// Reads plaintext from the peer: from the socket, or through the TLS session.
+    /// Appends up to `max` bytes of plaintext from the peer to `buf`: from the socket
+    /// straight into its spare room (not zeroed first), or through the TLS session.
     async fn read(
         &self,
         reader: &mut ConnReader,
-        dst: &mut [u8],
+        buf: &mut BytesMut,
+        max: usize,
         cipher: &mut Vec<u8>,
     ) -> std::io::Result<usize> {
-        match &self.tls {
-            Some(t) => super::read_through(t, reader, dst, cipher, || self.wake()).await,
-            None => reader.read(dst).await,
-        }
+        let Some(t) = &self.tls else {
+            return reader.read_into(buf, max).await;
+        };
+        let start = buf.len();
+        buf.resize(start + max, 0);
+        let r = super::read_through(t, reader, &mut buf[start..], cipher, || self.wake()).await;
+        buf.truncate(start + *r.as_ref().unwrap_or(&0));
+        r
     }
 }
 
@@ -848,9 +854,7 @@ async fn route_main(
             shard.flush();
             shard.mesh.wait_uncongested().await;
         }
-        let start = buf.len();
-        buf.resize(start + read_size, 0);
-        let n = match r.read(&mut reader, &mut buf[start..], &mut cipher).await {
+        let n = match r.read(&mut reader, &mut buf, read_size, &mut cipher).await {
             Ok(0) => break,
             Err(e) => {
                 if r.tls.is_some() {
@@ -860,7 +864,6 @@ async fn route_main(
             }
             Ok(n) => n,
         };
-        buf.truncate(start + n);
         read_size = next_read_size(read_size, n);
         if r.closed.get() {
             break;
