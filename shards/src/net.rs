@@ -153,46 +153,63 @@ mod tests {
         (0..len).map(|i| (i % 251) as u8).collect()
     }
 
+    /// A peer that sends `x`, waits for one byte back, then sends `body` and closes. The
+    /// wait makes `body` land in the receive the reader queued after reading `x`, rather
+    /// than in its next direct read.
+    fn x_then_after_ack(body: Vec<u8>) -> (SocketAddr, std::thread::JoinHandle<()>) {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let peer = std::thread::spawn(move || {
+            let (mut s, _) = listener.accept().unwrap();
+            s.write_all(b"x").unwrap();
+            let mut ack = [0u8; 1];
+            s.read_exact(&mut ack).unwrap();
+            s.write_all(&body).unwrap();
+        });
+        (addr, peer)
+    }
+
+    /// Runs `f` on a glommio executor of its own with a connection to `addr`, split.
+    fn with_conn<F, Fut, T>(addr: SocketAddr, f: F) -> T
+    where
+        F: FnOnce(ConnReader, ConnWriter) -> Fut + Send + 'static,
+        Fut: Future<Output = T>,
+        T: Send + 'static,
+    {
+        glommio::LocalExecutorBuilder::default()
+            .spawn(move || async move {
+                let conn = connect(addr, Duration::from_secs(5)).await.unwrap();
+                let (r, w) = conn.split();
+                f(r, w).await
+            })
+            .unwrap()
+            .join()
+            .unwrap()
+    }
+
     /// A read that drains the socket puts the next receive in the ring, sized from what
     /// that read brought. What the receive brings beyond a later, smaller buffer must come
     /// out whole and in order, and the end of the stream after it.
     #[test]
     fn a_ring_receive_larger_than_the_reader_s_buffer_comes_out_in_order() {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = listener.local_addr().unwrap();
         let body = pattern(40_000);
-        let sent = body.clone();
-        let peer = std::thread::spawn(move || {
-            let (mut s, _) = listener.accept().unwrap();
-            s.write_all(b"x").unwrap();
-            // Wait for the reader to say it got the first byte, so the rest lands in the
-            // receive it then queued rather than in its next direct read.
-            let mut ack = [0u8; 1];
-            s.read_exact(&mut ack).unwrap();
-            s.write_all(&sent).unwrap();
-        });
-        let got = glommio::LocalExecutorBuilder::default()
-            .spawn(move || async move {
-                let conn = connect(addr, Duration::from_secs(5)).await.unwrap();
-                let (mut r, w) = conn.split();
-                let mut buf = vec![0u8; 64 * 1024];
-                assert_eq!(r.read(&mut buf).await.unwrap(), 1);
-                assert_eq!(buf[0], b'x');
-                w.send(vec![b"k"], 0, |_, _| {}).await.0.unwrap();
-                let mut got = Vec::new();
-                let mut small = [0u8; 100];
-                loop {
-                    let n = r.read(&mut small).await.unwrap();
-                    if n == 0 {
-                        break;
-                    }
-                    got.extend_from_slice(&small[..n]);
+        let (addr, peer) = x_then_after_ack(body.clone());
+        let got = with_conn(addr, |mut r, w| async move {
+            let mut buf = vec![0u8; 64 * 1024];
+            assert_eq!(r.read(&mut buf).await.unwrap(), 1);
+            assert_eq!(buf[0], b'x');
+            w.send(vec![b"k"], 0, |_, _| {}).await.0.unwrap();
+            let mut got = Vec::new();
+            let mut small = [0u8; 100];
+            loop {
+                let n = r.read(&mut small).await.unwrap();
+                if n == 0 {
+                    break;
                 }
-                got
-            })
-            .unwrap()
-            .join()
-            .unwrap();
+                got.extend_from_slice(&small[..n]);
+            }
+            got
+        });
         peer.join().unwrap();
         assert_eq!(got.len(), body.len());
         assert!(got == body, "bytes reordered or changed");
@@ -203,38 +220,23 @@ mod tests {
     /// one kept from an earlier read), and then reports the end of the stream.
     #[test]
     fn read_into_appends_every_byte_in_order() {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = listener.local_addr().unwrap();
         let body = pattern(40_000);
-        let sent = body.clone();
-        let peer = std::thread::spawn(move || {
-            let (mut s, _) = listener.accept().unwrap();
-            s.write_all(b"x").unwrap();
-            let mut ack = [0u8; 1];
-            s.read_exact(&mut ack).unwrap();
-            s.write_all(&sent).unwrap();
-        });
-        let got = glommio::LocalExecutorBuilder::default()
-            .spawn(move || async move {
-                let conn = connect(addr, Duration::from_secs(5)).await.unwrap();
-                let (mut r, w) = conn.split();
-                let mut buf = BytesMut::from(&b"prefix:"[..]);
-                assert_eq!(r.read_into(&mut buf, 1).await.unwrap(), 1);
-                w.send(vec![b"k"], 0, |_, _| {}).await.0.unwrap();
-                for max in [100, 7, 4096, 1, 65536].into_iter().cycle() {
-                    let before = buf.len();
-                    let n = r.read_into(&mut buf, max).await.unwrap();
-                    assert!(n <= max, "{n} > {max}");
-                    assert_eq!(buf.len(), before + n);
-                    if n == 0 {
-                        break;
-                    }
+        let (addr, peer) = x_then_after_ack(body.clone());
+        let got = with_conn(addr, |mut r, w| async move {
+            let mut buf = BytesMut::from(&b"prefix:"[..]);
+            assert_eq!(r.read_into(&mut buf, 1).await.unwrap(), 1);
+            w.send(vec![b"k"], 0, |_, _| {}).await.0.unwrap();
+            for max in [100, 7, 4096, 1, 65536].into_iter().cycle() {
+                let before = buf.len();
+                let n = r.read_into(&mut buf, max).await.unwrap();
+                assert!(n <= max, "{n} > {max}");
+                assert_eq!(buf.len(), before + n);
+                if n == 0 {
+                    break;
                 }
-                buf
-            })
-            .unwrap()
-            .join()
-            .unwrap();
+            }
+            buf
+        });
         peer.join().unwrap();
         assert_eq!(&got[..8], b"prefix:x");
         assert_eq!(got.len(), 8 + body.len());
