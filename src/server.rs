@@ -849,40 +849,22 @@ async fn tls_timer(shard: Rc<Shard>, c: Rc<Client>, timeout: Duration) {
     }
 }
 
-/// Appends up to `max` bytes of the client's plaintext to `buf`. A plain connection reads
-/// straight into `buf`'s spare room, without zeroing it first; TLS, or bytes kept while
-/// telling TLS from plaintext, go through [`read_plain`].
-async fn read_chunk(
+/// Appends up to `max` bytes of a client's plaintext to `buf`: straight from the socket
+/// into its spare room (not zeroed first), or through its TLS session ([`read_through`]),
+/// after telling TLS from plaintext under `allow_non_tls`.
+async fn read_plain(
     c: &Client,
     reader: &mut ConnReader,
     buf: &mut BytesMut,
     max: usize,
     cipher: &mut Vec<u8>,
 ) -> std::io::Result<usize> {
-    if c.session().is_none() && cipher.is_empty() {
-        return reader.read_into(buf, max).await;
-    }
-    let start = buf.len();
-    buf.resize(start + max, 0);
-    let r = read_plain(c, reader, &mut buf[start..], cipher).await;
-    buf.truncate(start + *r.as_ref().unwrap_or(&0));
-    r
-}
-
-/// Reads a client's plaintext into `dst`: straight from the socket, or through its TLS
-/// session ([`read_through`]), after telling TLS from plaintext under `allow_non_tls`.
-async fn read_plain(
-    c: &Client,
-    reader: &mut ConnReader,
-    dst: &mut [u8],
-    cipher: &mut Vec<u8>,
-) -> std::io::Result<usize> {
     let Some(tls) = c.session() else {
         if !cipher.is_empty() {
             // Plaintext read while telling TLS from plaintext (`allow_non_tls`).
-            return Ok(take_buffered(cipher, dst));
+            return Ok(take_buffered(cipher, buf, max));
         }
-        return reader.read(dst).await;
+        return reader.read_into(buf, max).await;
     };
     if c.tls_undecided.get() {
         // A TLS client opens with a handshake record (type 22); a plaintext one with CONNECT.
@@ -895,18 +877,36 @@ async fn read_plain(
         c.tls_undecided.set(false);
         if cipher[0] != 0x16 {
             c.tls_off.set(true);
-            return Ok(take_buffered(cipher, dst));
+            return Ok(take_buffered(cipher, buf, max));
         }
     }
-    read_through(tls, reader, dst, cipher, || c.wake_writer()).await
+    read_through(tls, reader, buf, max, cipher, || c.wake_writer()).await
 }
 
-/// Reads plaintext through the TLS session `tls` (a client's or a route's) into `dst`:
-/// plaintext the session already holds comes first; then ciphertext kept from an earlier
-/// read (`cipher`, never more than the session takes at once, so its plaintext buffer cannot
-/// overflow); then a new socket read. `wake_writer` runs when the session has records to
-/// send (handshake, alerts). `Ok(0)` is the end of the stream.
+/// Appends up to `max` bytes of plaintext read through the TLS session `tls` (a client's or
+/// a route's) to `buf`. rustls hands plaintext out into a `&mut [u8]`, so this room is
+/// zeroed first. See [`decrypt_into`].
 pub(crate) async fn read_through(
+    tls: &RefCell<rustls::Connection>,
+    reader: &mut ConnReader,
+    buf: &mut BytesMut,
+    max: usize,
+    cipher: &mut Vec<u8>,
+    wake_writer: impl Fn(),
+) -> std::io::Result<usize> {
+    let start = buf.len();
+    buf.resize(start + max, 0);
+    let r = decrypt_into(tls, reader, &mut buf[start..], cipher, wake_writer).await;
+    buf.truncate(start + *r.as_ref().unwrap_or(&0));
+    r
+}
+
+/// Reads plaintext through the TLS session `tls` into `dst`: plaintext the session already
+/// holds comes first; then ciphertext kept from an earlier read (`cipher`, never more than
+/// the session takes at once, so its plaintext buffer cannot overflow); then a new socket
+/// read. `wake_writer` runs when the session has records to send (handshake, alerts).
+/// `Ok(0)` is the end of the stream.
+async fn decrypt_into(
     tls: &RefCell<rustls::Connection>,
     reader: &mut ConnReader,
     dst: &mut [u8],
@@ -1098,10 +1098,10 @@ fn seal_blocks(t: &mut rustls::Connection, batch: &mut VecDeque<BytesMut>) -> st
     batch.iter_mut().try_for_each(|b| seal(t, b))
 }
 
-/// Moves what fits of `buffered` into `dst`.
-fn take_buffered(buffered: &mut Vec<u8>, dst: &mut [u8]) -> usize {
-    let n = buffered.len().min(dst.len());
-    dst[..n].copy_from_slice(&buffered[..n]);
+/// Moves up to `max` bytes from the front of `buffered` to the end of `buf`.
+fn take_buffered(buffered: &mut Vec<u8>, buf: &mut BytesMut, max: usize) -> usize {
+    let n = buffered.len().min(max);
+    buf.extend_from_slice(&buffered[..n]);
     buffered.drain(..n);
     n
 }
@@ -2311,7 +2311,7 @@ async fn read_loop(shard: &Rc<Shard>, c: &Rc<Client>, mut reader: ConnReader) ->
             shard.flush();
             shard.mesh.wait_uncongested().await;
         }
-        let n = match read_chunk(c, &mut reader, &mut buf, read_size, &mut cipher).await {
+        let n = match read_plain(c, &mut reader, &mut buf, read_size, &mut cipher).await {
             Ok(0) => return CloseReason::ClientClosed,
             Err(e) if c.handshaking() => {
                 tracing::error!("{} - cid:{} - TLS handshake error: {e}", c.addr, c.cid);

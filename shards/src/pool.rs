@@ -307,11 +307,14 @@ async fn shard_setup<M: Send + 'static>(
 ) -> ShardCtx<M> {
     // Both ends of a queue must connect before either connect() returns, so every end of this
     // shard connects concurrently: a sequential order could wait on a peer that waits on us.
-    let senders: Vec<_> = seed
+    let (senders, backs): (Vec<_>, Vec<_>) = seed
         .senders
         .into_iter()
-        .map(|s| s.map(|(s, back)| (glommio::spawn_local(s.connect()), back)))
-        .collect();
+        .map(|s| {
+            s.map(|(s, back)| (glommio::spawn_local(s.connect()), back))
+                .unzip()
+        })
+        .unzip();
     let receivers: Vec<_> = seed
         .receivers
         .into_iter()
@@ -326,13 +329,10 @@ async fn shard_setup<M: Send + 'static>(
         .conn_receiver
         .map(|r| glommio::spawn_local(r.connect()));
 
-    let mut connected = Vec::with_capacity(n);
-    for s in senders {
-        connected.push(match s {
-            Some((t, back)) => Some((t.await, back)),
-            None => None,
-        });
-    }
+    let connected: Vec<_> = (await_each(senders).await.into_iter())
+        .zip(backs)
+        .map(|(s, back)| s.zip(back))
+        .collect();
     let mut mesh_rx = Vec::with_capacity(n);
     for (from, t, back) in receivers {
         mesh_rx.push(MeshReceiver::new(from, t.await, back));

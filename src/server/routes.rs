@@ -102,14 +102,10 @@ impl Route {
         max: usize,
         cipher: &mut Vec<u8>,
     ) -> std::io::Result<usize> {
-        let Some(t) = &self.tls else {
-            return reader.read_into(buf, max).await;
-        };
-        let start = buf.len();
-        buf.resize(start + max, 0);
-        let r = super::read_through(t, reader, &mut buf[start..], cipher, || self.wake()).await;
-        buf.truncate(start + *r.as_ref().unwrap_or(&0));
-        r
+        match &self.tls {
+            Some(t) => super::read_through(t, reader, buf, max, cipher, || self.wake()).await,
+            None => reader.read_into(buf, max).await,
+        }
     }
 }
 

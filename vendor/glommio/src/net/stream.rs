@@ -295,8 +295,6 @@ const STREAM_RECV_MAX: usize = 16 * 1024;
 /// (Tern) The least a receive in the ring asks for, and the size of the first one.
 const STREAM_RECV_MIN: usize = 512;
 
-/// (Tern) The size of the receive that follows a read of `last` bytes that drained the
-/// socket: twice that, so a connection that sends little keeps a small buffer for it.
 /// (Tern) Copies `src` into `dst`, which has its length and may be uninitialised.
 fn copy_to_uninit(dst: &mut [std::mem::MaybeUninit<u8>], src: &[u8]) {
     assert_eq!(dst.len(), src.len());
@@ -304,6 +302,8 @@ fn copy_to_uninit(dst: &mut [std::mem::MaybeUninit<u8>], src: &[u8]) {
     unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), dst.as_mut_ptr().cast(), src.len()) }
 }
 
+/// (Tern) The size of the receive that follows a read of `last` bytes that drained the
+/// socket: twice that, so a connection that sends little keeps a small buffer for it.
 fn recv_size_after(last: usize) -> usize {
     last.saturating_mul(2).max(STREAM_RECV_MIN)
 }
