@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Repeats the placement-b cross-shard open loop against a fresh two-shard Tern and, per run,
+# prints the latency percentiles and the kernel TCP counters that moved (nstat), while `ss`
+# samples every connection of the server every 20 ms into /tmp/tail-hunt.RUN.log. Session 16
+# saw about one run in four stall for 100-400 ms, each with tens to hundreds of
+# TCPToZeroWindowAdv; in one, the log showed the publisher's socket holding 3.9 MB unsent
+# ("notsent") with every byte acked, "rwnd_limited" at 100% and a send window (37888) smaller
+# than its MSS (53248) for 190 ms while the server's receive queue was empty: a sender that
+# will not put less than an MSS into the window, a receiver that does not advertise the larger
+# window after reading, and the wait ended by the zero-window probe timer (rto 204 ms).
+# Other stalled runs have not been taken apart yet.
+#
+#   perf/tail-hunt.sh [RUNS] [RATE]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+runs=${1:-6}
+rate=${2:-1790000}
+tern=${TERN:-target/release/tern}
+bench=target/release/tern-bench
+for r in $(seq 1 "$runs"); do
+  port=$((18000 + RANDOM % 2000))
+  "$tern" -a 127.0.0.1 -p "$port" --shards 2 >/dev/null 2>&1 &
+  pid=$!
+  sleep 0.3
+  (while kill -0 "$pid" 2>/dev/null; do
+    echo "T $(date +%s.%N)"
+    ss -tnmi "( sport = :$port or dport = :$port )" 2>/dev/null || true
+    sleep 0.02
+  done) >"/tmp/tail-hunt.$r.log" &
+  sampler=$!
+  nstat -n
+  "$bench" run openloop --size 128 --rate "$rate" --placement cross --shards 2 \
+      --url "nats://127.0.0.1:$port" --duration 5 --json 2>/dev/null |
+    python3 -c "import json,sys; l=json.load(sys.stdin)['latency']
+print('run $r: p50 %.0f p99 %.0f p99.9 %.0f max %.0f us' % (l['p50'], l['p99'], l['p999'], l['max']))"
+  nstat | grep -E "Retrans|Timeout|Drop|Prune|Collapse|ZeroWindow|Probe" | tr -s ' ' | tr '\n' ';' || true
+  echo
+  kill "$pid"
+  wait "$pid" 2>/dev/null || true
+  kill "$sampler" 2>/dev/null || true
+done
