@@ -16,13 +16,10 @@ runs=${1:-40}
 shift || true
 args=("$@")
 [ ${#args[@]} -eq 0 ] && args=(openloop --size 128 --rate 600000 --placement same)
-tern=${TERN:-target/release/tern}
+. perf/fresh-tern.sh
 bench=target/release/tern-bench
 for i in $(seq 1 "$runs"); do
-  port=$((17000 + RANDOM % 2000))
-  "$tern" -a 127.0.0.1 -p "$port" --shards 2 >/dev/null 2>&1 &
-  pid=$!
-  sleep 0.3
+  fresh_tern
   if ! timeout 20 "$bench" run "${args[@]}" --url "nats://127.0.0.1:$port" --shards 2 \
       --duration 2 >/dev/null 2>&1; then
     echo "run $i did not finish: server pid $pid left running"

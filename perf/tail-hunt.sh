@@ -15,13 +15,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 runs=${1:-6}
 rate=${2:-1790000}
-tern=${TERN:-target/release/tern}
+. perf/fresh-tern.sh
 bench=target/release/tern-bench
 for r in $(seq 1 "$runs"); do
-  port=$((18000 + RANDOM % 2000))
-  "$tern" -a 127.0.0.1 -p "$port" --shards 2 >/dev/null 2>&1 &
-  pid=$!
-  sleep 0.3
+  fresh_tern
   (while kill -0 "$pid" 2>/dev/null; do
     echo "T $(date +%s.%N)"
     ss -tnmi "( sport = :$port or dport = :$port )" 2>/dev/null || true
