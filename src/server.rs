@@ -39,6 +39,12 @@ const READ_MIN: usize = 512;
 const READ_MAX: usize = 64 * 1024;
 /// The longest a producer waits for stalled subscribers per batch (nats-server: 10 ms).
 const STALL_MAX: Duration = Duration::from_millis(10);
+/// A subscriber's queued output past which its producers wait for it to drain (the soft
+/// stall, up to `STALL_MAX`; see `Client::soft_off` for one that stopped reading). Its
+/// socket's own buffer keeps it busy meanwhile, so a fan-out to readers
+/// slower than Tern holds about this much per reader instead of what the publishers' flow
+/// control lets pile up (up to `max_pending`).
+const STALL_SOFT: usize = 256 * 1024;
 /// How long a shutdown waits for clients' queued output to drain.
 const SHUTDOWN_FLUSH: Duration = Duration::from_secs(2);
 
@@ -429,8 +435,20 @@ struct Client {
     closed: Cell<bool>,
     /// Drop queued output instead of flushing it (slow consumer).
     discard: Cell<bool>,
-    /// Listed in the shard's `stalled` (its queue passed the stall threshold).
-    stalling: Cell<bool>,
+    /// The shard's `stall_batch` when this client was last listed in its `stalled`.
+    stall_batch: Cell<u64>,
+    /// The peer stopped reading: soft stalls are off for this client until its socket
+    /// takes some output, so such a subscriber costs its producers two waits, not one per
+    /// batch (the hard stall still applies).
+    soft_off: Cell<bool>,
+    /// How much the peer had acknowledged when a soft stall on this client last ran out of
+    /// time, since its socket last took output: a second timeout with nothing more
+    /// acknowledged means it stopped reading.
+    acked_at_timeout: Cell<Option<u64>>,
+    /// Reads the peer's progress from the socket.
+    probe: tern_shards::SendProbe,
+    /// Producers waiting for this client's queue to drain.
+    stall_waiters: RefCell<Vec<Waker>>,
     opts: RefCell<ConnectOpts>,
     echo: Cell<bool>,
     headers: Cell<bool>,
@@ -520,16 +538,31 @@ impl Client {
     fn write_err(&self, text: &str) {
         client::write_err(self.out.borrow_mut().tail(text.len() + 9), text);
     }
-    fn wake_writer(&self) {
-        if let Some(w) = self.writer.take() {
-            w.wake();
-        }
+    /// Wakes the writer if it waits; returns whether it did.
+    fn wake_writer(&self) -> bool {
+        self.writer.take().map(Waker::wake).is_some()
     }
     fn count_in(&self, bytes: usize) {
         let mut k = self.counts.get();
         k.in_msgs += 1;
         k.in_bytes += bytes as u64;
         self.counts.set(k);
+    }
+
+    /// Its socket took some output: wakes the producers waiting for its queue to drain, and
+    /// returns whether there were any.
+    fn wake_stalled(&self) -> bool {
+        self.soft_off.set(false);
+        self.acked_at_timeout.set(None);
+        let mut w = self.stall_waiters.borrow_mut();
+        let woke = !w.is_empty();
+        w.drain(..).for_each(Waker::wake);
+        woke
+    }
+
+    /// Output queued and not yet taken by the socket.
+    fn pending(&self) -> usize {
+        self.out.borrow().len() + self.in_flight.get()
     }
 
     fn count_out(&self, bytes: usize) {
@@ -553,7 +586,7 @@ impl Client {
             stop: self.closed.get().then_some(wall),
             reason: self.reason.get(),
             rtt: self.rtt.get(),
-            pending_bytes: (self.out.borrow().len() + self.in_flight.get()) as u64,
+            pending_bytes: self.pending() as u64,
             in_msgs: counts.in_msgs,
             out_msgs: counts.out_msgs,
             in_bytes: counts.in_bytes,
@@ -693,9 +726,12 @@ struct Shard {
     unsynced: RefCell<Vec<bool>>,
     barrier_waiters: RefCell<Vec<Waker>>,
     dirty: RefCell<Vec<Rc<Client>>>,
-    /// Clients whose queued output passed 3/4 of `max_pending` in this batch: the producer
-    /// (a reader, or the mesh loop) waits a little for them before taking more input.
+    /// Clients whose queued output passed a stall level (`STALL_SOFT`, or 3/4 of
+    /// `max_pending`) in this batch: the producer (a reader, or the mesh loop) waits a little
+    /// for them before taking more input.
     stalled: RefCell<Vec<Rc<Client>>>,
+    /// Counts the batches that took their `stalled`, so a client is listed once per batch.
+    stall_batch: Cell<u64>,
     clients: RefCell<HashMap<u64, Rc<Client>>>,
     /// Per-peer scratch for one publish: plain interest, and the queue groups it must serve.
     scratch: RefCell<Vec<(bool, Queues)>>,
@@ -752,6 +788,7 @@ pub async fn shard_main(
         barrier_waiters: RefCell::new(Vec::new()),
         dirty: RefCell::new(Vec::new()),
         stalled: RefCell::new(Vec::new()),
+        stall_batch: Cell::new(1),
         clients: RefCell::new(HashMap::new()),
         scratch: RefCell::new((0..n).map(|_| (false, Queues::new())).collect()),
         rng: Cell::new(0x9E37_79B9_7F4A_7C15 ^ (ctx.id() as u64 + 1)),
@@ -880,7 +917,10 @@ async fn read_plain(
             return Ok(take_buffered(cipher, buf, max));
         }
     }
-    read_through(tls, reader, buf, max, cipher, || c.wake_writer()).await
+    read_through(tls, reader, buf, max, cipher, || {
+        c.wake_writer();
+    })
+    .await
 }
 
 /// Appends up to `max` bytes of plaintext read through the TLS session `tls` (a client's or
@@ -971,17 +1011,26 @@ const GATHER: usize = 16;
 trait Outlet: 'static {
     /// Bytes taken from the connection's queue and not yet sent.
     fn in_flight(&self) -> &Cell<usize>;
-    /// Tells the writer that its send fell short or failed, so it must look at it.
-    fn note_send(&self);
+    /// Tells the writer that its send fell short or failed, so it must look at it; returns
+    /// whether that woke a task.
+    fn note_send(&self) -> bool;
+    /// A send went out whole: producers waiting for this connection to drain may go on.
+    /// Returns whether that woke a task.
+    fn sent(&self) -> bool {
+        false
+    }
 }
 
 impl Outlet for Client {
     fn in_flight(&self) -> &Cell<usize> {
         &self.in_flight
     }
-    fn note_send(&self) {
+    fn note_send(&self) -> bool {
         self.send_note.set(true);
-        self.wake_writer();
+        self.wake_writer()
+    }
+    fn sent(&self) -> bool {
+        self.wake_stalled()
     }
 }
 
@@ -1064,6 +1113,7 @@ impl Outflow {
                     let in_flight = owner.in_flight();
                     in_flight.set(in_flight.get().saturating_sub(total));
                     blocks.drain(..).for_each(client::give_block);
+                    owner.sent()
                 }
                 _ => owner.note_send(),
             }
@@ -1389,26 +1439,58 @@ impl Shard {
     /// 3/4 of `max_pending`, wait (up to `STALL_MAX`) for its writer to drain it before taking
     /// more input, so a subscriber that reads slower than the publisher writes is slowed
     /// down to, not cut off. One that does not read at all still reaches `max_pending` and is
-    /// dropped as a slow consumer.
+    /// dropped as a slow consumer. Before that, the soft stall waits for a queue over
+    /// `STALL_SOFT` to come back under it. The wait ends on the stalled clients' sends.
     async fn wait_for_stalled(&self) {
         if self.stalled.borrow().is_empty() {
             return;
         }
+        // This batch's stalled clients: other producers wait for those of their own batches.
+        let stalled = std::mem::take(&mut *self.stalled.borrow_mut());
+        self.stall_batch.set(self.stall_batch.get() + 1);
         self.flush();
-        let threshold = (self.opts.borrow().max_pending / 4 * 3) as usize;
-        let deadline = Instant::now() + STALL_MAX;
+        let hard = (self.opts.borrow().max_pending / 4 * 3) as usize;
+        let start = Instant::now();
         loop {
-            let busy =
-                self.stalled.borrow().iter().any(|c| {
-                    !c.closed.get() && c.out.borrow().len() + c.in_flight.get() > threshold
-                });
-            if !busy || Instant::now() >= deadline {
+            let waited = start.elapsed();
+            let busy = stalled.iter().any(|c| {
+                let p = c.pending();
+                !c.closed.get() && (p > hard || p > STALL_SOFT && !c.soft_off.get())
+            });
+            if !busy {
+                return;
+            }
+            if waited >= STALL_MAX {
                 break;
             }
-            rt::sleep(Duration::from_micros(200)).await;
+            // Woken by a stalled client's next send, or when the time is up.
+            let mut armed = false;
+            let woken = std::future::poll_fn(|cx| {
+                if armed {
+                    return Poll::Ready(());
+                }
+                armed = true;
+                for c in &stalled {
+                    let mut w = c.stall_waiters.borrow_mut();
+                    if !w.iter().any(|w| w.will_wake(cx.waker())) {
+                        w.push(cx.waker().clone());
+                    }
+                }
+                Poll::Pending
+            });
+            rt::race(rt::sleep(STALL_MAX - waited), woken).await;
         }
-        for c in self.stalled.borrow_mut().drain(..) {
-            c.stalling.set(false);
+        // Timed out: is each subscriber it waited for still reading (more acknowledged than
+        // at its last timeout), or not?
+        for c in stalled
+            .iter()
+            .filter(|c| c.pending() > STALL_SOFT && !c.soft_off.get() && !c.closed.get())
+        {
+            let acked = c.probe.bytes_acked();
+            let before = c.acked_at_timeout.replace(acked);
+            if before.is_some() && acked <= before {
+                c.soft_off.set(true);
+            }
         }
     }
 
@@ -1685,7 +1767,10 @@ impl Shard {
             return true;
         }
         self.mark_dirty(c);
-        if pending as u64 > max_pending / 4 * 3 && !c.stalling.replace(true) {
+        let stall =
+            pending > STALL_SOFT && !c.soft_off.get() || pending as u64 > max_pending / 4 * 3;
+        let batch = self.stall_batch.get();
+        if stall && c.stall_batch.replace(batch) != batch {
             self.stalled.borrow_mut().push(c.clone());
         }
         if max > 0 && s.delivered.get() >= max {
@@ -2232,7 +2317,11 @@ async fn client_main(shard: Rc<Shard>, conn: tern_shards::Conn) {
         dirty: Cell::new(false),
         closed: Cell::new(false),
         discard: Cell::new(false),
-        stalling: Cell::new(false),
+        stall_batch: Cell::new(0),
+        soft_off: Cell::new(false),
+        acked_at_timeout: Cell::new(None),
+        probe: writer.probe(),
+        stall_waiters: RefCell::new(Vec::new()),
         opts: RefCell::new(ConnectOpts::default()),
         echo: Cell::new(true),
         headers: Cell::new(false),
@@ -2666,7 +2755,9 @@ async fn writer_task(shard: Rc<Shard>, c: Rc<Client>, w: ConnWriter) {
             let (chunks, total) = (flow.blocks(), c.in_flight.get());
             // One deadline per send, as for one writev.
             match rt::timeout(deadline, flow.settle(&c.in_flight)).await {
-                Some(Ok(())) => {}
+                Some(Ok(())) => {
+                    c.wake_stalled();
+                }
                 Some(Err(_)) => {
                     shard.close_client(&c, CloseReason::WriteError);
                     break;

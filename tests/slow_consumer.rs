@@ -136,3 +136,69 @@ fn lagging_subscriber_gets_every_byte_in_order() {
     }
     s.assert_healthy();
 }
+
+/// A subscriber that reads, but slower than its publisher writes, gets every message in
+/// order, and the server keeps its queue for it short by pausing the publisher (Tern's soft
+/// stall at 256 KiB), instead of queueing what the subscriber has not read yet up to the
+/// stall level of `max_pending` (nats-server queues tens of MiB here; what it does is only
+/// printed).
+#[test]
+fn a_subscriber_slower_than_its_publisher_keeps_a_short_queue() {
+    let s = Server::start(&["-m", "-1"]);
+    let mut sub = s.raw_quiet();
+    sub.send(b"SUB data 1\r\nPING\r\n");
+    sub.expect(b"PONG\r\n");
+
+    // 32 MiB in 4 KiB messages, far more than the sockets' buffers between the two hold.
+    const N: usize = 8192;
+    let payload = |i: usize| vec![(i % 251) as u8; 4096];
+    let mut publisher = s.raw_quiet();
+    let pub_thread = thread::spawn(move || {
+        let mut all = Vec::new();
+        for i in 0..N {
+            all.extend_from_slice(b"PUB data 4096\r\n");
+            all.extend_from_slice(&payload(i));
+            all.extend_from_slice(b"\r\n");
+        }
+        all.extend_from_slice(b"PING\r\n");
+        publisher.send(&all);
+        publisher.expect(b"PONG\r\n");
+    });
+
+    // The largest queue the server reports while the subscriber reads.
+    let done = Arc::new(AtomicBool::new(false));
+    let sampler = {
+        let (done, port) = (done.clone(), s.http_port());
+        thread::spawn(move || {
+            let mut most = 0u64;
+            while !done.load(Ordering::Relaxed) {
+                let (_, body) = common::http_get(port, "/connz");
+                let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+                for c in v["connections"].as_array().into_iter().flatten() {
+                    most = most.max(c["pending_bytes"].as_u64().unwrap_or(0));
+                }
+                thread::sleep(Duration::from_millis(5));
+            }
+            most
+        })
+    };
+
+    // About 64 MB/s at most: a 1 ms pause every 16 messages.
+    for i in 0..N {
+        let m = sub.read_msg_timeout(Duration::from_secs(30));
+        assert_eq!(m.subject, "data");
+        assert!(m.payload == payload(i), "message {i} differs");
+        if i % 16 == 15 {
+            thread::sleep(Duration::from_millis(1));
+        }
+    }
+    pub_thread.join().expect("publisher thread");
+    done.store(true, Ordering::Relaxed);
+    let most = sampler.join().expect("sampler thread");
+    eprintln!("largest queue the server reported: {most} bytes");
+    if common::is_tern() {
+        // 256 KiB, plus what one read of the publisher's and one send add to it.
+        assert!(most <= 2 << 20, "queued {most} bytes for a slow reader");
+    }
+    s.assert_healthy();
+}

@@ -21,7 +21,7 @@ pub mod stop;
 
 pub use inbox::{Inbox, InboxReceiver};
 pub use mesh::{Mesh, MeshReceiver};
-pub use net::{connect, Conn, ConnReader, ConnWriter, Listener, Sending};
+pub use net::{connect, Conn, ConnReader, ConnWriter, Listener, SendProbe, Sending};
 pub use pool::{bind_listener, run, AcceptMode, PoolConfig, PoolError, ShardCtx};
 pub use preflight::{preflight, PreflightError};
 pub use stop::StopSignal;

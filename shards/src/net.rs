@@ -10,7 +10,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::os::unix::io::AsRawFd;
 use std::pin::Pin;
-use std::rc::Rc;
+use std::rc::{Rc, Weak};
 
 type Stream = glommio::net::TcpStream;
 
@@ -29,6 +29,36 @@ pub struct ConnReader(Rc<RefCell<Stream>>);
 /// The writing half of a [`Conn`].
 pub struct ConnWriter {
     stream: Rc<RefCell<Stream>>,
+}
+
+/// Looks at how far the peer has read what a [`ConnWriter`] sent, without keeping its
+/// socket open.
+pub struct SendProbe(Weak<RefCell<Stream>>);
+
+impl SendProbe {
+    /// The bytes the peer has acknowledged so far (`TCP_INFO`'s `tcpi_bytes_acked`): it
+    /// grows as the peer reads, and stands still while the peer's window is closed. `None`
+    /// once the connection is gone, or if the kernel does not say.
+    pub fn bytes_acked(&self) -> Option<u64> {
+        let stream = self.0.upgrade()?;
+        let fd = stream.borrow().as_raw_fd();
+        // SAFETY: tcp_info is plain data, so all zeros is a valid value.
+        let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+        let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+        // SAFETY: getsockopt writes at most `len` bytes into `info`, which is that large, on
+        // a socket this connection still owns (the upgrade above keeps it open).
+        let rc = unsafe {
+            libc::getsockopt(
+                fd,
+                libc::IPPROTO_TCP,
+                libc::TCP_INFO,
+                (&mut info as *mut libc::tcp_info).cast(),
+                &mut len,
+            )
+        };
+        let end = std::mem::offset_of!(libc::tcp_info, tcpi_bytes_acked) + 8;
+        (rc == 0 && len as usize >= end).then_some(info.tcpi_bytes_acked)
+    }
 }
 
 impl Conn {
@@ -81,6 +111,11 @@ impl ConnReader {
 }
 
 impl ConnWriter {
+    /// A [`SendProbe`] on this connection's socket.
+    pub fn probe(&self) -> SendProbe {
+        SendProbe(Rc::downgrade(&self.stream))
+    }
+
     /// Sends `bufs` in order, the first from byte `skip`; the future hands them back with
     /// how many bytes the socket took: at least one, fewer than all when it had room for
     /// only part. The send is one request in the shard's ring (a `sendmsg` for several
@@ -90,12 +125,14 @@ impl ConnWriter {
     ///
     /// `on_done` runs on the result and the buffers as soon as the shard sees the send
     /// complete, whether or not anyone polls the future, so a writer with nothing more to
-    /// send need not wake up for it (it can take the buffers, say). It must not start I/O.
+    /// send need not wake up for it (it can take the buffers, say). It must not start I/O,
+    /// and it returns whether it woke a task: the shard then runs that task before it
+    /// sleeps (a wake it does not report may wait for the shard's next event).
     /// The future does not borrow the writer; dropping it cancels the send.
     pub fn send<T, F>(&self, bufs: Vec<T>, skip: usize, on_done: F) -> Sending<T>
     where
         T: AsRef<[u8]> + 'static,
-        F: FnOnce(&io::Result<usize>, &mut Vec<T>) + 'static,
+        F: FnOnce(&io::Result<usize>, &mut Vec<T>) -> bool + 'static,
     {
         self.stream.borrow().send_owned(bufs, skip, on_done)
     }
@@ -198,7 +235,7 @@ mod tests {
             let mut buf = vec![0u8; 64 * 1024];
             assert_eq!(r.read(&mut buf).await.unwrap(), 1);
             assert_eq!(buf[0], b'x');
-            w.send(vec![b"k"], 0, |_, _| {}).await.0.unwrap();
+            w.send(vec![b"k"], 0, |_, _| false).await.0.unwrap();
             let mut got = Vec::new();
             let mut small = [0u8; 100];
             loop {
@@ -225,7 +262,7 @@ mod tests {
         let got = with_conn(addr, |mut r, w| async move {
             let mut buf = BytesMut::from(&b"prefix:"[..]);
             assert_eq!(r.read_into(&mut buf, 1).await.unwrap(), 1);
-            w.send(vec![b"k"], 0, |_, _| {}).await.0.unwrap();
+            w.send(vec![b"k"], 0, |_, _| false).await.0.unwrap();
             for max in [100, 7, 4096, 1, 65536].into_iter().cycle() {
                 let before = buf.len();
                 let n = r.read_into(&mut buf, max).await.unwrap();
@@ -267,7 +304,7 @@ mod tests {
                 drop(first);
                 let second = connect(addr, Duration::from_secs(5)).await.unwrap();
                 let (_r, w) = second.split();
-                w.send(vec![b"bye"], 0, |_, _| {}).await.0.unwrap();
+                w.send(vec![b"bye"], 0, |_, _| false).await.0.unwrap();
                 w.shutdown();
             })
             .unwrap()
@@ -310,7 +347,7 @@ mod tests {
                     // the ring takes the receive.
                     go_tx.send(()).unwrap();
                     sent_rx.recv().unwrap();
-                    let send = w.send(vec![b"pong"], 0, |_, _| {});
+                    let send = w.send(vec![b"pong"], 0, |_, _| false);
                     let n = read.await.unwrap();
                     send.await.0.unwrap();
                     n
@@ -343,7 +380,7 @@ mod tests {
     /// unsent rest back to the next send, as the server's writer does.
     async fn send_all(w: &ConnWriter, mut blocks: Vec<Vec<u8>>, mut skip: usize) {
         while !blocks.is_empty() {
-            let (r, mut back) = w.send(blocks, skip, |_, _| {}).await;
+            let (r, mut back) = w.send(blocks, skip, |_, _| false).await;
             let mut n = r.unwrap() + skip;
             while back.first().is_some_and(|b| b.len() <= n) {
                 n -= back.remove(0).len();
@@ -418,7 +455,7 @@ mod tests {
                 let mut sent = 0;
                 // Fill the socket until a send waits for room, then give that send up.
                 loop {
-                    let send = w1.send(big.clone(), 0, |_, _| {});
+                    let send = w1.send(big.clone(), 0, |_, _| false);
                     let timed = glommio::timer::timeout(Duration::from_millis(50), async {
                         Ok(send.await)
                     });
@@ -431,7 +468,7 @@ mod tests {
                 w1.shutdown();
                 let second = connect(addr, Duration::from_secs(5)).await.unwrap();
                 let (_r, w) = second.split();
-                w.send(vec![b"bye"], 0, |_, _| {}).await.0.unwrap();
+                w.send(vec![b"bye"], 0, |_, _| false).await.0.unwrap();
                 w.shutdown();
                 sent
             })
@@ -444,6 +481,97 @@ mod tests {
         // What the completed sends took arrives, then the end of the stream.
         assert!(got.len() >= sent, "{} of {sent} bytes", got.len());
         assert!(got.iter().all(|&b| b == 7));
+    }
+
+    /// A probe sees the peer's acknowledged bytes stand still while it does not read and grow
+    /// once it does, and nothing once the connection is gone.
+    #[test]
+    fn a_send_probe_sees_whether_the_peer_reads() {
+        let (addr, peer) = reading_peer(Duration::from_millis(1000));
+        let (still, later, gone) = glommio::LocalExecutorBuilder::default()
+            .spawn(move || async move {
+                let conn = connect(addr, Duration::from_secs(5)).await.unwrap();
+                let (r, w) = conn.split();
+                let probe = w.probe();
+                // Falls short once both sockets' buffers are full: the peer's window is shut.
+                let (sent, _) = w.send(vec![vec![7u8; 32 << 20]], 0, |_, _| false).await;
+                assert!(sent.unwrap() < 32 << 20);
+                // Acknowledgements of what its buffer took trail in (delayed ACKs) first.
+                glommio::timer::sleep(Duration::from_millis(100)).await;
+                let a = probe.bytes_acked().unwrap();
+                glommio::timer::sleep(Duration::from_millis(100)).await;
+                let b = probe.bytes_acked().unwrap();
+                // The peer starts reading 1 s after it accepted.
+                glommio::timer::sleep(Duration::from_millis(1200)).await;
+                let c = probe.bytes_acked().unwrap();
+                w.shutdown();
+                drop((r, w));
+                ((a, b), (b, c), probe.bytes_acked())
+            })
+            .unwrap()
+            .join()
+            .unwrap();
+        peer.join().unwrap();
+        assert_eq!(
+            still.0, still.1,
+            "acknowledged more while the peer was not reading"
+        );
+        assert!(
+            later.1 > later.0,
+            "acknowledged nothing more once the peer read"
+        );
+        assert_eq!(gone, None);
+    }
+
+    /// A task that a send's hook wakes runs at once, though the shard has nothing else to
+    /// do and would otherwise go on to sleep until its next event (a timer 10 s away).
+    #[test]
+    fn a_task_a_send_s_hook_wakes_runs_before_the_shard_sleeps() {
+        use std::cell::Cell;
+        use std::rc::Rc;
+        use std::task::{Poll, Waker};
+        // The peer reads nothing for 200 ms, so the second send waits in the kernel for room
+        // and completes while the shard has nothing to do.
+        let (addr, peer) = reading_peer(Duration::from_millis(200));
+        // The completion comes in while the shard spins (as Tern's shards do before they
+        // park), where a wake that is not reported let it go on spinning and then sleep.
+        // glommio only spins on an executor bound to a core.
+        let (first, took) = glommio::LocalExecutorBuilder::new(glommio::Placement::Fixed(0))
+            .spin_before_park(Duration::from_secs(1))
+            .spawn(move || async move {
+                let conn = connect(addr, Duration::from_secs(5)).await.unwrap();
+                let (_r, w) = conn.split();
+                let big = vec![7u8; 32 << 20];
+                let (r, _) = w.send(vec![big.clone()], 0, |_, _| false).await;
+                let first = r.unwrap();
+                let waiter: Rc<Cell<Option<Waker>>> = Rc::default();
+                let done = Rc::new(Cell::new(false));
+                let (hook_waiter, hook_done) = (waiter.clone(), done.clone());
+                let start = std::time::Instant::now();
+                let send = w.send(vec![big], first, move |_, _| {
+                    hook_done.set(true);
+                    hook_waiter.take().map(Waker::wake).is_some()
+                });
+                let woken = std::future::poll_fn(|cx| {
+                    if done.get() {
+                        Poll::Ready(())
+                    } else {
+                        waiter.set(Some(cx.waker().clone()));
+                        Poll::Pending
+                    }
+                });
+                let far = glommio::timer::sleep(Duration::from_secs(10));
+                futures_lite::future::or(woken, far).await;
+                let took = start.elapsed();
+                drop(send);
+                w.shutdown();
+                (first, took)
+            })
+            .unwrap()
+            .join()
+            .unwrap();
+        assert!(peer.join().unwrap().len() > first);
+        assert!(took < Duration::from_secs(5), "woken after {took:?}");
     }
 
     /// A send's hook runs when the shard sees the send complete, though nobody polls its
@@ -463,6 +591,7 @@ mod tests {
                     move |r, bufs| {
                         hook.set(Some(*r.as_ref().unwrap()));
                         bufs.clear();
+                        false
                     },
                 );
                 // Not polled: the send goes out and completes with nobody waiting on it.

@@ -87,10 +87,9 @@ impl Route {
     }
 
     /// Wakes the writer.
-    fn wake(&self) {
-        if let Some(w) = self.waker.take() {
-            w.wake();
-        }
+    /// Wakes the writer if it waits; returns whether it did.
+    fn wake(&self) -> bool {
+        self.waker.take().map(Waker::wake).is_some()
     }
 
     /// Appends up to `max` bytes of plaintext from the peer to `buf`: from the socket
@@ -103,7 +102,12 @@ impl Route {
         cipher: &mut Vec<u8>,
     ) -> std::io::Result<usize> {
         match &self.tls {
-            Some(t) => super::read_through(t, reader, buf, max, cipher, || self.wake()).await,
+            Some(t) => {
+                super::read_through(t, reader, buf, max, cipher, || {
+                    self.wake();
+                })
+                .await
+            }
             None => reader.read_into(buf, max).await,
         }
     }
@@ -1088,9 +1092,9 @@ impl super::Outlet for Route {
     fn in_flight(&self) -> &Cell<usize> {
         &self.in_flight
     }
-    fn note_send(&self) {
+    fn note_send(&self) -> bool {
         self.send_note.set(true);
-        self.wake();
+        self.wake()
     }
 }
 

@@ -255,13 +255,13 @@ struct SendBufs<T, F> {
     on_done: Option<F>,
 }
 
-impl<T: 'static, F: FnOnce(&io::Result<usize>, &mut Vec<T>)> sys::StreamSendOwner
+impl<T: 'static, F: FnOnce(&io::Result<usize>, &mut Vec<T>) -> bool> sys::StreamSendOwner
     for SendBufs<T, F>
 {
-    fn done(&mut self, result: &io::Result<usize>) {
-        if let Some(f) = self.on_done.take() {
-            f(result, &mut self.bufs);
-        }
+    fn done(&mut self, result: &io::Result<usize>) -> bool {
+        self.on_done
+            .take()
+            .is_some_and(|f| f(result, &mut self.bufs))
     }
 
     fn bufs(&mut self) -> &mut dyn std::any::Any {
@@ -439,13 +439,13 @@ impl<S: AsRawFd> NonBufferedStream<S> {
     /// connection's next receive). When the socket has no room the kernel waits for it.
     /// `on_done` runs on the result and the buffers as soon as the completion is
     /// consumed, whether or not the future is being polled, so a caller that has nothing
-    /// more to send need not wake up for it. The future does not borrow the stream;
-    /// dropping it cancels the send, and the buffers are freed once the kernel is done
-    /// with them.
+    /// more to send need not wake up for it; it returns whether it woke a task. The
+    /// future does not borrow the stream; dropping it cancels the send, and the buffers
+    /// are freed once the kernel is done with them.
     pub(crate) fn send_owned<T, F>(&self, bufs: Vec<T>, skip: usize, on_done: F) -> SendOwned<T>
     where
         T: AsRef<[u8]> + 'static,
-        F: FnOnce(&io::Result<usize>, &mut Vec<T>) + 'static,
+        F: FnOnce(&io::Result<usize>, &mut Vec<T>) -> bool + 'static,
     {
         // The iovecs point into the buffers' own storage, which moving `bufs` into the box
         // does not move.
@@ -597,7 +597,7 @@ impl<S: AsRawFd, B: RxBuf> GlommioStream<S, B> {
     pub(crate) fn send_owned<T, F>(&self, bufs: Vec<T>, skip: usize, on_done: F) -> SendOwned<T>
     where
         T: AsRef<[u8]> + 'static,
-        F: FnOnce(&io::Result<usize>, &mut Vec<T>) + 'static,
+        F: FnOnce(&io::Result<usize>, &mut Vec<T>) -> bool + 'static,
     {
         self.stream.send_owned(bufs, skip, on_done)
     }

@@ -648,9 +648,10 @@ impl<B: RxBuf> TcpStream<B> {
     /// The request goes to the kernel at once, in one `io_uring_enter` with the requests
     /// queued before it (the connection's next receive). `on_done` runs on
     /// the result and the buffers as soon as the completion is consumed, whether or not the
-    /// future is polled; it must not start I/O. The returned future does not borrow the
-    /// stream; dropping it cancels the send, and the buffers are freed once the kernel is
-    /// done with them.
+    /// future is polled; it must not start I/O, and returns whether it woke a task, so
+    /// that the executor runs that task before it sleeps. The returned future does not
+    /// borrow the stream; dropping it cancels the send, and the buffers are freed once the
+    /// kernel is done with them.
     pub fn send_owned<T, F>(
         &self,
         bufs: Vec<T>,
@@ -659,7 +660,7 @@ impl<B: RxBuf> TcpStream<B> {
     ) -> super::SendOwned<T>
     where
         T: AsRef<[u8]> + 'static,
-        F: FnOnce(&std::io::Result<usize>, &mut Vec<T>) + 'static,
+        F: FnOnce(&std::io::Result<usize>, &mut Vec<T>) -> bool + 'static,
     {
         self.stream.send_owned(bufs, skip, on_done)
     }

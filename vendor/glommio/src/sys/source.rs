@@ -41,7 +41,9 @@ pub(crate) struct StreamSendBufs {
 pub(crate) trait StreamSendOwner {
     /// Runs the hook (the first call only) on the send's result, from the reactor as it
     /// consumes the completion and before any waiter wakes: it must not touch the rings.
-    fn done(&mut self, result: &io::Result<usize>);
+    /// Returns whether it woke a task: the reactor counts that as a wake-up, or the
+    /// executor could sleep with the task runnable until some other event came.
+    fn done(&mut self, result: &io::Result<usize>) -> bool;
     /// The buffers (a `Vec` of the sender's buffer type), to hand back.
     fn bufs(&mut self) -> &mut dyn std::any::Any;
 }

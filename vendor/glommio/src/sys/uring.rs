@@ -1181,6 +1181,7 @@ impl UringCommon for SleepableRing {
 
     fn consume_one_event(&mut self) -> Option<bool> {
         let source_map = self.source_map.clone();
+        let mut hook_woke = false;
         process_one_event(
             self.ring.peek_for_cqe(),
             |source| match source.source_type {
@@ -1191,7 +1192,7 @@ impl UringCommon for SleepableRing {
                 record_stats(self, &mut src, &res);
                 match &mut src.source_type {
                     SourceType::ForeignNotifier(_, installed) => *installed = false,
-                    SourceType::StreamSend(b) => b.owner.done(&res),
+                    SourceType::StreamSend(b) => hook_woke = b.owner.done(&res),
                     _ => {}
                 }
                 res
@@ -1200,7 +1201,7 @@ impl UringCommon for SleepableRing {
         )
         .map(|x| {
             self.in_kernel -= 1;
-            x
+            x || hook_woke
         })
     }
 
