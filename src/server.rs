@@ -40,11 +40,15 @@ const READ_MAX: usize = 64 * 1024;
 /// The longest a producer waits for stalled subscribers per batch (nats-server: 10 ms).
 const STALL_MAX: Duration = Duration::from_millis(10);
 /// A subscriber's queued output past which its producers wait for it to drain (the soft
-/// stall, up to `STALL_MAX`; see `Client::soft_off` for one that stopped reading). Its
-/// socket's own buffer keeps it busy meanwhile, so a fan-out to readers
-/// slower than Tern holds about this much per reader instead of what the publishers' flow
-/// control lets pile up (up to `max_pending`).
+/// stall, up to `STALL_MAX`, and only while every subscriber the batch fed has this much
+/// queued; see `Shard::wait_for_stalled`). Its socket's own buffer keeps it busy meanwhile,
+/// so a fan-out to readers slower than Tern holds about this much per reader instead of
+/// what the publishers' flow control lets pile up (up to `max_pending`).
 const STALL_SOFT: usize = 256 * 1024;
+/// How long a subscriber over `STALL_SOFT` must go without acknowledging anything (TCP) for
+/// the soft stall to take it for one that stopped reading. Well above the pauses of a reader
+/// that is only slow: its window opens again in pieces of at least an MSS.
+const STALL_STUCK: Duration = Duration::from_millis(100);
 /// How long a shutdown waits for clients' queued output to drain.
 const SHUTDOWN_FLUSH: Duration = Duration::from_secs(2);
 
@@ -228,6 +232,9 @@ pub enum ShardOp {
     Sync(u64),
     /// The receiver of `Sync(seq)` has applied and delivered everything sent before it.
     Ack(u64),
+    /// The batch comes from a publisher that also fed a destination with a short queue:
+    /// the receiver must not soft-stall for it (see `Shard::hungry`).
+    Hungry,
     /// The cluster's client URLs changed: tell the clients (async INFO).
     ConnectUrls,
     /// The chunk the `Msg`s after it in this batch lie in, up to the next `Frame`: one
@@ -438,17 +445,21 @@ struct Client {
     /// The shard's `stall_batch` when this client was last listed in its `stalled`.
     stall_batch: Cell<u64>,
     /// The peer stopped reading: soft stalls are off for this client until its socket
-    /// takes some output, so such a subscriber costs its producers two waits, not one per
-    /// batch (the hard stall still applies).
+    /// takes some output or its peer acknowledges more, so such a subscriber costs its
+    /// producers about `STALL_STUCK` of waits, not one per batch (the hard stall still
+    /// applies).
     soft_off: Cell<bool>,
-    /// How much the peer had acknowledged when a soft stall on this client last ran out of
-    /// time, since its socket last took output: a second timeout with nothing more
-    /// acknowledged means it stopped reading.
-    acked_at_timeout: Cell<Option<u64>>,
+    /// How much the peer had acknowledged when a soft stall on this client ran out of time,
+    /// and since when it has not acknowledged more (cleared when its socket takes output):
+    /// after `STALL_STUCK` with nothing more acknowledged it is taken to have stopped
+    /// reading.
+    acked_at_timeout: Cell<Option<(u64, Instant)>>,
     /// Reads the peer's progress from the socket.
     probe: tern_shards::SendProbe,
     /// Producers waiting for this client's queue to drain.
     stall_waiters: RefCell<Vec<Waker>>,
+    /// A message was delivered to this client since the shard's last flush.
+    fed: Cell<bool>,
     opts: RefCell<ConnectOpts>,
     echo: Cell<bool>,
     headers: Cell<bool>,
@@ -558,6 +569,22 @@ impl Client {
         let woke = !w.is_empty();
         w.drain(..).for_each(Waker::wake);
         woke
+    }
+
+    /// Whether producers may soft-stall for this client: not while it has stopped reading,
+    /// which a look at what its peer acknowledged (one system call) ends early.
+    fn soft_stallable(&self) -> bool {
+        if !self.soft_off.get() {
+            return true;
+        }
+        match (self.probe.bytes_acked(), self.acked_at_timeout.get()) {
+            (Some(acked), Some((before, _))) if acked > before => {
+                self.soft_off.set(false);
+                self.acked_at_timeout.set(Some((acked, Instant::now())));
+                true
+            }
+            _ => false,
+        }
     }
 
     /// Output queued and not yet taken by the socket.
@@ -732,6 +759,10 @@ struct Shard {
     stalled: RefCell<Vec<Rc<Client>>>,
     /// Counts the batches that took their `stalled`, so a client is listed once per batch.
     stall_batch: Cell<u64>,
+    /// This batch fed some destination whose queue is short (a subscriber at or under
+    /// `STALL_SOFT`, a route, or another shard's batch marked `Hungry`): pausing its
+    /// producer would leave that destination idle, so the soft stall is off for the batch.
+    hungry: Cell<bool>,
     clients: RefCell<HashMap<u64, Rc<Client>>>,
     /// Per-peer scratch for one publish: plain interest, and the queue groups it must serve.
     scratch: RefCell<Vec<(bool, Queues)>>,
@@ -789,6 +820,7 @@ pub async fn shard_main(
         dirty: RefCell::new(Vec::new()),
         stalled: RefCell::new(Vec::new()),
         stall_batch: Cell::new(1),
+        hungry: Cell::new(false),
         clients: RefCell::new(HashMap::new()),
         scratch: RefCell::new((0..n).map(|_| (false, Queues::new())).collect()),
         rng: Cell::new(0x9E37_79B9_7F4A_7C15 ^ (ctx.id() as u64 + 1)),
@@ -1236,6 +1268,7 @@ async fn mesh_loop(shard: Rc<Shard>, rx: MeshReceiver<MeshMsg>) {
                 ),
                 ShardOp::Sync(seq) => ack = Some(*seq),
                 ShardOp::ConnectUrls => shard.connect_urls_changed(),
+                ShardOp::Hungry => shard.hungry.set(true),
                 ShardOp::Ack(seq) => {
                     let mut acked = shard.acked.borrow_mut();
                     acked[from] = acked[from].max(*seq);
@@ -1404,6 +1437,12 @@ impl Shard {
 
     /// Pushes each peer's pending batch and wakes the writers of touched clients.
     fn flush(&self) {
+        // A subscriber this batch fed that still has a short queue makes the batch `hungry`.
+        if !self.hungry.get() {
+            let short = |c: &Rc<Client>| c.fed.replace(false) && c.pending() <= STALL_SOFT;
+            let hungry = self.dirty.borrow().iter().fold(false, |h, c| short(c) | h);
+            self.hungry.set(hungry);
+        }
         {
             let mut outbox = self.outbox.borrow_mut();
             for (peer, out) in outbox.iter_mut().enumerate() {
@@ -1416,6 +1455,9 @@ impl Shard {
                     }
                 }
                 if !out.ops.is_empty() {
+                    if self.hungry.get() {
+                        out.ops.push(ShardOp::Hungry);
+                    }
                     let next = std::mem::take(&mut out.spare);
                     self.mesh.send(peer, std::mem::replace(&mut out.ops, next));
                     out.frame = (0, 0);
@@ -1439,9 +1481,13 @@ impl Shard {
     /// 3/4 of `max_pending`, wait (up to `STALL_MAX`) for its writer to drain it before taking
     /// more input, so a subscriber that reads slower than the publisher writes is slowed
     /// down to, not cut off. One that does not read at all still reaches `max_pending` and is
-    /// dropped as a slow consumer. Before that, the soft stall waits for a queue over
-    /// `STALL_SOFT` to come back under it. The wait ends on the stalled clients' sends.
+    /// dropped as a slow consumer. Before that, the soft stall waits for the batch's
+    /// subscribers with queues over `STALL_SOFT`, unless it fed one with a shorter queue
+    /// (`hungry`), until one of them is back under it: a subscriber slower than the others
+    /// does not slow them down, as in nats-server. The wait ends on the stalled clients'
+    /// sends.
     async fn wait_for_stalled(&self) {
+        let hungry = self.hungry.replace(false);
         if self.stalled.borrow().is_empty() {
             return;
         }
@@ -1450,13 +1496,21 @@ impl Shard {
         self.stall_batch.set(self.stall_batch.get() + 1);
         self.flush();
         let hard = (self.opts.borrow().max_pending / 4 * 3) as usize;
+        // The soft stall waits while every subscriber it is for still has more than
+        // `STALL_SOFT` queued: once one has less, pausing would leave it idle.
+        let soft: Vec<&Rc<Client>> = match hungry {
+            true => Vec::new(),
+            false => stalled
+                .iter()
+                .filter(|c| c.pending() > STALL_SOFT && c.soft_stallable())
+                .collect(),
+        };
         let start = Instant::now();
         loop {
             let waited = start.elapsed();
-            let busy = stalled.iter().any(|c| {
-                let p = c.pending();
-                !c.closed.get() && (p > hard || p > STALL_SOFT && !c.soft_off.get())
-            });
+            let open = |c: &Rc<Client>| !c.closed.get();
+            let busy = stalled.iter().any(|c| open(c) && c.pending() > hard)
+                || !soft.is_empty() && soft.iter().all(|c| open(c) && c.pending() > STALL_SOFT);
             if !busy {
                 return;
             }
@@ -1482,14 +1536,15 @@ impl Shard {
         }
         // Timed out: is each subscriber it waited for still reading (more acknowledged than
         // at its last timeout), or not?
-        for c in stalled
-            .iter()
-            .filter(|c| c.pending() > STALL_SOFT && !c.soft_off.get() && !c.closed.get())
-        {
-            let acked = c.probe.bytes_acked();
-            let before = c.acked_at_timeout.replace(acked);
-            if before.is_some() && acked <= before {
-                c.soft_off.set(true);
+        for c in soft.iter().filter(|c| c.pending() > STALL_SOFT) {
+            let (acked, now) = (c.probe.bytes_acked(), Instant::now());
+            match c.acked_at_timeout.get() {
+                Some((before, since)) if acked == Some(before) => {
+                    if now - since >= STALL_STUCK {
+                        c.soft_off.set(true);
+                    }
+                }
+                _ => c.acked_at_timeout.set(acked.map(|a| (a, now))),
             }
         }
     }
@@ -1767,8 +1822,8 @@ impl Shard {
             return true;
         }
         self.mark_dirty(c);
-        let stall =
-            pending > STALL_SOFT && !c.soft_off.get() || pending as u64 > max_pending / 4 * 3;
+        c.fed.set(true);
+        let stall = pending > STALL_SOFT || pending as u64 > max_pending / 4 * 3;
         let batch = self.stall_batch.get();
         if stall && c.stall_batch.replace(batch) != batch {
             self.stalled.borrow_mut().push(c.clone());
@@ -2178,7 +2233,10 @@ impl Shard {
                 rsend.pick_queue(r, name, pick);
             }
             rsend.plain(r);
-            any |= rsend.send(self, account, subject, rep, hdr_len, msg);
+            if rsend.send(self, account, subject, rep, hdr_len, msg) {
+                any = true;
+                self.hungry.set(true);
+            }
         }
         for (peer, (plain, queues)) in scratch.iter_mut().enumerate() {
             if *plain || !queues.is_empty() {
@@ -2238,7 +2296,9 @@ impl Shard {
         }
         if let Some(r) = &rmatch {
             rsend.plain(r);
-            rsend.send(self, account, subject, reply, hdr_len, msg);
+            if rsend.send(self, account, subject, reply, hdr_len, msg) {
+                self.hungry.set(true);
+            }
         }
     }
 }
@@ -2322,6 +2382,7 @@ async fn client_main(shard: Rc<Shard>, conn: tern_shards::Conn) {
         acked_at_timeout: Cell::new(None),
         probe: writer.probe(),
         stall_waiters: RefCell::new(Vec::new()),
+        fed: Cell::new(false),
         opts: RefCell::new(ConnectOpts::default()),
         echo: Cell::new(true),
         headers: Cell::new(false),
