@@ -1254,6 +1254,7 @@ async fn mesh_loop(shard: Rc<Shard>, rx: MeshReceiver<MeshMsg>) {
     while let Some(mut batch) = rx.recv().await {
         let mut ack = None;
         let mut frame = &no_frame;
+        let mut peer_hungry = false;
         for op in &batch {
             match op {
                 ShardOp::Interest {
@@ -1268,7 +1269,7 @@ async fn mesh_loop(shard: Rc<Shard>, rx: MeshReceiver<MeshMsg>) {
                 ),
                 ShardOp::Sync(seq) => ack = Some(*seq),
                 ShardOp::ConnectUrls => shard.connect_urls_changed(),
-                ShardOp::Hungry => shard.hungry.set(true),
+                ShardOp::Hungry => peer_hungry = true,
                 ShardOp::Ack(seq) => {
                     let mut acked = shard.acked.borrow_mut();
                     acked[from] = acked[from].max(*seq);
@@ -1300,6 +1301,10 @@ async fn mesh_loop(shard: Rc<Shard>, rx: MeshReceiver<MeshMsg>) {
             shard.outbox.borrow_mut()[from].ops.push(ShardOp::Ack(seq));
         }
         shard.flush();
+        // After the flush, so that the mark does not travel on to this shard's own batches.
+        if peer_hungry {
+            shard.hungry.set(true);
+        }
         shard.wait_for_stalled().await;
     }
 }
