@@ -916,8 +916,8 @@ fn write_report(
     m.push_str("\n## Raw runs\n\n");
     m.push_str(
         "| placement | scenario | server | round | msgs/s in | msgs/s out | MB/s out | lost | \
-         server CPU ns/msg | peak RSS MiB | p50 µs | p99 µs | p99.9 µs | max µs | gen CPU % |\n\
-         |---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+         server CPU ns/msg | peak RSS MiB | p50 µs | p99 µs | p99.9 µs | max µs | gen CPU % | VM steal ms |\n\
+         |---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
     );
     for r in runs {
         match &r.result {
@@ -929,7 +929,7 @@ fn write_report(
                 };
                 let _ = writeln!(
                     m,
-                    "| {} | {} | {} | {} | {} | {} | {:.1} | {} | {} | {} | {} | {} | {} | {} | {:.0} |",
+                    "| {} | {} | {} | {} | {} | {} | {:.1} | {} | {} | {} | {} | {} | {} | {} | {:.0} | {} |",
                     r.placement,
                     r.scenario,
                     r.server,
@@ -945,13 +945,14 @@ fn write_report(
                     l(|l| l.p99),
                     l(|l| l.p999),
                     l(|l| l.max),
-                    x.gen_cpu_pct
+                    x.gen_cpu_pct,
+                    x.steal_ms.map_or("–".into(), |s| format!("{s:.0}"))
                 );
             }
             Err(e) => {
                 let _ = writeln!(
                     m,
-                    "| {} | {} | {} | {} | failed: {} |||||||||||",
+                    "| {} | {} | {} | {} | failed: {} ||||||||||||",
                     r.placement,
                     r.scenario,
                     r.server,

@@ -303,6 +303,9 @@ fn print_report(r: &Report) {
     if let Some(b) = r.server_peak_rss {
         println!("  server peak RSS {:.1} MiB", b as f64 / 1048576.0);
     }
+    if let Some(s) = r.steal_ms.filter(|&s| s > 0.0) {
+        println!("  VM steal {s:.0} ms (the host ran something else)");
+    }
     for (k, v) in &r.extra {
         println!("  {k}: {}", si(*v));
     }

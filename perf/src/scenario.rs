@@ -176,6 +176,9 @@ pub struct Report {
     pub server_cpu_ns_per_msg: Option<f64>,
     /// Server VmHWM after the run, bytes.
     pub server_peak_rss: Option<u64>,
+    /// Milliseconds of VM steal time (all CPUs) during the measured interval: the host
+    /// running something else instead of this machine.
+    pub steal_ms: Option<f64>,
     /// Scenario-specific figures (preload time, churn ops/s, RSS per connection, ...).
     pub extra: BTreeMap<String, f64>,
 }
@@ -253,6 +256,7 @@ struct Meter {
     t0: Instant,
     gen0: Duration,
     srv0: Option<u64>,
+    steal0: Option<u64>,
     pids: Vec<u32>,
 }
 
@@ -271,6 +275,7 @@ impl Meter {
             t0: Instant::now(),
             gen0: stats::self_cpu(),
             srv0: servers_cpu_ns(&pids),
+            steal0: stats::host_steal_ns(),
             pids,
         }
     }
@@ -281,6 +286,9 @@ impl Meter {
         let gen = (stats::self_cpu() - self.gen0).as_secs_f64();
         r.gen_cpu_s = gen;
         r.gen_cpu_pct = if wall > 0.0 { 100.0 * gen / wall } else { 0.0 };
+        if let (Some(a), Some(b)) = (self.steal0, stats::host_steal_ns()) {
+            r.steal_ms = Some(b.saturating_sub(a) as f64 / 1e6);
+        }
         if let (Some(a), Some(b)) = (self.srv0, servers_cpu_ns(&self.pids)) {
             if per > 0 {
                 r.server_cpu_ns_per_msg = Some(b.saturating_sub(a) as f64 / per as f64);

@@ -114,6 +114,21 @@ pub fn parse_stat_cpu_ticks(stat: &str) -> Option<u64> {
     Some(ut + st)
 }
 
+/// The time the hypervisor ran something else while this VM's CPUs wanted to run (steal,
+/// summed over all CPUs), in nanoseconds, from `/proc/stat`: a latency tail that lines up
+/// with it is the host's, not the server's.
+pub fn host_steal_ns() -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/stat").ok()?;
+    parse_steal_ticks(&s).map(|t| t * 1_000_000_000 / clk_tck())
+}
+
+/// The steal clock ticks of the `cpu` line (all CPUs) of `/proc/stat`'s text.
+pub fn parse_steal_ticks(stat: &str) -> Option<u64> {
+    let line = stat.lines().find(|l| l.starts_with("cpu "))?;
+    // cpu user nice system idle iowait irq softirq steal ...
+    line.split_whitespace().nth(8)?.parse().ok()
+}
+
 /// A `kB` field of `/proc/<pid>/status` (e.g. `VmHWM`, `VmRSS`), in bytes.
 pub fn proc_status_kb(pid: u32, field: &str) -> Option<u64> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
@@ -183,6 +198,10 @@ mod tests {
     fn stat_and_median() {
         let stat = "1234 (tern shard (x)) S 1 2 3 4 5 6 7 8 9 10 250 30 0 0 20 0 3 0";
         assert_eq!(parse_stat_cpu_ticks(stat), Some(280));
+        let proc_stat =
+            "cpu  2584207 0 421520 9173234 3779411 0 99603 51738 0 0\ncpu0 1 2 3 4 5 6 7 8 0 0\n";
+        assert_eq!(parse_steal_ticks(proc_stat), Some(51738));
+        assert_eq!(parse_steal_ticks("intr 1 2 3\n"), None);
         assert_eq!(median(vec![3.0, 1.0, 2.0]), Some(2.0));
         assert_eq!(median(vec![4.0, 1.0, 2.0, 3.0]), Some(2.5));
         assert_eq!(median(vec![]), None);
