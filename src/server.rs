@@ -449,11 +449,11 @@ struct Client {
     /// producers about `STALL_STUCK` of waits, not one per batch (the hard stall still
     /// applies).
     soft_off: Cell<bool>,
-    /// How much the peer had acknowledged when a soft stall on this client ran out of time,
-    /// and since when it has not acknowledged more (cleared when its socket takes output):
-    /// after `STALL_STUCK` with nothing more acknowledged it is taken to have stopped
+    /// What the peer had acknowledged at the last look (`unacked_for`, when a soft stall on
+    /// this client ran out of time), and since when; cleared when its socket takes output.
+    /// After `STALL_STUCK` with nothing more acknowledged it is taken to have stopped
     /// reading.
-    acked_at_timeout: Cell<Option<(u64, Instant)>>,
+    acked_at: Cell<Option<(u64, Instant)>>,
     /// Reads the peer's progress from the socket.
     probe: tern_shards::SendProbe,
     /// Producers waiting for this client's queue to drain.
@@ -564,7 +564,7 @@ impl Client {
     /// returns whether there were any.
     fn wake_stalled(&self) -> bool {
         self.soft_off.set(false);
-        self.acked_at_timeout.set(None);
+        self.acked_at.set(None);
         let mut w = self.stall_waiters.borrow_mut();
         let woke = !w.is_empty();
         w.drain(..).for_each(Waker::wake);
@@ -572,18 +572,24 @@ impl Client {
     }
 
     /// Whether producers may soft-stall for this client: not while it has stopped reading,
-    /// which a look at what its peer acknowledged (one system call) ends early.
+    /// which its peer acknowledging more ends early.
     fn soft_stallable(&self) -> bool {
-        if !self.soft_off.get() {
-            return true;
+        if self.soft_off.get() && self.unacked_for().is_zero() {
+            self.soft_off.set(false);
         }
-        match (self.probe.bytes_acked(), self.acked_at_timeout.get()) {
-            (Some(acked), Some((before, _))) if acked > before => {
-                self.soft_off.set(false);
-                self.acked_at_timeout.set(Some((acked, Instant::now())));
-                true
+        !self.soft_off.get()
+    }
+
+    /// How long the peer has acknowledged nothing more, as far as these looks (one system
+    /// call each) tell: zero when it has since the last one.
+    fn unacked_for(&self) -> Duration {
+        let (acked, now) = (self.probe.bytes_acked(), Instant::now());
+        match self.acked_at.get() {
+            Some((before, since)) if acked.is_none_or(|a| a == before) => now - since,
+            _ => {
+                self.acked_at.set(acked.map(|a| (a, now)));
+                Duration::ZERO
             }
-            _ => false,
         }
     }
 
@@ -1442,11 +1448,14 @@ impl Shard {
 
     /// Pushes each peer's pending batch and wakes the writers of touched clients.
     fn flush(&self) {
-        // A subscriber this batch fed that still has a short queue makes the batch `hungry`.
-        if !self.hungry.get() {
-            let short = |c: &Rc<Client>| c.fed.replace(false) && c.pending() <= STALL_SOFT;
-            let hungry = self.dirty.borrow().iter().fold(false, |h, c| short(c) | h);
-            self.hungry.set(hungry);
+        let dirty = std::mem::take(&mut *self.dirty.borrow_mut());
+        for c in dirty {
+            c.dirty.set(false);
+            // A subscriber this batch fed that still has a short queue makes it `hungry`.
+            if c.fed.replace(false) && c.pending() <= STALL_SOFT {
+                self.hungry.set(true);
+            }
+            c.wake_writer();
         }
         {
             let mut outbox = self.outbox.borrow_mut();
@@ -1468,11 +1477,6 @@ impl Shard {
                     out.frame = (0, 0);
                 }
             }
-        }
-        let dirty = std::mem::take(&mut *self.dirty.borrow_mut());
-        for c in dirty {
-            c.dirty.set(false);
-            c.wake_writer();
         }
     }
 
@@ -1542,14 +1546,8 @@ impl Shard {
         // Timed out: is each subscriber it waited for still reading (more acknowledged than
         // at its last timeout), or not?
         for c in soft.iter().filter(|c| c.pending() > STALL_SOFT) {
-            let (acked, now) = (c.probe.bytes_acked(), Instant::now());
-            match c.acked_at_timeout.get() {
-                Some((before, since)) if acked == Some(before) => {
-                    if now - since >= STALL_STUCK {
-                        c.soft_off.set(true);
-                    }
-                }
-                _ => c.acked_at_timeout.set(acked.map(|a| (a, now))),
+            if c.unacked_for() >= STALL_STUCK {
+                c.soft_off.set(true);
             }
         }
     }
@@ -2384,7 +2382,7 @@ async fn client_main(shard: Rc<Shard>, conn: tern_shards::Conn) {
         discard: Cell::new(false),
         stall_batch: Cell::new(0),
         soft_off: Cell::new(false),
-        acked_at_timeout: Cell::new(None),
+        acked_at: Cell::new(None),
         probe: writer.probe(),
         stall_waiters: RefCell::new(Vec::new()),
         fed: Cell::new(false),
