@@ -1448,14 +1448,21 @@ impl Shard {
 
     /// Pushes each peer's pending batch and wakes the writers of touched clients.
     fn flush(&self) {
-        let dirty = std::mem::take(&mut *self.dirty.borrow_mut());
-        for c in dirty {
+        // The list goes back afterwards, so its room is not allocated again every batch.
+        let mut dirty = std::mem::take(&mut *self.dirty.borrow_mut());
+        for c in dirty.drain(..) {
             c.dirty.set(false);
             // A subscriber this batch fed that still has a short queue makes it `hungry`.
             if c.fed.replace(false) && c.pending() <= STALL_SOFT {
                 self.hungry.set(true);
             }
             c.wake_writer();
+        }
+        {
+            let mut slot = self.dirty.borrow_mut();
+            if slot.is_empty() {
+                *slot = dirty;
+            }
         }
         {
             let mut outbox = self.outbox.borrow_mut();
