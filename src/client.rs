@@ -386,6 +386,45 @@ pub struct Outbound {
     tail: BytesMut,
 }
 
+/// Copies `src` to `dst`. Up to 32 bytes (a delivery's line parts: the verb and subject, the
+/// sid, the sizes) it copies in place with at most two overlapping loads and stores of one
+/// width, where a call to `memcpy` and its size dispatch cost a fan-out delivery about a
+/// fifth of its instructions over its four parts.
+///
+/// # Safety
+///
+/// `dst` must be valid for writes of `src.len()` bytes that do not overlap `src`.
+#[inline(always)]
+unsafe fn copy_part(src: &[u8], dst: *mut u8) {
+    use std::ptr::{read_unaligned as rd, write_unaligned as wr};
+    let (n, s) = (src.len(), src.as_ptr());
+    // SAFETY (each arm): the loads cover `s..s + n` and the stores `dst..dst + n`, from both
+    // ends, with a width no larger than `n`.
+    unsafe {
+        if n > 32 {
+            std::ptr::copy_nonoverlapping(s, dst, n);
+        } else if n >= 16 {
+            let (a, b) = (rd(s.cast::<u128>()), rd(s.add(n - 16).cast::<u128>()));
+            wr(dst.cast::<u128>(), a);
+            wr(dst.add(n - 16).cast::<u128>(), b);
+        } else if n >= 8 {
+            let (a, b) = (rd(s.cast::<u64>()), rd(s.add(n - 8).cast::<u64>()));
+            wr(dst.cast::<u64>(), a);
+            wr(dst.add(n - 8).cast::<u64>(), b);
+        } else if n >= 4 {
+            let (a, b) = (rd(s.cast::<u32>()), rd(s.add(n - 4).cast::<u32>()));
+            wr(dst.cast::<u32>(), a);
+            wr(dst.add(n - 4).cast::<u32>(), b);
+        } else if n >= 2 {
+            let (a, b) = (rd(s.cast::<u16>()), rd(s.add(n - 2).cast::<u16>()));
+            wr(dst.cast::<u16>(), a);
+            wr(dst.add(n - 2).cast::<u16>(), b);
+        } else if n == 1 {
+            *dst = *s;
+        }
+    }
+}
+
 impl Outbound {
     /// Queued bytes.
     #[inline]
@@ -440,7 +479,7 @@ impl Outbound {
             // SAFETY: `dst` stays within `room`, which holds all `total` bytes (asserted);
             // nothing else can point into a `BytesMut`'s spare room, so no part overlaps it.
             unsafe {
-                std::ptr::copy_nonoverlapping(p.as_ptr(), dst, p.len());
+                copy_part(p, dst);
                 dst = dst.add(p.len());
             }
         }
@@ -469,6 +508,26 @@ impl Outbound {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn copy_part_copies_every_length_exactly() {
+        let src: Vec<u8> = (1..=80).collect();
+        for n in 0..=src.len() {
+            // Guard bytes on both sides of the destination catch a store out of range.
+            let mut dst = vec![0xee_u8; n + 32];
+            // SAFETY: `dst[16..16 + n]` is valid for writes and apart from `src`.
+            unsafe { copy_part(&src[..n], dst.as_mut_ptr().add(16)) };
+            assert_eq!(&dst[16..16 + n], &src[..n], "length {n}");
+            assert!(
+                dst[..16].iter().all(|&b| b == 0xee),
+                "length {n}: wrote before"
+            );
+            assert!(
+                dst[16 + n..].iter().all(|&b| b == 0xee),
+                "length {n}: wrote after"
+            );
+        }
+    }
 
     /// Everything queued in `q`, in order, as one buffer.
     fn drain(q: &mut Outbound) -> Vec<u8> {
