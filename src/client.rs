@@ -396,32 +396,36 @@ pub struct Outbound {
 /// `dst` must be valid for writes of `src.len()` bytes that do not overlap `src`.
 #[inline(always)]
 unsafe fn copy_part(src: &[u8], dst: *mut u8) {
-    use std::ptr::{read_unaligned as rd, write_unaligned as wr};
     let (n, s) = (src.len(), src.as_ptr());
-    // SAFETY (each arm): the loads cover `s..s + n` and the stores `dst..dst + n`, from both
-    // ends, with a width no larger than `n`.
+    // SAFETY: each arm's width is at most `n` (see `copy_ends`).
     unsafe {
-        if n > 32 {
-            std::ptr::copy_nonoverlapping(s, dst, n);
-        } else if n >= 16 {
-            let (a, b) = (rd(s.cast::<u128>()), rd(s.add(n - 16).cast::<u128>()));
-            wr(dst.cast::<u128>(), a);
-            wr(dst.add(n - 16).cast::<u128>(), b);
-        } else if n >= 8 {
-            let (a, b) = (rd(s.cast::<u64>()), rd(s.add(n - 8).cast::<u64>()));
-            wr(dst.cast::<u64>(), a);
-            wr(dst.add(n - 8).cast::<u64>(), b);
-        } else if n >= 4 {
-            let (a, b) = (rd(s.cast::<u32>()), rd(s.add(n - 4).cast::<u32>()));
-            wr(dst.cast::<u32>(), a);
-            wr(dst.add(n - 4).cast::<u32>(), b);
-        } else if n >= 2 {
-            let (a, b) = (rd(s.cast::<u16>()), rd(s.add(n - 2).cast::<u16>()));
-            wr(dst.cast::<u16>(), a);
-            wr(dst.add(n - 2).cast::<u16>(), b);
-        } else if n == 1 {
-            *dst = *s;
+        match n {
+            33.. => std::ptr::copy_nonoverlapping(s, dst, n),
+            16..=32 => copy_ends::<u128>(s, dst, n),
+            8..=15 => copy_ends::<u64>(s, dst, n),
+            4..=7 => copy_ends::<u32>(s, dst, n),
+            2..=3 => copy_ends::<u16>(s, dst, n),
+            1 => *dst = *s,
+            0 => {}
         }
+    }
+}
+
+/// Copies `n` bytes from `s` to `dst` as the first and the last `W`-sized word (overlapping
+/// when `n` is under twice the width).
+///
+/// # Safety
+///
+/// `size_of::<W>() <= n`, `s` readable and `dst` writable for `n` bytes, not overlapping.
+#[inline(always)]
+unsafe fn copy_ends<W: Copy>(s: *const u8, dst: *mut u8, n: usize) {
+    use std::ptr::{read_unaligned as rd, write_unaligned as wr};
+    let w = std::mem::size_of::<W>();
+    // SAFETY: both words lie within the `n` bytes at `s` and at `dst` (the caller's contract).
+    unsafe {
+        let (a, b) = (rd(s.cast::<W>()), rd(s.add(n - w).cast::<W>()));
+        wr(dst.cast::<W>(), a);
+        wr(dst.add(n - w).cast::<W>(), b);
     }
 }
 
