@@ -49,6 +49,11 @@ const STALL_SOFT: usize = 256 * 1024;
 /// the soft stall to take it for one that stopped reading. Well above the pauses of a reader
 /// that is only slow: its window opens again in pieces of at least an MSS.
 const STALL_STUCK: Duration = Duration::from_millis(100);
+/// The queued output past which a subscriber's producers wait for it however its siblings
+/// fare (the hard stall): 3/4 of `max_pending`, as in nats-server.
+fn hard_stall_level(max_pending: u64) -> usize {
+    (max_pending / 4 * 3) as usize
+}
 /// How long a shutdown waits for clients' queued output to drain.
 const SHUTDOWN_FLUSH: Duration = Duration::from_secs(2);
 
@@ -1511,7 +1516,7 @@ impl Shard {
         let stalled = std::mem::take(&mut *self.stalled.borrow_mut());
         self.stall_batch.set(self.stall_batch.get() + 1);
         self.flush();
-        let hard = (self.opts.borrow().max_pending / 4 * 3) as usize;
+        let hard = hard_stall_level(self.opts.borrow().max_pending);
         // The soft stall waits while every subscriber it is for still has more than
         // `STALL_SOFT` queued: once one has less, pausing would leave it idle.
         let soft: Vec<&Rc<Client>> = match hungry {
@@ -1813,11 +1818,8 @@ impl Shard {
             );
         }
         let headers = c.headers.get();
-        let pending = {
-            let mut out = c.out.borrow_mut();
-            m.write(&mut out, &s.sid, headers);
-            out.len() + c.in_flight.get()
-        };
+        m.write(&mut c.out.borrow_mut(), &s.sid, headers);
+        let pending = c.pending();
         c.count_out(m.size_for(headers));
         let max_pending = self.opts.borrow().max_pending;
         if pending as u64 > max_pending {
@@ -1833,7 +1835,7 @@ impl Shard {
         }
         self.mark_dirty(c);
         c.fed.set(true);
-        let stall = pending > STALL_SOFT || pending as u64 > max_pending / 4 * 3;
+        let stall = pending > STALL_SOFT || pending > hard_stall_level(max_pending);
         let batch = self.stall_batch.get();
         if stall && c.stall_batch.replace(batch) != batch {
             self.stalled.borrow_mut().push(c.clone());

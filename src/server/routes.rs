@@ -86,7 +86,6 @@ impl Route {
         self.write(b"PING\r\n");
     }
 
-    /// Wakes the writer.
     /// Wakes the writer if it waits; returns whether it did.
     fn wake(&self) -> bool {
         self.waker.take().map(Waker::wake).is_some()
