@@ -193,61 +193,17 @@ pub fn write_msg(
 /// subject or reply takes [`write_msg`].
 const LINE_MAX: usize = 384;
 
-/// The parts of a message's `MSG`/`HMSG` line that are the same for every subscriber: the
-/// verb and subject before the sid, and the reply and sizes after it.
-struct Line {
-    buf: [u8; LINE_MAX],
+/// Where the parts of a message's `MSG`/`HMSG` line that are the same for every subscriber
+/// lie in [`Outgoing`]'s line buffer: the verb and subject before the sid, and the reply and
+/// sizes after it.
+#[derive(Clone, Copy)]
+struct Spans {
     /// `HMSG <subject> ` is `buf[..head]`; `MSG <subject> ` is `buf[1..head]`.
     head: usize,
-    /// ` [reply ]<size>\r\n` for `MSG`.
-    msg_tail: std::ops::Range<usize>,
-    /// ` [reply ]<hdr_len> <total>\r\n` for `HMSG`.
-    hmsg_tail: std::ops::Range<usize>,
-}
-
-impl Line {
-    // Always inlined into the `OnceCell` initializer, so the line is built in place: as a
-    // call it returns ~400 bytes by value, a memcpy per message (+100 instructions per
-    // pub16 message when a change elsewhere tipped the inliner).
-    #[inline(always)]
-    fn new(subject: &[u8], reply: Option<&[u8]>, hdr_len: usize, msg: &[u8]) -> Option<Line> {
-        let reply_len = reply.map_or(0, |r| r.len() + 1);
-        if subject.len() + 2 * reply_len + 80 > LINE_MAX {
-            return None;
-        }
-        let mut buf = [0; LINE_MAX];
-        let mut num = itoa::Buffer::new();
-        let mut w = &mut buf[..];
-        let tail_start = |w: &mut &mut [u8]| {
-            if let Some(r) = reply {
-                w.put_u8(b' ');
-                w.put_slice(r);
-            }
-            w.put_u8(b' ');
-        };
-        w.put_slice(b"HMSG ");
-        w.put_slice(subject);
-        w.put_u8(b' ');
-        let head = LINE_MAX - w.len();
-        tail_start(&mut w);
-        w.put_slice(num.format(msg.len() - hdr_len.min(msg.len())).as_bytes());
-        w.put_slice(b"\r\n");
-        let msg_end = LINE_MAX - w.len();
-        if hdr_len > 0 {
-            tail_start(&mut w);
-            w.put_slice(num.format(hdr_len).as_bytes());
-            w.put_u8(b' ');
-            w.put_slice(num.format(msg.len()).as_bytes());
-            w.put_slice(b"\r\n");
-        }
-        let hmsg_end = LINE_MAX - w.len();
-        Some(Line {
-            buf,
-            head,
-            msg_tail: head..msg_end,
-            hmsg_tail: msg_end..hmsg_end,
-        })
-    }
+    /// ` [reply ]<size>\r\n` for `MSG` is `buf[head..msg_end]`.
+    msg_end: usize,
+    /// ` [reply ]<hdr_len> <total>\r\n` for `HMSG` is `buf[msg_end..hmsg_end]`.
+    hmsg_end: usize,
 }
 
 /// One message as its subscribers get it. The line's parts that do not depend on the
@@ -260,7 +216,13 @@ pub struct Outgoing<'a> {
     pub hdr_len: usize,
     /// The header block followed by the payload.
     pub msg: &'a [u8],
-    line: std::cell::OnceCell<Option<Line>>,
+    /// `None` until the first delivery formats the line; then `Some(None)` when it does not
+    /// fit in `buf` (the delivery takes [`write_msg`]).
+    spans: std::cell::Cell<Option<Option<Spans>>>,
+    /// The line, written in place once: neither zeroed nor moved, where building a line
+    /// value and storing it cost a 384-byte fill and two ~400-byte copies per message
+    /// (a tenth of a pub/sub 128 B message's time).
+    buf: std::cell::UnsafeCell<std::mem::MaybeUninit<[u8; LINE_MAX]>>,
 }
 
 impl<'a> Outgoing<'a> {
@@ -271,7 +233,8 @@ impl<'a> Outgoing<'a> {
             reply,
             hdr_len,
             msg,
-            line: std::cell::OnceCell::new(),
+            spans: std::cell::Cell::new(None),
+            buf: std::cell::UnsafeCell::new(std::mem::MaybeUninit::uninit()),
         }
     }
 
@@ -284,12 +247,64 @@ impl<'a> Outgoing<'a> {
         }
     }
 
+    /// Writes the line into `buf` (once: `spans` is still `None`, so no slice of `buf` has
+    /// been handed out) and says where its parts are; `None` when it does not fit.
+    #[inline(always)]
+    fn format(&self) -> Option<Spans> {
+        let (subject, reply, hdr_len, msg) = (self.subject, self.reply, self.hdr_len, self.msg);
+        let reply_len = reply.map_or(0, |r| r.len() + 1);
+        if subject.len() + 2 * reply_len + 80 > LINE_MAX {
+            return None;
+        }
+        let base = self.buf.get().cast::<u8>();
+        let mut at = 0;
+        let mut put = |b: &[u8]| {
+            // SAFETY: what is put is at most the 80 bytes of verb, spaces and numbers, the
+            // subject and the reply twice, which the check above keeps within `LINE_MAX`;
+            // nothing else refers to `buf` while it is written (see above).
+            unsafe { std::ptr::copy_nonoverlapping(b.as_ptr(), base.add(at), b.len()) };
+            at += b.len();
+            at
+        };
+        put(b"HMSG ");
+        put(subject);
+        let head = put(b" ");
+        let mut tail = |sizes: &[&[u8]]| {
+            if let Some(r) = reply {
+                put(b" ");
+                put(r);
+            }
+            for size in sizes {
+                put(b" ");
+                put(size);
+            }
+            put(b"\r\n")
+        };
+        let (mut n, mut total) = (itoa::Buffer::new(), itoa::Buffer::new());
+        let msg_end = tail(&[n.format(msg.len() - hdr_len.min(msg.len())).as_bytes()]);
+        let hmsg_end = match hdr_len {
+            0 => msg_end,
+            _ => tail(&[
+                n.format(hdr_len).as_bytes(),
+                total.format(msg.len()).as_bytes(),
+            ]),
+        };
+        Some(Spans {
+            head,
+            msg_end,
+            hmsg_end,
+        })
+    }
+
     /// Appends the delivery to subscription `sid`, as [`write_msg`] would.
+    #[inline(always)]
     pub fn write(&self, out: &mut Outbound, sid: &[u8], headers: bool) {
-        let line = self
-            .line
-            .get_or_init(|| Line::new(self.subject, self.reply, self.hdr_len, self.msg));
-        let Some(l) = line else {
+        let spans = self.spans.get().unwrap_or_else(|| {
+            let s = self.format();
+            self.spans.set(Some(s));
+            s
+        });
+        let Some(sp) = spans else {
             let size = self.subject.len() + self.reply.map_or(0, <[u8]>::len) + self.msg.len();
             return write_msg(
                 out.tail(size + sid.len() + 64),
@@ -301,13 +316,16 @@ impl<'a> Outgoing<'a> {
                 headers,
             );
         };
+        // SAFETY: `format` wrote the first `hmsg_end` bytes of `buf`, and nothing writes
+        // them again.
+        let l = unsafe { std::slice::from_raw_parts(self.buf.get().cast::<u8>(), sp.hmsg_end) };
         let with_hdr = headers && self.hdr_len > 0;
         let (head, tail, body) = if with_hdr {
-            (&l.buf[..l.head], &l.buf[l.hmsg_tail.clone()], self.msg)
+            (&l[..sp.head], &l[sp.msg_end..], self.msg)
         } else {
             (
-                &l.buf[1..l.head],
-                &l.buf[l.msg_tail.clone()],
+                &l[1..sp.head],
+                &l[sp.head..sp.msg_end],
                 &self.msg[self.hdr_len.min(self.msg.len())..],
             )
         };

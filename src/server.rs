@@ -1492,6 +1492,7 @@ impl Shard {
         }
     }
 
+    #[inline]
     fn mark_dirty(&self, c: &Rc<Client>) {
         if !c.dirty.replace(true) {
             self.dirty.borrow_mut().push(c.clone());
