@@ -48,6 +48,16 @@ pub struct Parts {
 }
 
 impl Parts {
+    /// A message's parts at these places of its frame.
+    pub fn new(subject: Span, reply: Option<Span>, hdr_len: usize, msg: Span) -> Parts {
+        Parts {
+            subject,
+            reply,
+            hdr_len,
+            msg,
+        }
+    }
+
     fn shifted(self, by: usize) -> Parts {
         let shift = |s: Span| s.start + by..s.end + by;
         Parts {
@@ -137,12 +147,7 @@ impl OwnedPub {
     ) -> Self {
         OwnedPub {
             frame,
-            parts: Parts {
-                subject,
-                reply,
-                hdr_len,
-                msg,
-            },
+            parts: Parts::new(subject, reply, hdr_len, msg),
         }
     }
 

@@ -7,8 +7,8 @@
 //! 2.6): one connection per remote server, the account named in every message. It does not
 //! touch sockets or shards: `server` drives route connections with it.
 
-use crate::parser::{OwnedPub, Span};
-use bytes::{Buf, Bytes, BytesMut};
+use crate::parser::{Parts, PubMsg, Span};
+use bytes::{Bytes, BytesMut};
 use serde::{Deserialize, Serialize};
 
 /// The route protocol version Tern speaks (`RouteProtoV2`).
@@ -236,9 +236,9 @@ pub struct RouteConnect {
     pub gateway: String,
 }
 
-/// One operation from a route peer.
+/// One operation from a route peer. A message borrows the read chunk it lies in.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum RouteOp {
+pub enum RouteOp<'a> {
     Info(Bytes),
     Connect(Bytes),
     Ping,
@@ -260,10 +260,10 @@ pub enum RouteOp {
     /// `RMSG`/`HMSG`/`LMSG`: a message for this server's subscribers, and the queue groups
     /// the sender picked this server to serve.
     Msg {
-        account: Bytes,
+        account: &'a [u8],
         /// The queue groups the sender picked this server for.
         queues: Vec<Bytes>,
-        msg: OwnedPub,
+        msg: PubMsg<'a>,
     },
 }
 
@@ -302,30 +302,40 @@ pub struct RouteParser {
 }
 
 /// Where the space-separated tokens of `line` are.
-fn tokens(line: &[u8], out: &mut Vec<Span>) {
+/// Splits the control line at the front of `buf` into its space- or tab-separated tokens
+/// (in `out`) and returns where its LF is, in one pass; `None` when no LF is in `buf`. A
+/// CR just before the LF ends the line too (anywhere else it is part of a token).
+fn line_tokens(buf: &[u8], out: &mut Vec<Span>) -> Option<usize> {
     out.clear();
     let mut start = None;
-    for (i, &b) in line.iter().enumerate() {
-        let sep = b == b' ' || b == b'\t';
-        match (sep, start) {
-            (false, None) => start = Some(i),
-            (true, Some(s)) => {
+    for (i, &b) in buf.iter().enumerate() {
+        if b == b' ' || b == b'\t' || b == b'\n' {
+            if let Some(s) = start.take() {
                 out.push(s..i);
-                start = None;
             }
-            _ => {}
+            if b == b'\n' {
+                if let Some(last) = out.last_mut().filter(|t| t.end == i && buf[i - 1] == b'\r') {
+                    last.end -= 1;
+                    if last.start == last.end {
+                        out.pop();
+                    }
+                }
+                return Some(i);
+            }
+        } else if start.is_none() {
+            start = Some(i);
         }
     }
-    if let Some(s) = start {
-        out.push(s..line.len());
-    }
+    None
 }
 
 fn number(b: &[u8]) -> Option<usize> {
-    if b.is_empty() || b.len() > 12 || !b.iter().all(u8::is_ascii_digit) {
+    if b.is_empty() || b.len() > 12 {
         return None;
     }
-    std::str::from_utf8(b).ok()?.parse().ok()
+    b.iter().try_fold(0, |n: usize, &d| {
+        d.is_ascii_digit().then(|| n * 10 + usize::from(d - b'0'))
+    })
 }
 
 /// The parts of an `RMSG`/`HMSG`/`LMSG` control line, as places in it.
@@ -348,58 +358,80 @@ impl RouteParser {
         }
     }
 
-    /// The next whole operation in `buf` (consumed from it), or `None` until more arrives.
-    /// A message comes out as one frame of the read buffer, its parts in place.
-    pub fn next(&mut self, buf: &mut BytesMut) -> Result<Option<RouteOp>, RouteError> {
+    /// How many bytes, counted from the position of the next call, must be there before it
+    /// can make progress: all of a message whose control line has arrived, or 1. A reader
+    /// holding fewer reads on first, so a large message is not parsed again on every read.
+    pub fn wants(&self) -> usize {
+        self.need.max(1)
+    }
+
+    /// Takes the next whole operation from `chunk[*pos..]` and moves `*pos` past it; `None`
+    /// means more bytes are needed, and what is left from `*pos` on must come first in the
+    /// next chunk. A message borrows the chunk, its parts in place: no copy, no reference
+    /// count per message.
+    pub fn next<'a>(
+        &mut self,
+        chunk: &'a Bytes,
+        pos: &mut usize,
+    ) -> Result<Option<RouteOp<'a>>, RouteError> {
         loop {
+            let base = *pos;
+            let buf = &chunk[base..];
             if buf.len() < self.need {
                 return Ok(None);
             }
             self.need = 0;
-            let Some(nl) = memchr::memchr(b'\n', buf) else {
+            let line_max = buf.len().min(self.max_control_line + 1);
+            let Some(nl) = line_tokens(&buf[..line_max], &mut self.toks) else {
                 if buf.len() > self.max_control_line {
                     return Err(RouteError::ControlLine);
                 }
                 return Ok(None);
             };
-            if nl > self.max_control_line {
-                return Err(RouteError::ControlLine);
-            }
             let end = if nl > 0 && buf[nl - 1] == b'\r' {
                 nl - 1
             } else {
                 nl
             };
-            tokens(&buf[..end], &mut self.toks);
-            if self.toks.is_empty() {
-                buf.advance(nl + 1);
+            let Some(verb) = self.toks.first().map(|t| &buf[t.clone()]) else {
+                *pos += nl + 1;
                 continue;
-            }
-            let verb = &buf[self.toks[0].clone()];
-            let is = |v: &[u8]| verb.eq_ignore_ascii_case(v);
-            if is(b"RMSG") || is(b"HMSG") || is(b"LMSG") {
-                let m = self.msg_line(&buf[..end], is(b"LMSG"), !is(b"RMSG"))?;
+            };
+            let msg = match verb {
+                [a, b'M' | b'm', b'S' | b's', b'G' | b'g'] => match a.to_ascii_uppercase() {
+                    b'R' => Some((false, false)),
+                    b'H' => Some((false, true)),
+                    b'L' => Some((true, true)),
+                    _ => None,
+                },
+                _ => None,
+            };
+            if let Some((lmsg, headers)) = msg {
+                let m = self.msg_line(&buf[..end], lmsg, headers)?;
                 let needed = nl + 1 + m.total + 2;
                 if buf.len() < needed {
                     self.need = needed;
                     return Ok(None);
                 }
-                let frame = buf.split_to(needed).freeze();
-                let queues = self.toks[m.queues]
-                    .iter()
-                    .map(|q| frame.slice(q.clone()))
-                    .collect();
-                let account = frame.slice(m.account);
-                let body = nl + 1..nl + 1 + m.total;
-                let msg = OwnedPub::from_frame(frame, m.subject, m.reply, m.hdr_len, body);
+                *pos = base + needed;
+                let at = |s: &Span| s.start + base..s.end + base;
+                let queues = match m.queues.is_empty() {
+                    true => Vec::new(),
+                    false => self.toks[m.queues]
+                        .iter()
+                        .map(|q| chunk.slice(at(q)))
+                        .collect(),
+                };
+                let body = base + nl + 1..base + nl + 1 + m.total;
+                let parts = Parts::new(at(&m.subject), m.reply.as_ref().map(at), m.hdr_len, body);
                 return Ok(Some(RouteOp::Msg {
-                    account,
+                    account: &chunk[at(&m.account)],
                     queues,
-                    msg,
+                    msg: PubMsg::new(chunk, parts),
                 }));
             }
-            let line = buf.split_to(nl + 1).freeze().slice(..end);
-            return self.other(&line).map(Some);
+            *pos = base + nl + 1;
+            return self.other(&chunk.slice(base..base + end)).map(Some);
         }
     }
 
@@ -450,7 +482,7 @@ impl RouteParser {
     }
 
     /// Any operation but a message (tokens already in `self.toks`).
-    fn other(&self, line: &Bytes) -> Result<RouteOp, RouteError> {
+    fn other(&self, line: &Bytes) -> Result<RouteOp<'static>, RouteError> {
         let bad = || RouteError::Protocol(String::from_utf8_lossy(line).into_owned());
         let toks: Vec<Bytes> = self.toks.iter().map(|t| line.slice(t.clone())).collect();
         let verb = toks[0].to_ascii_uppercase();
@@ -626,18 +658,37 @@ mod tests {
 
     use super::*;
 
-    fn parse_all(input: &[u8]) -> Vec<RouteOp> {
+    /// Parses `input` as a route's read loop does, a chunk per read, the rest of a partial
+    /// operation carried into the next one. The chunks are leaked so that the operations
+    /// can outlive them here.
+    fn parse_chunks(input: &[u8], size: usize) -> Vec<RouteOp<'static>> {
         let mut p = RouteParser::new(4096, 1 << 20);
         let mut buf = BytesMut::new();
         let mut out = Vec::new();
-        // Byte by byte: the parser must cope with any split.
-        for &b in input {
-            buf.extend_from_slice(&[b]);
-            while let Some(op) = p.next(&mut buf).unwrap() {
+        for piece in input.chunks(size) {
+            buf.extend_from_slice(piece);
+            if buf.len() < p.wants() {
+                continue;
+            }
+            let chunk: &'static Bytes = Box::leak(Box::new(buf.split().freeze()));
+            let mut pos = 0;
+            while let Some(op) = p.next(chunk, &mut pos).unwrap() {
                 out.push(op);
             }
+            buf.extend_from_slice(&chunk[pos..]);
         }
+        assert!(buf.is_empty(), "{} bytes left unparsed", buf.len());
         out
+    }
+
+    /// Byte by byte (the parser must cope with any split), and checked against other
+    /// chunk sizes.
+    fn parse_all(input: &[u8]) -> Vec<RouteOp<'static>> {
+        let ops = parse_chunks(input, 1);
+        for size in [2, 7, 64, input.len().max(1)] {
+            assert_eq!(parse_chunks(input, size), ops, "chunks of {size}");
+        }
+        ops
     }
 
     #[test]
@@ -676,16 +727,13 @@ mod tests {
         assert!(matches!(&ops[3], RouteOp::Sub { subject, .. } if subject == "x.y"));
         assert!(matches!(&ops[4], RouteOp::Unsub { subject, queue: None, .. } if subject == "x.y"));
         let msg = |i: usize| match &ops[i] {
-            RouteOp::Msg { queues, msg, .. } => {
-                let msg = msg.as_msg();
-                (
-                    b(std::str::from_utf8(msg.subject()).unwrap()),
-                    msg.reply().map(|r| b(std::str::from_utf8(r).unwrap())),
-                    queues.clone(),
-                    msg.hdr_len(),
-                    Bytes::copy_from_slice(msg.msg()),
-                )
-            }
+            RouteOp::Msg { queues, msg, .. } => (
+                b(std::str::from_utf8(msg.subject()).unwrap()),
+                msg.reply().map(|r| b(std::str::from_utf8(r).unwrap())),
+                queues.clone(),
+                msg.hdr_len(),
+                Bytes::copy_from_slice(msg.msg()),
+            ),
             o => panic!("{o:?}"),
         };
         assert_eq!(msg(5), (b("foo"), None, vec![], 0, b("hello")));
@@ -718,8 +766,8 @@ mod tests {
                 input.extend_from_slice(pieces[(x % pieces.len() as u64) as usize]);
             }
             let mut p = RouteParser::new(64, 32);
-            let mut buf = BytesMut::from(&input[..]);
-            while let Ok(Some(_)) = p.next(&mut buf) {}
+            let (chunk, mut pos) = (Bytes::from(input), 0);
+            while let Ok(Some(_)) = p.next(&chunk, &mut pos) {}
         }
     }
 
@@ -767,13 +815,16 @@ mod tests {
     #[test]
     fn refuses_garbage_and_limits() {
         let mut p = RouteParser::new(64, 10);
-        let mut buf = BytesMut::from(&b"BOGUS x\r\n"[..]);
-        assert!(matches!(p.next(&mut buf), Err(RouteError::Protocol(_))));
-        let mut buf = BytesMut::from(&b"RMSG $G foo 11\r\n"[..]);
-        assert_eq!(p.next(&mut buf), Err(RouteError::Payload));
-        let mut buf = BytesMut::from(&[b'x'; 100][..]);
-        assert_eq!(p.next(&mut buf), Err(RouteError::ControlLine));
-        let mut buf = BytesMut::from(&b"RMSG $G\r\n"[..]);
-        assert!(p.next(&mut buf).is_err());
+        let mut next = |input: &[u8]| p.next(&Bytes::copy_from_slice(input), &mut 0).map(|_| ());
+        assert!(matches!(next(b"BOGUS x\r\n"), Err(RouteError::Protocol(_))));
+        assert_eq!(next(b"RMSG $G foo 11\r\n"), Err(RouteError::Payload));
+        assert_eq!(next(&[b'x'; 100]), Err(RouteError::ControlLine));
+        assert!(next(b"RMSG $G\r\n").is_err());
+        assert!(next(b"RMSG $G foo 1x\r\n").is_err());
+        assert_eq!(number(b"0042"), Some(42));
+        assert_eq!(number(b"999999999999"), Some(999_999_999_999));
+        assert_eq!(number(b"1234567890123"), None);
+        assert_eq!(number(b""), None);
+        assert_eq!(number(b"-1"), None);
     }
 }
