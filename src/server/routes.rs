@@ -309,9 +309,11 @@ pub(super) fn queue_weight(r: &SublistResult<RouteSub>, name: &[u8]) -> usize {
 }
 
 /// What one message sends to which route: plain interest, and the queue groups picked there.
+/// Held inline for up to four routes, so a message allocates nothing here (a `Vec` cost a
+/// routed message a malloc and a free, ~20 ns).
 #[derive(Default)]
 pub(super) struct RouteSends {
-    to: Vec<(Rc<Route>, bool, Vec<Bytes>)>,
+    to: smallvec::SmallVec<[(Rc<Route>, bool, Vec<Bytes>); 4]>,
 }
 
 impl RouteSends {
