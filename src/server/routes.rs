@@ -313,11 +313,14 @@ pub(super) fn queue_weight(r: &SublistResult<RouteSub>, name: &[u8]) -> usize {
 /// routed message a malloc and a free, ~20 ns).
 #[derive(Default)]
 pub(super) struct RouteSends {
-    to: smallvec::SmallVec<[(Rc<Route>, bool, Vec<Bytes>); 4]>,
+    to: smallvec::SmallVec<[RouteSend; 4]>,
 }
 
+/// A route, whether it gets the message for plain interest, and the queue groups it serves.
+type RouteSend = (Rc<Route>, bool, Vec<Bytes>);
+
 impl RouteSends {
-    fn entry(&mut self, route: &Rc<Route>) -> &mut (Rc<Route>, bool, Vec<Bytes>) {
+    fn entry(&mut self, route: &Rc<Route>) -> &mut RouteSend {
         let i = match self.to.iter().position(|(r, _, _)| r.rid == route.rid) {
             Some(i) => i,
             None => {
