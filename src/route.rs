@@ -301,7 +301,6 @@ pub struct RouteParser {
     toks: Vec<Span>,
 }
 
-/// Where the space-separated tokens of `line` are.
 /// Splits the control line at the front of `buf` into its space- or tab-separated tokens
 /// (in `out`) and returns where its LF is, in one pass; `None` when no LF is in `buf`. A
 /// CR just before the LF ends the line too (anywhere else it is part of a token).
