@@ -1,12 +1,14 @@
-//! Micro-benchmarks of the sans-IO hot path: the parser, the MSG encoder, the subject index
-//! (hit, miss, wildcards, a large index, churn). Run with `cargo bench`; compare runs with
+//! Micro-benchmarks of the sans-IO hot path: the client and route parsers, the MSG encoders
+//! (one-off and one message to many subscribers), the subject index (hit, miss, wildcards, a
+//! large index, churn). Run with `cargo bench`; compare runs with
 //! criterion's saved baselines. The cross-shard hop is in `shards/benches/mesh.rs`; whole-server
 //! throughput is measured by `tern-bench` (perf/), side by side with nats-server.
 
 use bytes::{Bytes, BytesMut};
 use criterion::{black_box, criterion_group, criterion_main, BatchSize, Criterion, Throughput};
-use tern::client::write_msg;
+use tern::client::{write_msg, Outbound, Outgoing};
 use tern::parser::{Op, Parser};
+use tern::route::{RouteOp, RouteParser};
 use tern::sublist::Sublist;
 
 fn pubs(n: usize, payload: usize) -> Vec<u8> {
@@ -47,6 +49,36 @@ fn parser(c: &mut Criterion) {
     g.finish();
 }
 
+fn route_parser(c: &mut Criterion) {
+    let mut g = c.benchmark_group("route_parser");
+    let body = vec![b'x'; 128];
+    let n = 256 * 1024 / (128 + 32);
+    let mut input = Vec::new();
+    for i in 0..n {
+        input.extend_from_slice(format!("RMSG $G bench.subject.{} 128\r\n", i % 16).as_bytes());
+        input.extend_from_slice(&body);
+        input.extend_from_slice(b"\r\n");
+    }
+    g.throughput(Throughput::Elements(n as u64));
+    g.bench_function("rmsg_128B", |b| {
+        b.iter_batched(
+            || Bytes::copy_from_slice(&input[..]),
+            |buf| {
+                let mut p = RouteParser::new(4096, 1 << 20);
+                let (mut count, mut pos) = (0, 0);
+                while let Ok(Some(op)) = p.next(&buf, &mut pos) {
+                    if let RouteOp::Msg { .. } = op {
+                        count += 1;
+                    }
+                }
+                assert_eq!(count, n);
+            },
+            BatchSize::LargeInput,
+        )
+    });
+    g.finish();
+}
+
 fn encoder(c: &mut Criterion) {
     let mut g = c.benchmark_group("encoder");
     let payload = vec![b'x'; 128];
@@ -67,6 +99,21 @@ fn encoder(c: &mut Criterion) {
                 );
             }
             black_box(out.len())
+        })
+    });
+    // Fan-out: one message to 16 subscribers, the line formatted once and copied 16 times.
+    g.throughput(Throughput::Elements(1000 * 16));
+    g.bench_function("outgoing_128B_x1000_to_16", |b| {
+        let sids: Vec<Vec<u8>> = (1..=16).map(|i: u32| i.to_string().into_bytes()).collect();
+        b.iter(|| {
+            let mut outs: Vec<Outbound> = (0..16).map(|_| Outbound::default()).collect();
+            for _ in 0..1000 {
+                let m = Outgoing::new(b"bench.subject.7", None, 0, black_box(&payload));
+                for (out, sid) in outs.iter_mut().zip(&sids) {
+                    m.write(out, sid, false);
+                }
+            }
+            black_box(outs.iter().map(Outbound::len).sum::<usize>())
         })
     });
     g.finish();
@@ -123,5 +170,5 @@ fn sublist(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, parser, encoder, sublist);
+criterion_group!(benches, parser, route_parser, encoder, sublist);
 criterion_main!(benches);
