@@ -764,9 +764,47 @@ mod tests {
                 x ^= x << 17;
                 input.extend_from_slice(pieces[(x % pieces.len() as u64) as usize]);
             }
+            // Whole, and in reads of 1 to 8 bytes with the rest carried over as the route's
+            // read loop does: the same operations, and the same error if any.
+            let whole = {
+                let mut p = RouteParser::new(64, 32);
+                let (chunk, mut pos, mut ops) = (Bytes::from(input.clone()), 0, Vec::new());
+                let end = loop {
+                    match p.next(&chunk, &mut pos) {
+                        Ok(Some(op)) => ops.push(format!("{op:?}")),
+                        other => break format!("{other:?}"),
+                    }
+                };
+                (ops, end)
+            };
             let mut p = RouteParser::new(64, 32);
-            let (chunk, mut pos) = (Bytes::from(input), 0);
-            while let Ok(Some(_)) = p.next(&chunk, &mut pos) {}
+            let (mut buf, mut ops, mut end) = (BytesMut::new(), Vec::new(), None);
+            for piece in input.chunks((x % 8) as usize + 1) {
+                buf.extend_from_slice(piece);
+                if buf.len() < p.wants() {
+                    continue;
+                }
+                let chunk = buf.split().freeze();
+                let mut pos = 0;
+                loop {
+                    match p.next(&chunk, &mut pos) {
+                        Ok(Some(op)) => ops.push(format!("{op:?}")),
+                        Ok(None) => break,
+                        Err(e) => {
+                            end = Some(format!("{:?}", Err::<(), _>(e)));
+                            break;
+                        }
+                    }
+                }
+                if end.is_some() {
+                    break;
+                }
+                buf.extend_from_slice(&chunk[pos..]);
+            }
+            assert_eq!(ops, whole.0, "{:?}", String::from_utf8_lossy(&input));
+            if let Some(e) = end {
+                assert_eq!(e, whole.1, "{:?}", String::from_utf8_lossy(&input));
+            }
         }
     }
 
