@@ -13,7 +13,7 @@
 #            to the bench arguments); default placement a: one shard on core 1, the
 #            generator on core 0
 #   -n ROWS  how many functions to list (default 25)
-#   TERN_ARGS="--spin_before_park 0" passes extra arguments to Tern.
+#   TERN_ARGS="--spin_before_park 0" passes extra arguments to Tern; TERN another binary.
 #
 # Example: perf/ns-per-msg.sh -- pubsub --size 128
 # The run lasts 8 s (sampling from 2 s to 5 s); the rate is the bench's out (or in) msgs/s.
@@ -31,23 +31,21 @@ while [ $# -gt 0 ]; do
 done
 [ $# -ge 1 ] || { echo "usage: $0 [-b] [-n ROWS] -- SCENARIO [bench args]" >&2; exit 2; }
 command -v perf >/dev/null || { echo "perf is not installed" >&2; exit 1; }
-tern=target/release/tern
 bench=target/release/tern-bench
-port=$((20000 + RANDOM % 20000))
 data=$(mktemp /tmp/ns-per-msg.XXXXXX)
 log=$(mktemp /tmp/ns-per-msg-bench.XXXXXX)
 freq=2000
 secs=3
+. perf/fresh-tern.sh
+# shellcheck disable=SC2086 # TERN_ARGS are words
 if [ $placement = a ]; then
-  taskset -c 1 $tern -a 127.0.0.1 -p $port --shards 1 ${TERN_ARGS:-} >/dev/null 2>&1 &
+  TERN_WRAP="taskset -c 1" fresh_tern --shards 1 ${TERN_ARGS:-}
   pin=(--pin 0)
 else
-  $tern -a 127.0.0.1 -p $port --shards 2 ${TERN_ARGS:-} >/dev/null 2>&1 &
+  fresh_tern --shards 2 ${TERN_ARGS:-}
   pin=()
 fi
-pid=$!
 trap 'kill $pid 2>/dev/null || true; rm -f "$data" "$log"' EXIT
-sleep 0.5
 $bench run "$@" --duration 8 "${pin[@]}" --url nats://127.0.0.1:$port >"$log" 2>&1 &
 gen=$!
 sleep 2

@@ -657,13 +657,16 @@ mod tests {
 
     use super::*;
 
-    /// Parses `input` as a route's read loop does, a chunk per read, the rest of a partial
-    /// operation carried into the next one. The chunks are leaked so that the operations
-    /// can outlive them here.
-    fn parse_chunks(input: &[u8], size: usize) -> Vec<RouteOp<'static>> {
-        let mut p = RouteParser::new(4096, 1 << 20);
-        let mut buf = BytesMut::new();
-        let mut out = Vec::new();
+    /// Feeds `input` to `p` as a route's read loop does, `size` bytes per read, the rest of a
+    /// partial operation carried into the next chunk. Returns the operations and how many
+    /// bytes were left unparsed, or the error that stopped it. The chunks are leaked so that
+    /// the operations can outlive them here.
+    fn feed(
+        p: &mut RouteParser,
+        input: &[u8],
+        size: usize,
+    ) -> (Vec<RouteOp<'static>>, Result<usize, RouteError>) {
+        let (mut buf, mut ops) = (BytesMut::new(), Vec::new());
         for piece in input.chunks(size) {
             buf.extend_from_slice(piece);
             if buf.len() < p.wants() {
@@ -671,13 +674,23 @@ mod tests {
             }
             let chunk: &'static Bytes = Box::leak(Box::new(buf.split().freeze()));
             let mut pos = 0;
-            while let Some(op) = p.next(chunk, &mut pos).unwrap() {
-                out.push(op);
+            loop {
+                match p.next(chunk, &mut pos) {
+                    Ok(Some(op)) => ops.push(op),
+                    Ok(None) => break,
+                    Err(e) => return (ops, Err(e)),
+                }
             }
             buf.extend_from_slice(&chunk[pos..]);
         }
-        assert!(buf.is_empty(), "{} bytes left unparsed", buf.len());
-        out
+        (ops, Ok(buf.len()))
+    }
+
+    /// Everything in `input`, in chunks of `size`.
+    fn parse_chunks(input: &[u8], size: usize) -> Vec<RouteOp<'static>> {
+        let (ops, left) = feed(&mut RouteParser::new(4096, 1 << 20), input, size);
+        assert_eq!(left, Ok(0), "chunks of {size}");
+        ops
     }
 
     /// Byte by byte (the parser must cope with any split), and checked against other
@@ -766,44 +779,12 @@ mod tests {
             }
             // Whole, and in reads of 1 to 8 bytes with the rest carried over as the route's
             // read loop does: the same operations, and the same error if any.
-            let whole = {
-                let mut p = RouteParser::new(64, 32);
-                let (chunk, mut pos, mut ops) = (Bytes::from(input.clone()), 0, Vec::new());
-                let end = loop {
-                    match p.next(&chunk, &mut pos) {
-                        Ok(Some(op)) => ops.push(format!("{op:?}")),
-                        other => break format!("{other:?}"),
-                    }
-                };
-                (ops, end)
-            };
-            let mut p = RouteParser::new(64, 32);
-            let (mut buf, mut ops, mut end) = (BytesMut::new(), Vec::new(), None);
-            for piece in input.chunks((x % 8) as usize + 1) {
-                buf.extend_from_slice(piece);
-                if buf.len() < p.wants() {
-                    continue;
-                }
-                let chunk = buf.split().freeze();
-                let mut pos = 0;
-                loop {
-                    match p.next(&chunk, &mut pos) {
-                        Ok(Some(op)) => ops.push(format!("{op:?}")),
-                        Ok(None) => break,
-                        Err(e) => {
-                            end = Some(format!("{:?}", Err::<(), _>(e)));
-                            break;
-                        }
-                    }
-                }
-                if end.is_some() {
-                    break;
-                }
-                buf.extend_from_slice(&chunk[pos..]);
-            }
-            assert_eq!(ops, whole.0, "{:?}", String::from_utf8_lossy(&input));
-            if let Some(e) = end {
-                assert_eq!(e, whole.1, "{:?}", String::from_utf8_lossy(&input));
+            let whole = feed(&mut RouteParser::new(64, 32), &input, input.len());
+            let small = feed(&mut RouteParser::new(64, 32), &input, (x % 8) as usize + 1);
+            let text = String::from_utf8_lossy(&input);
+            assert_eq!(small.0, whole.0, "{text:?}");
+            if small.1.is_err() {
+                assert_eq!(small.1, whole.1, "{text:?}");
             }
         }
     }

@@ -2133,16 +2133,16 @@ impl Shard {
         routes: Option<&crate::sublist::SublistResult<routes::RouteSub>>,
         to_routes: bool,
     ) -> QueuePick<'a> {
-        let can_take = |m: &&SubRef| {
+        let can_take = |m: &SubRef| {
             let c = &m.0.client;
             !c.closed.get() && (c.cid != cid || c.echo.get())
         };
         // With no other shard in the group, any member here will do (`deliver_queue` picks
         // which): no need to look at every member's client to count them.
-        if rmembers.is_empty() && members.iter().any(|m| can_take(&m)) {
+        if rmembers.is_empty() && members.iter().any(can_take) {
             return QueuePick::Here;
         }
-        let eligible = members.iter().filter(can_take).count();
+        let eligible = members.iter().filter(|m| can_take(m)).count();
         let weight = |routed: bool| -> usize {
             rmembers
                 .iter()
