@@ -76,6 +76,7 @@ pub const CATALOG: &[Spec] = &[
     spec("reqreply", Kind::Reqreply, 128, 1, 1),
     spec("reqpoll", Kind::Reqpoll, 128, 1, 1),
     spec("openloop", Kind::Openloop, 128, 1, 1),
+    spec("openpoll", Kind::Openpoll, 128, 1, 1),
     routed(spec("routed128", Kind::Pubsub, 128, 1, 1)),
     routed(spec("routedreq", Kind::Reqreply, 128, 1, 1)),
     extra(spec("fanin4x128", Kind::Fanin, 128, 4, 1), 0),
@@ -206,7 +207,7 @@ fn variants(spec: &Spec, placement: char) -> Vec<Placement> {
     // The polling generator needs a core of its own, which placement b (nothing pinned, the
     // server on both cores) does not give it: three spinning threads on two cores measure
     // the OS scheduler, not the server (recorded in perf/results/README.md).
-    if placement == 'b' && spec.kind == Kind::Reqpoll {
+    if placement == 'b' && matches!(spec.kind, Kind::Reqpoll | Kind::Openpoll) {
         return Vec::new();
     }
     if placement == 'a' || spec.routed || matches!(spec.kind, Kind::Pub | Kind::Conns) {
@@ -375,7 +376,7 @@ pub fn compare(s: &Settings) -> Result<Outcome> {
             for v in variants(spec, placement) {
                 let name = format!("{}{}", spec.name, variant_name(v));
                 let mut o = opts_for(s, spec, placement, v);
-                if spec.kind == Kind::Openloop {
+                if matches!(spec.kind, Kind::Openloop | Kind::Openpoll) {
                     o.rate = open_loop_rate(s, &runs, placement, v)?;
                     rates.push((placement, name.clone(), o.rate));
                 }
@@ -508,7 +509,7 @@ fn metrics(kind: Kind) -> Vec<Metric> {
     }
     if matches!(
         kind,
-        Kind::Reqreply | Kind::Reqpoll | Kind::Requesters | Kind::Openloop
+        Kind::Reqreply | Kind::Reqpoll | Kind::Requesters | Kind::Openloop | Kind::Openpoll
     ) {
         m.push(Metric {
             label: "p50 µs ↓",
@@ -1034,13 +1035,14 @@ mod tests {
         assert_eq!(civil_from_days(20_454), (2026, 1, 1));
         assert_eq!(civil_from_days(11_016), (2000, 2, 29));
         let d = pick("default").unwrap();
-        assert_eq!(d.len(), 12);
+        assert_eq!(d.len(), 13);
         assert!(d.iter().any(|s| s.routed && s.kind == Kind::Reqreply));
         assert!(pick("pub16,nope").is_err());
         assert_eq!(pick("churn,conns1k").unwrap()[1].count, 1000);
         let poll = pick("reqpoll").unwrap()[0];
         assert_eq!(variants(&poll, 'a'), vec![Placement::Any]);
         assert!(variants(&poll, 'b').is_empty());
+        assert!(variants(&pick("openpoll").unwrap()[0], 'b').is_empty());
     }
 
     fn run(placement: &str, scenario: &str, server: &'static str, out: f64) -> Run {
@@ -1135,6 +1137,23 @@ mod tests {
         assert_eq!((r.sent, r.received, r.lost), (500, 500, 0), "{r:?}");
         let l = r.latency.expect("latency");
         assert!(l.p50 > 0.0 && l.p50 <= l.p99, "{l:?}");
+        assert!(warnings.is_empty(), "{warnings:?}");
+    }
+
+    /// The polling open loop publishes at its rate and times every delivery.
+    #[test]
+    fn openpoll_times_every_message() {
+        let tern = tern_binary();
+        let spec = pick("openpoll").unwrap()[0];
+        let mut o = opts_for_test(&spec);
+        (o.msgs, o.rate) = (Some(20_000), 100_000);
+        let (r, warnings, _) = one_run(Which::Tern, &tern, &[], 'a', &o, &spec, false).unwrap();
+        assert_eq!((r.sent, r.received, r.lost), (20_000, 20_000, 0), "{r:?}");
+        let l = r.latency.as_ref().expect("latency");
+        assert_eq!(l.count, 20_000, "{l:?}");
+        assert!(l.p50 > 0.0 && l.p50 <= l.p99, "{l:?}");
+        // 20k messages at 100k/s take 0.2 s; a generator that ignored the rate takes less.
+        assert!(r.msgs_in_per_s < 150_000.0, "{r:?}");
         assert!(warnings.is_empty(), "{warnings:?}");
     }
 

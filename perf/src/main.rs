@@ -226,7 +226,7 @@ fn run(a: RunArgs) -> Result<()> {
     };
     if matches!(
         a.scenario,
-        Kind::Openloop | Kind::Reqreply | Kind::Reqpoll | Kind::Requesters
+        Kind::Openloop | Kind::Openpoll | Kind::Reqreply | Kind::Reqpoll | Kind::Requesters
     ) && o.size < 8
     {
         return Err(Error::Config(

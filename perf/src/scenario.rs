@@ -44,6 +44,13 @@ pub enum Kind {
     Reqpoll,
     /// Open loop at --rate msgs/s; latency from each message's intended send time.
     Openloop,
+    /// Openloop from one generator thread that publishes on schedule and reads the
+    /// subscriber between writes, waiting in ppoll(2) until the next message is due or a
+    /// delivery arrives. In openloop the publisher and the subscriber are two threads on the
+    /// generator's core, and a delivery waits until the scheduler runs the subscriber; here
+    /// nothing on the generator's side is woken, so the latency is the server's and the
+    /// kernel's.
+    Openpoll,
     /// Preload --preload subscriptions on idle connections, then pubsub throughput.
     Subscale,
     /// SUB/UNSUB at --churn-rate ops/s on another connection while pubsub runs.
@@ -205,6 +212,7 @@ pub fn run(kind: Kind, o: &Opts, t: &Target) -> Result<Report> {
             f.open_loop = true;
             flow(t, o, &f)?
         }
+        Kind::Openpoll => openpoll(t, o)?,
         Kind::Reqreply => reqreply(t, o, 1, 1)?,
         Kind::Requesters => reqreply(t, o, o.pubs, o.subs)?,
         Kind::Reqpoll => reqpoll(t, o)?,
@@ -466,6 +474,23 @@ fn flow(t: &Target, o: &Opts, f: &Flow) -> Result<Report> {
             let _ = hist.add(&h);
         }
     }
+    let times = (start_ns, pub_end, last_rx);
+    let hist = record_latency.then_some(&hist);
+    Ok(flow_report(o, f, (sent, received), times, hist, &meter))
+}
+
+/// The report of a publish/subscribe run: `(sent, received)` messages, publishing from
+/// `start_ns` to `pub_end` and receiving until `last_rx`, with the latency histogram of an
+/// open-loop run.
+fn flow_report(
+    o: &Opts,
+    f: &Flow,
+    (sent, received): (u64, u64),
+    (start_ns, pub_end, last_rx): (u64, u64, u64),
+    hist: Option<&Histogram<u64>>,
+    meter: &Meter,
+) -> Report {
+    let expected = sent * f.factor;
     let mut r = Report {
         size: o.size,
         pubs: f.pubs,
@@ -486,11 +511,11 @@ fn flow(t: &Target, o: &Opts, f: &Flow) -> Result<Report> {
         r.msgs_out_per_s = received as f64 / out_s;
         r.mb_out_per_s = r.msgs_out_per_s * o.size as f64 / 1e6;
     }
-    if record_latency {
-        r.latency = Some(latency(&hist));
+    if let Some(h) = hist {
+        r.latency = Some(latency(h));
         r.extra.insert("rate_target".into(), o.rate as f64);
     }
-    Ok(r)
+    r
 }
 
 fn core_for(o: &Opts, thread_index: usize) -> Option<usize> {
@@ -602,10 +627,7 @@ fn open_loop_publisher(
     let interval = 1e9 / rate as f64;
     let total = quota.unwrap_or((o.duration.as_secs_f64() * rate as f64) as u64);
     let mut batch = PubBatch::new(SUBJECT, None, o.size, 1024);
-    // SAFETY: prctl on the calling thread with integer arguments only.
-    unsafe {
-        libc::prctl(libc::PR_SET_TIMERSLACK, 1 as libc::c_ulong);
-    }
+    fine_timer_slack();
     let start = now_ns();
     let mut i = 0u64;
     while i < total && !sh.abort.load(Ordering::Relaxed) {
@@ -634,6 +656,152 @@ fn open_loop_publisher(
     }
     c.flush()?;
     Ok(now_ns())
+}
+
+/// Timer slack of 1 ns on the calling thread, so its sleeps and timeouts end within a few
+/// µs of when they are due (the default slack is 50 µs).
+fn fine_timer_slack() {
+    // SAFETY: prctl on the calling thread with integer arguments only.
+    unsafe {
+        libc::prctl(libc::PR_SET_TIMERSLACK, 1 as libc::c_ulong);
+    }
+}
+
+/// Openpoll (see [`Kind::Openpoll`]): one subscriber and one publisher connection, served by
+/// one pinned thread.
+fn openpoll(t: &Target, o: &Opts) -> Result<Report> {
+    let mut sub = t
+        .sub_side()
+        .connect("bench-sub-0", o.placement.subscriber())?;
+    sub.write(format!("SUB {SUBJECT} 1\r\n").as_bytes())?;
+    sub.flush()?;
+    let publ = t.connect("bench-pub-0", o.placement.publisher())?;
+    let (o, target) = (o.clone(), t.clone());
+    let core = core_for(&o, 0);
+    // The polling thread is pinned; the calling thread never is (see `run`).
+    let h = thread::spawn(move || {
+        pin(core);
+        open_polled(sub, publ, &o, &target)
+    });
+    join(h)
+}
+
+/// The openpoll thread: a probe until the subscriber sees one, then message i due at
+/// start + i/rate, stamped with that intended time, written without blocking; deliveries
+/// read whenever there is nothing to write.
+fn open_polled(mut sub: Conn, mut publ: Conn, o: &Opts, t: &Target) -> Result<Report> {
+    use std::os::unix::io::AsRawFd;
+    let sh = Shared {
+        stop: AtomicBool::new(false),
+        abort: AtomicBool::new(false),
+        sent: AtomicU64::new(0),
+        received: AtomicU64::new(0),
+        probe_seen: vec![AtomicBool::new(false)],
+    };
+    let mut r = SubResult::new(true);
+    sub.set_nonblocking()?;
+    // Interest may still be travelling to the publisher's shard or server.
+    let payload = probe_payload(o.size, 0);
+    let mut probe = format!("PUB {SUBJECT} {}\r\n", payload.len()).into_bytes();
+    probe.extend_from_slice(&payload);
+    probe.extend_from_slice(b"\r\n");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !sh.probe_seen[0].load(Ordering::Relaxed) {
+        if Instant::now() > deadline {
+            return Err(Error::Timeout(
+                "interest did not reach the publisher (no probe seen)".into(),
+            ));
+        }
+        publ.write(&probe)?;
+        publ.flush()?;
+        while poll_read(&mut sub, "the subscriber")? {
+            take_frames(&mut sub, &sh, o, 0, 1, &mut r)?;
+        }
+        thread::sleep(Duration::from_millis(1));
+    }
+    publ.set_nonblocking()?;
+    fine_timer_slack();
+    let interval = 1e9 / o.rate.max(1) as f64;
+    let total = o
+        .msgs
+        .unwrap_or((o.duration.as_secs_f64() * o.rate as f64) as u64);
+    let due_at = |i: u64| (i as f64 * interval) as u64;
+    let mut batch = PubBatch::new(SUBJECT, None, o.size, 1024);
+    let mut fds = [sub.stream.as_raw_fd(), publ.stream.as_raw_fd()].map(|fd| libc::pollfd {
+        fd,
+        events: 0,
+        revents: 0,
+    });
+    fds[0].events = libc::POLLIN;
+    let meter = Meter::start(t);
+    let start = now_ns();
+    let (mut i, mut pub_end) = (0u64, start);
+    // The frames of `batch` being written, and how many of their bytes the socket took.
+    let (mut frames, mut written) = (0usize, 0usize);
+    loop {
+        let now = now_ns();
+        let mut busy = false;
+        if frames == 0 && i < total {
+            let due = (((now - start) as f64 / interval) as u64 + 1).min(total);
+            if due > i {
+                frames = ((due - i) as usize).min(batch.count());
+                for j in 0..frames {
+                    batch.stamp_one(j, start + due_at(i + j as u64));
+                }
+                written = 0;
+                i += frames as u64;
+            }
+        }
+        if frames > 0 {
+            match publ.stream.write(&batch.frames(frames)[written..]) {
+                Ok(n) => {
+                    written += n;
+                    busy = true;
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => {}
+                Err(e) => return Err(Error::Io("write to server".into(), e)),
+            }
+            if written == batch.frames(frames).len() {
+                sh.sent.fetch_add(frames as u64, Ordering::Relaxed);
+                frames = 0;
+                if i == total {
+                    pub_end = now_ns();
+                }
+            }
+        }
+        while poll_read(&mut sub, "the subscriber")? {
+            busy = true;
+            take_frames(&mut sub, &sh, o, 0, 1, &mut r)?;
+        }
+        let published = i == total && frames == 0;
+        if published && (r.count >= total || now_ns() > pub_end + o.timeout.as_nanos() as u64) {
+            break;
+        }
+        if !busy {
+            // Until the next message is due, a delivery arrives, or the socket takes more.
+            let wait = if frames == 0 && i < total {
+                (start + due_at(i)).saturating_sub(now_ns())
+            } else {
+                20_000_000
+            };
+            fds[1].events = if frames > 0 { libc::POLLOUT } else { 0 };
+            let ts = libc::timespec {
+                tv_sec: (wait / 1_000_000_000) as libc::time_t,
+                tv_nsec: (wait % 1_000_000_000) as libc::c_long,
+            };
+            // SAFETY: `fds` is a live array of two pollfd structs, `ts` a valid timespec,
+            // and a null signal mask leaves the thread's mask as it is.
+            let rc = unsafe { libc::ppoll(fds.as_mut_ptr(), 2, &ts, std::ptr::null()) };
+            if rc < 0 && std::io::Error::last_os_error().kind() != ErrorKind::Interrupted {
+                return Err(Error::Io("ppoll".into(), std::io::Error::last_os_error()));
+            }
+        }
+    }
+    let f = Flow::new(1, 1, 1, None);
+    let hist = r.hist.as_ref();
+    let times = (start, pub_end, r.last_rx);
+    let sent = sh.sent.load(Ordering::Relaxed);
+    Ok(flow_report(o, &f, (sent, r.count), times, hist, &meter))
 }
 
 struct SubResult {
