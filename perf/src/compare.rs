@@ -596,6 +596,32 @@ fn is_throughput(kind: Kind) -> bool {
     )
 }
 
+/// The generator's CPU (% of one core) from which a throughput round in placement a, where
+/// the generator has that one core, may have been paced by it.
+const GEN_BOUND_PCT: f64 = 90.0;
+
+/// A markdown list of the throughput rounds in placement a whose generator was at
+/// [`GEN_BOUND_PCT`] of its core or more; `None` when there are none.
+fn generator_bound(runs: &[Run]) -> Option<String> {
+    let mut list = String::new();
+    for r in runs.iter().filter(|r| r.placement == "a") {
+        let Ok(x) = &r.result else { continue };
+        if !is_throughput(kind_of(&r.scenario)) || x.gen_cpu_pct < GEN_BOUND_PCT {
+            continue;
+        }
+        let _ = writeln!(
+            list,
+            "- {} {} round {}: generator {:.0} %, {} msgs/s out",
+            r.scenario,
+            r.server,
+            r.round,
+            x.gen_cpu_pct,
+            si(x.msgs_out_per_s)
+        );
+    }
+    (!list.is_empty()).then_some(list)
+}
+
 /// Placement b ÷ placement a, per server, for every throughput row run in both: whether two
 /// shards (nats-server: `GOMAXPROCS=2`) deliver more than one pinned core (`GOMAXPROCS=1`).
 /// In b the generator shares the two cores with the server. `None` without such a row.
@@ -905,6 +931,14 @@ fn write_report(
     );
     m.push_str("## Summary\n\n");
     m.push_str(summary);
+    if let Some(list) = generator_bound(runs) {
+        let _ = write!(
+            m,
+            "\n## Rounds the generator may have paced\n\nThroughput rounds in placement a \
+             whose generator used {GEN_BOUND_PCT:.0} % or more of its one core: there the \
+             rate may be the generator's, not the server's.\n\n{list}"
+        );
+    }
     if let Some(scaling) = scaling_table(runs) {
         m.push_str(
             "\n## Scaling: placement b ÷ placement a\n\nMessages per second (in for `pub`, \
@@ -1088,6 +1122,28 @@ mod tests {
             ]
         );
         assert!(scaling_table(&runs[..2]).is_none());
+    }
+
+    /// Only throughput rounds in placement a at 90 % of the generator's core or more are
+    /// listed as possibly paced by the generator.
+    #[test]
+    fn generator_bound_lists_busy_throughput_rounds() {
+        let t = Which::Tern.name();
+        let mut runs = vec![
+            run("a", "fanout16x128", t, 9e6),
+            run("a", "fanout16x128", t, 8e6),
+            run("a", "openloop", t, 7e5),
+            run("b", "pubsub128/same-shard", t, 5e6),
+        ];
+        for (r, pct) in runs.iter_mut().zip([95.0, 60.0, 99.0, 150.0]) {
+            r.result.as_mut().unwrap().gen_cpu_pct = pct;
+        }
+        let list = generator_bound(&runs).unwrap();
+        assert_eq!(
+            list,
+            "- fanout16x128 tern round 1: generator 95 %, 9.00M msgs/s out\n"
+        );
+        assert!(generator_bound(&runs[1..]).is_none());
     }
 
     /// The Tern binary built beside this test (target/<profile>/tern).

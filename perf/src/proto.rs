@@ -195,7 +195,7 @@ impl Parser {
             .unwrap_or(line.len());
         let op = &line[..op_end];
         if op == b"MSG" || op == b"HMSG" {
-            // Separated by a tab, or in lower case: the same frame, off the fast path.
+            // A tab after the verb: the same frame, off the fast path.
             return scan_msg(avail, op_end);
         }
         let kind = if op.eq_ignore_ascii_case(b"PING") {
