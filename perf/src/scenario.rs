@@ -331,6 +331,16 @@ fn probe_payload(size: usize, p: usize) -> Vec<u8> {
     s.into_bytes()
 }
 
+/// The `PUB` frame of publisher `p`'s probe: a payload whose length differs from `size`, so
+/// subscribers tell it from the measured messages.
+fn probe_frame(size: usize, p: usize) -> Vec<u8> {
+    let payload = probe_payload(size, p);
+    let mut frame = format!("PUB {SUBJECT} {}\r\n", payload.len()).into_bytes();
+    frame.extend_from_slice(&payload);
+    frame.extend_from_slice(b"\r\n");
+    frame
+}
+
 fn parse_probe(payload: &[u8]) -> Option<usize> {
     std::str::from_utf8(payload.get(1..)?).ok()?.parse().ok()
 }
@@ -536,10 +546,7 @@ fn probe(
     if subs == 0 {
         return Ok(());
     }
-    let payload = probe_payload(size, p);
-    let mut frame = format!("PUB {SUBJECT} {}\r\n", payload.len()).into_bytes();
-    frame.extend_from_slice(&payload);
-    frame.extend_from_slice(b"\r\n");
+    let frame = probe_frame(size, p);
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let seen = (0..subs)
@@ -701,10 +708,7 @@ fn open_polled(mut sub: Conn, mut publ: Conn, o: &Opts, t: &Target) -> Result<Re
     let mut r = SubResult::new(true);
     sub.set_nonblocking()?;
     // Interest may still be travelling to the publisher's shard or server.
-    let payload = probe_payload(o.size, 0);
-    let mut probe = format!("PUB {SUBJECT} {}\r\n", payload.len()).into_bytes();
-    probe.extend_from_slice(&payload);
-    probe.extend_from_slice(b"\r\n");
+    let probe = probe_frame(o.size, 0);
     let deadline = Instant::now() + Duration::from_secs(10);
     while !sh.probe_seen[0].load(Ordering::Relaxed) {
         if Instant::now() > deadline {
@@ -791,9 +795,11 @@ fn open_polled(mut sub: Conn, mut publ: Conn, o: &Opts, t: &Target) -> Result<Re
             };
             // SAFETY: `fds` is a live array of two pollfd structs, `ts` a valid timespec,
             // and a null signal mask leaves the thread's mask as it is.
-            let rc = unsafe { libc::ppoll(fds.as_mut_ptr(), 2, &ts, std::ptr::null()) };
-            if rc < 0 && std::io::Error::last_os_error().kind() != ErrorKind::Interrupted {
-                return Err(Error::Io("ppoll".into(), std::io::Error::last_os_error()));
+            if unsafe { libc::ppoll(fds.as_mut_ptr(), 2, &ts, std::ptr::null()) } < 0 {
+                let e = std::io::Error::last_os_error();
+                if e.kind() != ErrorKind::Interrupted {
+                    return Err(Error::Io("ppoll".into(), e));
+                }
             }
         }
     }
