@@ -2211,9 +2211,7 @@ impl Shard {
             // No queue group to choose for and nobody elsewhere: the plain deliveries were all.
             return any;
         }
-        // Only with routes: an empty `RouteSends` still costs an out-of-line drop, ~20
-        // instructions of a message another shard wants.
-        let mut rsend = rmatch.as_ref().map(|_| routes::RouteSends::default());
+        let mut rsend = routes::RouteSends::default();
         let mut scratch = self.scratch.borrow_mut();
         // Routed interest only matters for a message that may go on to the routes.
         for r in remote.psubs.iter().filter(|r| to_routes || !r.routed) {
@@ -2234,8 +2232,8 @@ impl Shard {
                     .1
                     .extend(r.queue.as_deref().map(QueueName::from_slice)),
                 QueuePick::Route(pick) => {
-                    if let (Some(r), Some(rs)) = (route_set, rsend.as_mut()) {
-                        rs.pick_queue(r, name, pick);
+                    if let Some(r) = route_set {
+                        rsend.pick_queue(r, name, pick);
                     }
                 }
                 QueuePick::Nobody => {}
@@ -2250,14 +2248,14 @@ impl Shard {
                     .1
                     .extend(r.queue.as_deref().map(QueueName::from_slice)),
                 QueuePick::Route(pick) => {
-                    if let (Some(r), Some(rs)) = (route_set, rsend.as_mut()) {
-                        rs.pick_queue(r, name, pick);
+                    if let Some(r) = route_set {
+                        rsend.pick_queue(r, name, pick);
                     }
                 }
                 QueuePick::Here | QueuePick::Nobody => {}
             }
         }
-        if let (Some(r), Some(rsend)) = (&rmatch, rsend.as_mut()) {
+        if let Some(r) = &rmatch {
             let taken = |n: &[u8]| {
                 local.qsubs.iter().any(|(l, _)| &l[..] == n)
                     || remote.qsubs.iter().any(|(l, _)| &l[..] == n)
@@ -2306,7 +2304,7 @@ impl Shard {
             Some(cl) if to_routes => Some(cl.matches(account, subject)),
             _ => None,
         };
-        let mut rsend = rmatch.as_ref().map(|_| routes::RouteSends::default());
+        let mut rsend = routes::RouteSends::default();
         for q in queues {
             let members = local
                 .qsubs
@@ -2321,14 +2319,14 @@ impl Shard {
             let pick = self.next_rand(members.len() + cweight);
             if pick < members.len() || cweight == 0 {
                 self.deliver_queue(members, &out, 0);
-            } else if let (Some(r), Some(rs)) = (&rmatch, rsend.as_mut()) {
-                rs.pick_queue(r, q, pick - members.len());
+            } else if let Some(r) = &rmatch {
+                rsend.pick_queue(r, q, pick - members.len());
             }
         }
         if self.g.accounts.get(account).exports_services && subject.starts_with(&self.resp_prefix) {
             self.service_response(subject, reply, hdr_len, msg);
         }
-        if let (Some(r), Some(rsend)) = (&rmatch, rsend.as_mut()) {
+        if let Some(r) = &rmatch {
             rsend.plain(r);
             if rsend.send(self, account, subject, reply, hdr_len, msg) {
                 self.hungry.set(true);

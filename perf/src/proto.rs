@@ -179,7 +179,7 @@ impl Parser {
         if avail.starts_with(b"HMSG ") {
             return scan_msg(avail, 4);
         }
-        let Some(nl) = memchr::memchr(b'\n', avail) else {
+        let Some(nl) = avail.iter().position(|&b| b == b'\n') else {
             return need_line(avail);
         };
         let line_end = if nl > 0 && avail[nl - 1] == b'\r' {
@@ -245,15 +245,16 @@ fn scan_msg(avail: &[u8], op_end: usize) -> Result<Scan> {
     let mut args = [(0usize, 0usize); 5];
     let mut n = 0;
     let mut from = op_end + 1;
-    let mut at = |j: usize, from: &mut usize| -> Result<bool> {
-        if j > *from {
+    // A separator at `j`: ends the argument since `from`, if any; whether it ends the line.
+    let mut at = |j: usize| -> Result<bool> {
+        if j > from {
             if n == 5 {
                 return Err(proto_err("too many MSG arguments", &avail[..j]));
             }
-            args[n] = (*from, j);
+            args[n] = (from, j);
             n += 1;
         }
-        *from = j + 1;
+        from = j + 1;
         Ok(avail[j] == b'\n')
     };
     let mut i = op_end;
@@ -267,7 +268,7 @@ fn scan_msg(avail: &[u8], op_end: usize) -> Result<Scan> {
             while m != 0 {
                 let j = i + (m.trailing_zeros() / 8) as usize;
                 m &= m - 1;
-                if at(j, &mut from)? {
+                if at(j)? {
                     break 'line j;
                 }
             }
@@ -277,7 +278,7 @@ fn scan_msg(avail: &[u8], op_end: usize) -> Result<Scan> {
             let Some(&b) = avail.get(i) else {
                 return need_line(avail);
             };
-            if b <= b' ' && at(i, &mut from)? {
+            if b <= b' ' && at(i)? {
                 break i;
             }
             i += 1;
