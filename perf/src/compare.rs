@@ -7,7 +7,7 @@
 use crate::conn::Target;
 use crate::error::{Error, IoContext, Result};
 use crate::scenario::{self, Kind, Opts, Placement, Report};
-use crate::server::{strace_available, Cluster, Launch, Server, Strace, Which};
+use crate::server::{strace_available, Cluster, Launch, Server, Strace, TlsFiles, Which};
 use crate::stats::{median, si};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::Serialize;
@@ -15,6 +15,7 @@ use std::fmt::Write as _;
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// One entry of the scenario catalog.
@@ -79,6 +80,8 @@ pub const CATALOG: &[Spec] = &[
     spec("openpoll", Kind::Openpoll, 128, 1, 1),
     routed(spec("routed128", Kind::Pubsub, 128, 1, 1)),
     routed(spec("routedreq", Kind::Reqreply, 128, 1, 1)),
+    // 1 KiB: where a TLS record layer's cost per message shows (see `--tls`).
+    extra(spec("pubsub1k", Kind::Pubsub, 1024, 1, 1), 0),
     extra(spec("fanin4x128", Kind::Fanin, 128, 4, 1), 0),
     extra(spec("queue4x128", Kind::Queue, 128, 1, 4), 0),
     extra(spec("requesters8x4", Kind::Requesters, 128, 8, 4), 0),
@@ -121,6 +124,38 @@ pub struct Settings {
     pub progress: bool,
     /// Extra arguments for every Tern process (a setting under test).
     pub tern_args: Vec<String>,
+    /// Both servers require TLS of their clients (a self-signed certificate made for the
+    /// run), and the generator connects over TLS 1.3.
+    pub tls: bool,
+}
+
+/// A server under test as every run of it starts: binary and arguments, and the TLS
+/// configuration the generator connects with when the server requires TLS.
+#[derive(Clone)]
+pub struct Subject {
+    which: Which,
+    bin: String,
+    args: Vec<String>,
+    tls: Option<Arc<rustls::ClientConfig>>,
+}
+
+impl Subject {
+    /// A server started with no arguments beyond the placement's, clients in plain TCP.
+    pub fn plain(which: Which, bin: &str) -> Subject {
+        Subject {
+            which,
+            bin: bin.to_string(),
+            args: Vec::new(),
+            tls: None,
+        }
+    }
+
+    /// The same server requiring TLS with the certificate in `files`.
+    fn with_tls(mut self, files: &TlsFiles) -> Subject {
+        self.args.extend(files.server_args());
+        self.tls = Some(crate::conn::insecure_tls());
+        self
+    }
 }
 
 /// Resolves `--scenarios` (comma-separated names, `default`, or `all`).
@@ -203,11 +238,16 @@ fn launch(which: Which, bin: &str, placement: char, cluster: Cluster, extra: &[S
     }
 }
 
-fn variants(spec: &Spec, placement: char) -> Vec<Placement> {
+fn variants(spec: &Spec, placement: char, tls: bool) -> Vec<Placement> {
     // The polling generator needs a core of its own, which placement b (nothing pinned, the
     // server on both cores) does not give it: three spinning threads on two cores measure
     // the OS scheduler, not the server (recorded in perf/results/README.md).
     if placement == 'b' && matches!(spec.kind, Kind::Reqpoll | Kind::Openpoll) {
+        return Vec::new();
+    }
+    // The polling scenarios wait on the sockets, which cannot tell when TLS holds records
+    // it has read but not yet handed out.
+    if tls && matches!(spec.kind, Kind::Reqpoll | Kind::Openpoll | Kind::Fanpoll) {
         return Vec::new();
     }
     if placement == 'a' || spec.routed || matches!(spec.kind, Kind::Pub | Kind::Conns) {
@@ -248,7 +288,13 @@ fn opts_for(s: &Settings, spec: &Spec, placement: char, v: Placement) -> Opts {
 /// The open-loop rate for `placement`: `--rate` if given, else half of nats-server's median
 /// delivered rate for pubsub128 in this placement variant (from this run's rounds, or from
 /// one probe run when pubsub128 is not among the scenarios).
-fn open_loop_rate(s: &Settings, runs: &[Run], placement: char, v: Placement) -> Result<u64> {
+fn open_loop_rate(
+    s: &Settings,
+    nats: &Subject,
+    runs: &[Run],
+    placement: char,
+    v: Placement,
+) -> Result<u64> {
     if let Some(r) = s.rate {
         return Ok(r);
     }
@@ -266,7 +312,7 @@ fn open_loop_rate(s: &Settings, runs: &[Run], placement: char, v: Placement) -> 
             .find(|c| c.name == "pubsub128")
             .ok_or_else(|| Error::Config("pubsub128 missing from the catalogue".into()))?;
         let o = opts_for(s, spec, placement, v);
-        let (r, _, _) = one_run(Which::Nats, &s.nats, &[], placement, &o, spec, false)?;
+        let (r, _, _) = one_run(nats, placement, &o, spec, false)?;
         seen.push(r.msgs_out_per_s);
     }
     let max =
@@ -277,14 +323,13 @@ fn open_loop_rate(s: &Settings, runs: &[Run], placement: char, v: Placement) -> 
 /// Starts the server (for a routed scenario, two servers joined by a route), runs the
 /// scenario against it, and stops it again.
 fn one_run(
-    which: Which,
-    bin: &str,
-    extra: &[String],
+    sub: &Subject,
     placement: char,
     o: &Opts,
     spec: &Spec,
     strace: bool,
 ) -> Result<(Report, Vec<String>, Option<u64>)> {
+    let (which, bin, extra) = (sub.which, &sub.bin, &sub.args);
     let shards = if which == Which::Tern {
         launch(which, bin, placement, Cluster::None, extra).threads as u64
     } else {
@@ -311,8 +356,11 @@ fn one_run(
         ))?);
     }
     let mut t = Target::from_url(&servers[0].addr, shards, 0, Some(servers[0].pid))?;
+    t.tls = sub.tls.clone();
     if let Some(b) = servers.get(1) {
-        t.peer = Some(Box::new(Target::from_url(&b.addr, shards, 0, Some(b.pid))?));
+        let mut peer = Target::from_url(&b.addr, shards, 0, Some(b.pid))?;
+        peer.tls = sub.tls.clone();
+        t.peer = Some(Box::new(peer));
     }
     let mut tracers = Vec::new();
     if strace {
@@ -349,7 +397,7 @@ pub fn compare(s: &Settings) -> Result<Outcome> {
         .map(|&p| {
             s.scenarios
                 .iter()
-                .map(|sp| variants(sp, p).len() * s.rounds * 2)
+                .map(|sp| variants(sp, p, s.tls).len() * s.rounds * 2)
                 .sum::<usize>()
         })
         .sum();
@@ -364,20 +412,26 @@ pub fn compare(s: &Settings) -> Result<Outcome> {
         None
     };
     let mut rates = Vec::new();
-    let extra = |which: Which| -> &[String] {
-        if which == Which::Tern {
-            &s.tern_args
-        } else {
-            &[]
-        }
+    let tls = if s.tls {
+        Some(TlsFiles::create()?)
+    } else {
+        None
     };
+    let mut tern = Subject::plain(Which::Tern, &s.tern);
+    tern.args.clone_from(&s.tern_args);
+    let nats = Subject::plain(Which::Nats, &s.nats);
+    let [nats, tern] = [nats, tern].map(|sub| match &tls {
+        Some(files) => sub.with_tls(files),
+        None => sub,
+    });
+    let subject = |which: Which| if which == Which::Tern { &tern } else { &nats };
     for &placement in &s.placements {
         for spec in &s.scenarios {
-            for v in variants(spec, placement) {
+            for v in variants(spec, placement, s.tls) {
                 let name = format!("{}{}", spec.name, variant_name(v));
                 let mut o = opts_for(s, spec, placement, v);
                 if matches!(spec.kind, Kind::Openloop | Kind::Openpoll) {
-                    o.rate = open_loop_rate(s, &runs, placement, v)?;
+                    o.rate = open_loop_rate(s, &nats, &runs, placement, v)?;
                     rates.push((placement, name.clone(), o.rate));
                 }
                 for round in 1..=s.rounds {
@@ -390,16 +444,11 @@ pub fn compare(s: &Settings) -> Result<Outcome> {
                         [Which::Tern, Which::Nats]
                     };
                     for which in order {
-                        let bin = if which == Which::Tern {
-                            &s.tern
-                        } else {
-                            &s.nats
-                        };
                         if let Some(pb) = &pb {
                             pb.set_message(format!("{placement} {name} {}", which.name()));
                         }
                         let (result, warnings) =
-                            match one_run(which, bin, extra(which), placement, &o, spec, false) {
+                            match one_run(subject(which), placement, &o, spec, false) {
                                 Ok((r, w, _)) => (Ok(r), w),
                                 Err(e) => (Err(e.to_string()), Vec::new()),
                             };
@@ -424,12 +473,7 @@ pub fn compare(s: &Settings) -> Result<Outcome> {
                         let per_msg = if !strace_ok {
                             Err("strace not installed".to_string())
                         } else {
-                            let bin = if which == Which::Tern {
-                                &s.tern
-                            } else {
-                                &s.nats
-                            };
-                            match one_run(which, bin, extra(which), placement, &o, spec, true) {
+                            match one_run(subject(which), placement, &o, spec, true) {
                                 Ok((r, _, Some(calls))) => {
                                     let per = if r.received > 0 { r.received } else { r.sent };
                                     Ok(calls as f64 / per.max(1) as f64)
@@ -850,7 +894,8 @@ fn write_report(
     .is_some();
     let date = today();
     std::fs::create_dir_all(&s.out).ctx(|| format!("create {}", s.out.display()))?;
-    let path = s.out.join(format!("{date}-{commit}.md"));
+    let tls = if s.tls { "-tls" } else { "" };
+    let path = s.out.join(format!("{date}-{commit}{tls}.md"));
     let mut m = String::new();
     let _ = writeln!(m, "# Tern vs nats-server, {date}, tern {commit}\n");
     let _ = writeln!(m, "- Machine: {}", machine());
@@ -883,6 +928,14 @@ fn write_report(
     );
     if !s.tern_args.is_empty() {
         let _ = writeln!(m, "- Tern's extra arguments: `{}`", s.tern_args.join(" "));
+    }
+    if s.tls {
+        let _ = writeln!(
+            m,
+            "- TLS: both servers require it (`--tls --tlscert --tlskey`, a self-signed ECDSA \
+             P-256 certificate made for the run); the generator's connections are TLS 1.3 \
+             (rustls, ring). The polling scenarios are not run over TLS"
+        );
     }
     for p in &s.placements {
         let text = match p {
@@ -1074,9 +1127,10 @@ mod tests {
         assert!(pick("pub16,nope").is_err());
         assert_eq!(pick("churn,conns1k").unwrap()[1].count, 1000);
         let poll = pick("reqpoll").unwrap()[0];
-        assert_eq!(variants(&poll, 'a'), vec![Placement::Any]);
-        assert!(variants(&poll, 'b').is_empty());
-        assert!(variants(&pick("openpoll").unwrap()[0], 'b').is_empty());
+        assert_eq!(variants(&poll, 'a', false), vec![Placement::Any]);
+        assert!(variants(&poll, 'b', false).is_empty());
+        assert!(variants(&pick("openpoll").unwrap()[0], 'b', false).is_empty());
+        assert!(variants(&poll, 'a', true).is_empty());
     }
 
     fn run(placement: &str, scenario: &str, server: &'static str, out: f64) -> Run {
@@ -1171,7 +1225,8 @@ mod tests {
             });
             // Subscribers sit on the second server and publishers on the first: every
             // delivery has crossed the route.
-            let (r, warnings, _) = one_run(Which::Tern, &tern, &[], 'b', &o, &spec, false).unwrap();
+            let (r, warnings, _) =
+                one_run(&Subject::plain(Which::Tern, &tern), 'b', &o, &spec, false).unwrap();
             assert!(r.sent >= 300, "{name}: {r:?}");
             assert_eq!((r.received, r.lost), (r.sent, 0), "{name}: {r:?}");
             assert!(
@@ -1182,6 +1237,36 @@ mod tests {
         }
     }
 
+    /// With `--tls` both servers take the same flags, require TLS, and every delivery
+    /// arrives over it. (A server left without them would take the generator's TLS
+    /// handshake for a bad protocol line; a client left in plain text would send `CONNECT`
+    /// to a server waiting for a handshake: either way the run fails.)
+    #[test]
+    fn tls_runs_deliver_over_tls() {
+        let files = TlsFiles::create().unwrap();
+        let mut servers = vec![Subject::plain(Which::Tern, &tern_binary())];
+        // scripts/test installs Debian's nats-server; the flags are its own.
+        if Path::new("/usr/sbin/nats-server").exists() {
+            servers.push(Subject::plain(Which::Nats, "/usr/sbin/nats-server"));
+        }
+        for sub in servers {
+            let sub = sub.with_tls(&files);
+            for (name, msgs) in [("pubsub128", 20_000), ("reqreply", 300), ("conns1k", 0)] {
+                let spec = pick(name).unwrap()[0];
+                let mut o = opts_for_test(&spec);
+                (o.msgs, o.conns) = (Some(msgs), 50);
+                let (r, warnings, _) = one_run(&sub, 'a', &o, &spec, false)
+                    .unwrap_or_else(|e| panic!("{} {name}: {e}", sub.which.name()));
+                assert_eq!((r.received, r.lost), (r.expected, 0), "{name}: {r:?}");
+                assert!(r.sent >= msgs, "{name}: {r:?}");
+                if spec.kind == Kind::Conns {
+                    assert_eq!(r.extra.get("connections"), Some(&50.0), "{r:?}");
+                }
+                assert!(warnings.is_empty(), "{name}: {warnings:?}");
+            }
+        }
+    }
+
     /// The polling request/reply gets every reply back, with a latency for each.
     #[test]
     fn reqpoll_round_trips() {
@@ -1189,7 +1274,8 @@ mod tests {
         let spec = pick("reqpoll").unwrap()[0];
         let mut o = opts_for_test(&spec);
         o.msgs = Some(500);
-        let (r, warnings, _) = one_run(Which::Tern, &tern, &[], 'a', &o, &spec, false).unwrap();
+        let (r, warnings, _) =
+            one_run(&Subject::plain(Which::Tern, &tern), 'a', &o, &spec, false).unwrap();
         assert_eq!((r.sent, r.received, r.lost), (500, 500, 0), "{r:?}");
         let l = r.latency.expect("latency");
         assert!(l.p50 > 0.0 && l.p50 <= l.p99, "{l:?}");
@@ -1203,7 +1289,8 @@ mod tests {
         let spec = pick("openpoll").unwrap()[0];
         let mut o = opts_for_test(&spec);
         (o.msgs, o.rate) = (Some(20_000), 100_000);
-        let (r, warnings, _) = one_run(Which::Tern, &tern, &[], 'a', &o, &spec, false).unwrap();
+        let (r, warnings, _) =
+            one_run(&Subject::plain(Which::Tern, &tern), 'a', &o, &spec, false).unwrap();
         assert_eq!((r.sent, r.received, r.lost), (20_000, 20_000, 0), "{r:?}");
         let l = r.latency.as_ref().expect("latency");
         assert_eq!(l.count, 20_000, "{l:?}");
@@ -1220,7 +1307,8 @@ mod tests {
         let spec = pick("fanpoll16x128").unwrap()[0];
         let mut o = opts_for_test(&spec);
         o.msgs = Some(20_000);
-        let (r, warnings, _) = one_run(Which::Tern, &tern, &[], 'a', &o, &spec, false).unwrap();
+        let (r, warnings, _) =
+            one_run(&Subject::plain(Which::Tern, &tern), 'a', &o, &spec, false).unwrap();
         assert_eq!(
             (r.sent, r.received, r.lost, r.subs),
             (20_000, 320_000, 0, 16),

@@ -166,6 +166,11 @@ struct CompareArgs {
     /// `--tern-arg=--spin_before_park --tern-arg=0` to compare a setting.
     #[arg(long = "tern-arg", allow_hyphen_values = true, value_name = "ARG")]
     tern_args: Vec<String>,
+    /// Start both servers requiring TLS (a self-signed certificate made for the run) and
+    /// connect over TLS 1.3; the report is `<date>-<commit>-tls.md`. The polling scenarios
+    /// are left out.
+    #[arg(long)]
+    tls: bool,
     #[command(flatten)]
     common: Common,
 }
@@ -350,6 +355,7 @@ fn compare(a: CompareArgs) -> Result<()> {
         svg: a.svg,
         progress: !c.json,
         tern_args: a.tern_args.clone(),
+        tls: a.tls,
     };
     let out = compare::compare(&s)?;
     if c.json {

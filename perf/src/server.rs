@@ -1,7 +1,8 @@
 //! Server processes under test: starting Tern or nats-server on 127.0.0.1 with a random port
 //! (optionally under `taskset` and with `GOMAXPROCS`), learning the port from the
-//! "Listening for client connections on HOST:PORT" log line, stopping them, and attaching
-//! `strace -c` to count syscalls. Owns child processes only; knows nothing of scenarios.
+//! "Listening for client connections on HOST:PORT" log line, stopping them, attaching
+//! `strace -c` to count syscalls, and the certificate servers that require TLS are started
+//! with. Owns child processes only; knows nothing of scenarios.
 
 use crate::error::{Error, IoContext, Result};
 use std::io::{BufRead, BufReader};
@@ -217,6 +218,57 @@ impl Server {
 impl Drop for Server {
     fn drop(&mut self) {
         self.terminate();
+    }
+}
+
+/// A self-signed certificate for `localhost` (ECDSA P-256, rcgen's default) and its key,
+/// in PEM files of a directory of their own, for servers that require TLS of their
+/// clients (`compare --tls`). The directory goes when this does.
+pub struct TlsFiles {
+    dir: std::path::PathBuf,
+}
+
+impl TlsFiles {
+    /// Makes the certificate and writes both files.
+    pub fn create() -> Result<TlsFiles> {
+        let dir = std::env::temp_dir().join(format!("tern-bench-tls-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).ctx(|| format!("create {}", dir.display()))?;
+        let files = TlsFiles { dir };
+        let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_string()])
+            .map_err(|e| Error::Config(format!("certificate: {e}")))?;
+        for (path, pem) in [
+            (files.cert(), ck.cert.pem()),
+            (files.key(), ck.key_pair.serialize_pem()),
+        ] {
+            std::fs::write(&path, pem).ctx(|| format!("write {}", path.display()))?;
+        }
+        Ok(files)
+    }
+
+    fn cert(&self) -> std::path::PathBuf {
+        self.dir.join("cert.pem")
+    }
+
+    fn key(&self) -> std::path::PathBuf {
+        self.dir.join("key.pem")
+    }
+
+    /// The arguments that make a server require TLS with this certificate: the same flags
+    /// for Tern and nats-server.
+    pub fn server_args(&self) -> Vec<String> {
+        vec![
+            "--tls".into(),
+            "--tlscert".into(),
+            self.cert().display().to_string(),
+            "--tlskey".into(),
+            self.key().display().to_string(),
+        ]
+    }
+}
+
+impl Drop for TlsFiles {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
