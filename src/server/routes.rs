@@ -111,7 +111,7 @@ impl Route {
         reader: &mut ConnReader,
         buf: &mut BytesMut,
         max: usize,
-        cipher: &mut Vec<u8>,
+        cipher: &mut BytesMut,
     ) -> std::io::Result<usize> {
         match &self.tls {
             Some(t) => {
@@ -866,7 +866,7 @@ async fn route_main(
     let o = shard.opts.borrow().clone();
     let mut parser = RouteParser::new(o.max_control_line as usize, o.max_payload as usize);
     let mut buf = BytesMut::new();
-    let mut cipher = Vec::new();
+    let mut cipher = BytesMut::new();
     let (ping_interval, ping_max) = cl.opts.pings(o.ping_interval, o.ping_max);
     let ping = rt::spawn_cancellable(route_pinger(r.clone(), ping_interval, ping_max));
     let mut read_size = READ_MIN;
