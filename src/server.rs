@@ -73,8 +73,8 @@ pub struct Global {
     pub connections: AtomicUsize,
     /// Lame duck mode: no new clients, the connected ones are told and closed gradually.
     pub lame_duck: AtomicBool,
-    /// The TLS configuration, built once at start-up; `None` for plaintext clients.
-    pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// The TLS configurations, built once at start-up; `None` for plaintext clients.
+    pub tls: Option<crate::tls::ServerTls>,
     /// The accounts, numbered once at start-up (a reload may not change them).
     pub accounts: Arc<Accounts>,
     /// Connected clients per account (for the system account's `account_connections`).
@@ -105,7 +105,7 @@ impl Global {
         let tls = opts
             .tls
             .as_ref()
-            .and_then(|t| crate::tls::server_config(t).ok());
+            .and_then(|t| crate::tls::server_tls(t).ok());
         let server_name = opts
             .server_name
             .clone()
@@ -524,6 +524,8 @@ struct Client {
     /// say whether it speaks TLS; and it chose plaintext.
     tls_undecided: Cell<bool>,
     tls_off: Cell<bool>,
+    /// The client's ClientHello has yet to choose the session's configuration.
+    tls_hello: Cell<bool>,
 }
 
 impl Client {
@@ -545,6 +547,13 @@ impl Client {
     }
 
     /// In the TLS handshake (a client still choosing, under `allow_non_tls`, is not).
+    /// Protocol output waits while the session may still be replaced by one that suits the
+    /// client's hello ([`accept_hello`]): what the old session sealed would be lost with it.
+    /// The plaintext INFO that precedes the handshake is not held.
+    fn tls_holds_output(&self) -> bool {
+        self.tls_hello.get() && !self.tls_plain_once.get()
+    }
+
     fn handshaking(&self) -> bool {
         !self.tls_undecided.get() && self.session().is_some_and(|t| t.borrow().is_handshaking())
     }
@@ -947,6 +956,7 @@ async fn tls_timer(shard: Rc<Shard>, c: Rc<Client>, timeout: Duration) {
 /// after telling TLS from plaintext under `allow_non_tls`.
 async fn read_plain(
     c: &Client,
+    configs: Option<&crate::tls::ServerTls>,
     reader: &mut ConnReader,
     buf: &mut BytesMut,
     max: usize,
@@ -967,13 +977,73 @@ async fn read_plain(
         c.tls_undecided.set(false);
         if cipher[0] != 0x16 {
             c.tls_off.set(true);
+            c.tls_hello.set(false);
+            c.wake_writer();
             return Ok(take_buffered(cipher, buf, max));
         }
+    }
+    if let Some(configs) = configs.filter(|_| c.tls_hello.get()) {
+        c.tls_hello.set(false);
+        if !accept_hello(tls, configs, reader, cipher).await? {
+            return Ok(0);
+        }
+        // The session has its answer to the hello (ServerHello and the rest) to send, and
+        // the writer may now seal what it held back.
+        c.wake_writer();
     }
     read_through(tls, reader, buf, max, cipher, || {
         c.wake_writer();
     })
     .await
+}
+
+/// A server-side TLS session with `cfg`, its output unbounded: the protocol's output is
+/// already bounded by `max_pending`, and rustls' own 64 KiB cap would make the writer's
+/// hand-off partial.
+fn server_session(cfg: &Arc<rustls::ServerConfig>) -> Result<rustls::Connection, rustls::Error> {
+    let mut t = rustls::ServerConnection::new(cfg.clone())?;
+    t.set_buffer_limit(None);
+    Ok(t.into())
+}
+
+/// Reads the client's ClientHello and gives `tls` a session with the configuration that
+/// suits the cipher suites it offers (see [`crate::tls::ServerTls`]). The hello stays in
+/// `cipher` until rustls' `Acceptor` has taken it whole; if the acceptor refuses it, it is
+/// left there for the session `tls` already holds, whose error and alert are the usual
+/// ones. Returns `false` at the end of the stream.
+async fn accept_hello(
+    tls: &RefCell<rustls::Connection>,
+    configs: &crate::tls::ServerTls,
+    reader: &mut ConnReader,
+    cipher: &mut BytesMut,
+) -> std::io::Result<bool> {
+    let mut acceptor = rustls::server::Acceptor::default();
+    let mut fed = 0;
+    loop {
+        if fed == cipher.len() && reader.read_into(cipher, CIPHER_READ).await? == 0 {
+            return Ok(false);
+        }
+        let mut rest = &cipher[fed..];
+        // A hello the acceptor cannot hold (over 64 KiB): the session decides.
+        let Ok(n) = acceptor.read_tls(&mut rest) else {
+            return Ok(true);
+        };
+        fed += n;
+        match acceptor.accept() {
+            Ok(None) if n > 0 => continue,
+            Ok(Some(hello)) => {
+                let cfg = configs.for_client(hello.client_hello().cipher_suites());
+                if let Ok(mut t) = hello.into_connection(cfg.clone()) {
+                    t.set_buffer_limit(None);
+                    *tls.borrow_mut() = t.into();
+                    cipher.advance(fed);
+                }
+                return Ok(true);
+            }
+            // Refused (or a hello larger than the acceptor takes): the session decides.
+            Ok(None) | Err(_) => return Ok(true),
+        }
+    }
 }
 
 /// Most ciphertext one socket read of a TLS connection takes: a whole record of the
@@ -2381,13 +2451,10 @@ async fn client_main(shard: Rc<Shard>, conn: tern_shards::Conn) {
         .filter(|a| a.needs_nonce())
         .map(|_| crate::auth::nonce());
     let tls = match &g.tls {
-        Some(cfg) => match rustls::ServerConnection::new(cfg.clone()) {
-            Ok(mut t) => {
-                // The protocol's output is already bounded by max_pending; rustls' own 64 KiB
-                // cap would make the writer's hand-off partial.
-                t.set_buffer_limit(None);
-                Some(RefCell::new(t.into()))
-            }
+        // Until its ClientHello is read (`accept_hello`) the session has the default
+        // configuration.
+        Some(cfgs) => match server_session(cfgs.default()) {
+            Ok(t) => Some(RefCell::new(t)),
             Err(e) => {
                 tracing::error!("{addr} - cid:{cid} - TLS setup error: {e}");
                 return;
@@ -2396,6 +2463,7 @@ async fn client_main(shard: Rc<Shard>, conn: tern_shards::Conn) {
         None => None,
     };
     let handshake_first = o.tls.as_ref().is_some_and(|t| t.handshake_first);
+    let handshake_pending = tls.is_some();
     let allow_non_tls = tls.is_some() && o.allow_non_tls && !handshake_first;
     let client = Rc::new(Client {
         cid,
@@ -2441,6 +2509,7 @@ async fn client_main(shard: Rc<Shard>, conn: tern_shards::Conn) {
         tls,
         tls_failed: Cell::new(false),
         tls_undecided: Cell::new(allow_non_tls),
+        tls_hello: Cell::new(handshake_pending),
         tls_off: Cell::new(false),
     });
     client.write(&g.info_line(&o, cid, &ip, client.nonce.as_deref()));
@@ -2490,7 +2559,8 @@ async fn read_loop(shard: &Rc<Shard>, c: &Rc<Client>, mut reader: ConnReader) ->
             shard.flush();
             shard.mesh.wait_uncongested().await;
         }
-        let n = match read_plain(c, &mut reader, &mut buf, read_size, &mut cipher).await {
+        let tls = shard.g.tls.as_ref();
+        let n = match read_plain(c, tls, &mut reader, &mut buf, read_size, &mut cipher).await {
             Ok(0) => return CloseReason::ClientClosed,
             Err(e) if c.handshaking() => {
                 tracing::error!("{} - cid:{} - TLS handshake error: {e}", c.addr, c.cid);
@@ -2823,7 +2893,7 @@ async fn writer_task(shard: Rc<Shard>, c: Rc<Client>, w: ConnWriter) {
     loop {
         std::future::poll_fn(|cx| {
             let tls_pending = c.tls.as_ref().is_some_and(|t| t.borrow().wants_write());
-            if !c.out.borrow().is_empty()
+            if (!c.out.borrow().is_empty() && !c.tls_holds_output())
                 || c.closed.get()
                 || tls_pending
                 || !flow.batch.is_empty()
@@ -2863,7 +2933,9 @@ async fn writer_task(shard: Rc<Shard>, c: Rc<Client>, w: ConnWriter) {
                 }
             }
         }
-        c.out.borrow_mut().take_into(&mut fresh);
+        if !c.tls_holds_output() {
+            c.out.borrow_mut().take_into(&mut fresh);
+        }
         if let Some(tls) = c.session().filter(|_| !c.tls_failed.get()) {
             // Plaintext in, TLS records out (handshake records included).
             if !c.tls_plain_once.replace(false)

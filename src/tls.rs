@@ -154,10 +154,120 @@ impl rustls::client::danger::ServerCertVerifier for AnyServerCert {
     }
 }
 
-/// Builds the rustls configuration; the errors name the file and what is wrong with it.
+/// The AEAD of a cipher suite, as far as choosing between suites goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Aead {
+    Aes128Gcm,
+    Aes256Gcm,
+    ChaCha20Poly1305,
+    Other,
+}
+
+fn aead_of(s: rustls::CipherSuite) -> Aead {
+    use rustls::CipherSuite as C;
+    match s {
+        C::TLS13_AES_128_GCM_SHA256
+        | C::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256
+        | C::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256 => Aead::Aes128Gcm,
+        C::TLS13_AES_256_GCM_SHA384
+        | C::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384
+        | C::TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384 => Aead::Aes256Gcm,
+        C::TLS13_CHACHA20_POLY1305_SHA256
+        | C::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256
+        | C::TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256 => Aead::ChaCha20Poly1305,
+        _ => Aead::Other,
+    }
+}
+
+/// Whether this machine encrypts AES-GCM in hardware (AES and carry-less multiply).
+fn aes_hardware() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("aes")
+            && std::arch::is_x86_feature_detected!("pclmulqdq")
+    }
+    #[cfg(target_arch = "aarch64")]
+    {
+        std::arch::is_aarch64_feature_detected!("aes")
+            && std::arch::is_aarch64_feature_detected!("pmull")
+    }
+    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+    {
+        false
+    }
+}
+
+/// The TLS configurations a server accepts clients with, one per order of preference
+/// between cipher suites. rustls takes the client's order by default, and rustls and
+/// OpenSSL clients list AES-256-GCM first; nats-server (Go's crypto/tls) picks by its own
+/// order: AES-128-GCM, then AES-256-GCM, then ChaCha20-Poly1305, unless the machine has no
+/// AES hardware or the client prefers ChaCha20 (its first known suite is one), when
+/// ChaCha20 comes first. So does this: the client's preference comes from its ClientHello
+/// ([`ServerTls::for_client`]). AES-128 costs a tenth less than AES-256 per byte in the
+/// record layer (callgrind, 16 KiB messages).
+pub struct ServerTls {
+    aes: Arc<rustls::ServerConfig>,
+    chacha: Arc<rustls::ServerConfig>,
+}
+
+impl ServerTls {
+    /// The configuration for a client whose ClientHello offered `suites`, in its order.
+    pub fn for_client(&self, suites: &[rustls::CipherSuite]) -> &Arc<rustls::ServerConfig> {
+        let first = suites
+            .iter()
+            .map(|&s| aead_of(s))
+            .find(|&a| a != Aead::Other);
+        if first == Some(Aead::ChaCha20Poly1305) {
+            &self.chacha
+        } else {
+            self.default()
+        }
+    }
+
+    /// The configuration before a ClientHello says anything (and for routes, whose peers
+    /// are servers): AES first where the machine has AES hardware.
+    pub fn default(&self) -> &Arc<rustls::ServerConfig> {
+        if aes_hardware() {
+            &self.aes
+        } else {
+            &self.chacha
+        }
+    }
+}
+
+/// Builds the server's TLS configurations (see [`ServerTls`]); the errors name the file and
+/// what is wrong with it.
+pub fn server_tls(o: &TlsOptions) -> Result<ServerTls, String> {
+    Ok(ServerTls {
+        aes: server_config_ordered(o, false)?,
+        chacha: server_config_ordered(o, true)?,
+    })
+}
+
+/// The configuration [`ServerTls::default`] names, for routes.
 pub fn server_config(o: &TlsOptions) -> Result<Arc<rustls::ServerConfig>, String> {
+    server_config_ordered(o, !aes_hardware())
+}
+
+/// The configuration with its cipher suites in the server's order: TLS 1.3 before 1.2, and
+/// within each AES-128-GCM, AES-256-GCM, ChaCha20-Poly1305, or ChaCha20 first.
+fn server_config_ordered(
+    o: &TlsOptions,
+    chacha_first: bool,
+) -> Result<Arc<rustls::ServerConfig>, String> {
     let (certs, key) = read_cert_and_key(o)?;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut suites = rustls::crypto::ring::default_provider();
+    suites.cipher_suites.sort_by_key(|s| {
+        let rank = match aead_of(s.suite()) {
+            Aead::ChaCha20Poly1305 if chacha_first => 0,
+            Aead::Aes128Gcm => 1,
+            Aead::Aes256Gcm => 2,
+            Aead::ChaCha20Poly1305 => 3,
+            Aead::Other => 4,
+        };
+        (!matches!(s, rustls::SupportedCipherSuite::Tls13(_)), rank)
+    });
+    let provider = Arc::new(suites);
     let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
         .map_err(|e| e.to_string())?;
@@ -176,9 +286,10 @@ pub fn server_config(o: &TlsOptions) -> Result<Arc<rustls::ServerConfig>, String
     } else {
         builder.with_no_client_auth()
     };
-    let config = builder
+    let mut config = builder
         .with_single_cert(certs, key)
         .map_err(|e| format!("certificate and key do not match: {e}"))?;
+    config.ignore_client_order = true;
     Ok(Arc::new(config))
 }
 

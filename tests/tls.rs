@@ -282,3 +282,69 @@ async fn verify_and_map_maps_the_certificate_to_a_user() {
         "a certificate that maps to no user must not get in"
     );
 }
+
+/// The suite a rustls client offering `suites` (in that order, TLS 1.3 only) gets: read the
+/// plaintext INFO, shake hands, and see a PONG come back through the session.
+fn negotiated(s: &Server, p: &Pki, suites: &[rustls::SupportedCipherSuite]) -> rustls::CipherSuite {
+    use rustls::pki_types::{pem::PemObject, CertificateDer};
+    use std::io::{BufRead, Read, Write};
+    let mut provider = rustls::crypto::ring::default_provider();
+    provider.cipher_suites = suites.to_vec();
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(CertificateDer::from_pem_file(&p.ca).unwrap())
+        .unwrap();
+    let cfg = rustls::ClientConfig::builder_with_provider(provider.into())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let sock = std::net::TcpStream::connect(("127.0.0.1", s.port)).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut info = String::new();
+    std::io::BufReader::new(sock.try_clone().unwrap())
+        .read_line(&mut info)
+        .unwrap();
+    assert!(info.starts_with("INFO "), "{info:?}");
+    let name = "localhost".try_into().unwrap();
+    let conn = rustls::ClientConnection::new(std::sync::Arc::new(cfg), name).unwrap();
+    let mut tls = rustls::StreamOwned::new(conn, sock);
+    tls.write_all(b"CONNECT {\"verbose\":false}\r\nPING\r\n")
+        .unwrap();
+    let mut got = Vec::new();
+    let mut b = [0u8; 256];
+    while !String::from_utf8_lossy(&got).contains("PONG") {
+        let n = tls.read(&mut b).unwrap();
+        assert!(n > 0, "closed: {:?}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&b[..n]);
+    }
+    tls.conn.negotiated_cipher_suite().unwrap().suite()
+}
+
+/// The server picks the suite as nats-server (Go) does: AES-128-GCM before AES-256-GCM
+/// whatever the client's order (where the machine has AES hardware), ChaCha20-Poly1305 for
+/// a client that lists it first.
+#[test]
+fn cipher_suite_is_chosen_as_nats_server_does() {
+    use rustls::crypto::ring::cipher_suite::{
+        TLS13_AES_128_GCM_SHA256 as AES128, TLS13_AES_256_GCM_SHA384 as AES256,
+        TLS13_CHACHA20_POLY1305_SHA256 as CHACHA,
+    };
+    let p = pki("tlssuites");
+    let s = p.server_with_flags();
+    #[cfg(target_arch = "x86_64")]
+    let aes_hw = std::arch::is_x86_feature_detected!("aes")
+        && std::arch::is_x86_feature_detected!("pclmulqdq");
+    #[cfg(not(target_arch = "x86_64"))]
+    let aes_hw = false;
+    if aes_hw {
+        for order in [[AES256, AES128, CHACHA], [AES128, AES256, CHACHA]] {
+            assert_eq!(negotiated(&s, &p, &order), AES128.suite());
+        }
+    }
+    for order in [[CHACHA, AES256, AES128], [CHACHA, AES128, AES256]] {
+        assert_eq!(negotiated(&s, &p, &order), CHACHA.suite());
+    }
+    // A client offering AES-256 alone still gets it.
+    assert_eq!(negotiated(&s, &p, &[AES256]), AES256.suite());
+}
