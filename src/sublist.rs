@@ -747,11 +747,19 @@ impl<T: Clone + PartialEq> Sublist<T> {
     /// matches only wildcard subscriptions (`*`/`>`) at that position. A
     /// subject that is empty or has an empty token matches nothing. Results
     /// are cached (see the module docs); a cache hit does not allocate.
+    #[inline]
     pub fn matches(&mut self, subject: &[u8]) -> Rc<SublistResult<T>> {
         self.lookups += 1;
+        // Inline: publishing into an empty index (no subscribers, or no other shard's
+        // interest with one shard) costs no call.
         if self.count == 0 {
             return Rc::clone(&self.empty);
         }
+        self.matches_some(subject)
+    }
+
+    /// [`Sublist::matches`] with at least one subscription.
+    fn matches_some(&mut self, subject: &[u8]) -> Rc<SublistResult<T>> {
         let generation = self.generation;
         if self.last_generation == generation && self.last_subject == subject {
             self.hits += 1;
