@@ -2265,9 +2265,12 @@ impl Shard {
         };
         let local = self.subs.borrow_mut()[account as usize].matches(subject);
         let mut any = false;
-        let out = client::Outgoing::new(subject, rep, hdr_len, msg);
-        for s in &local.psubs {
-            any |= self.deliver(s, &out, cid);
+        let outgoing = || client::Outgoing::new(subject, rep, hdr_len, msg);
+        if !local.psubs.is_empty() {
+            let out = outgoing();
+            for s in &local.psubs {
+                any |= self.deliver(s, &out, cid);
+            }
         }
         if self.g.accounts.get(account).exports_services && subject.starts_with(&self.resp_prefix) {
             any |= self.service_response(subject, rep, hdr_len, msg);
@@ -2293,7 +2296,7 @@ impl Shard {
                 .map_or(&[][..], |(_, m)| &m[..]);
             match self.choose_member(name, members, cid, rmembers, route_set, to_routes) {
                 QueuePick::Here => {
-                    any |= self.deliver_queue(members, &out, cid);
+                    any |= self.deliver_queue(members, &outgoing(), cid);
                 }
                 QueuePick::Shard(r) => scratch[r.shard]
                     .1
