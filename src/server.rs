@@ -2597,6 +2597,11 @@ async fn read_loop(shard: &Rc<Shard>, c: &Rc<Client>, mut reader: ConnReader) ->
         let mut pos = 0;
         loop {
             match parser.next(&chunk, &mut pos) {
+                // A publish needs none of `handle_op`'s other checks (it logs each op at
+                // trace level, and refuses any before CONNECT).
+                Ok(Some(Op::Pub(m))) if c.authed.get() && !crate::log::trace_on() => {
+                    handle_pub(shard, c, &m);
+                }
                 Ok(Some(op)) => match handle_op(shard, c, op) {
                     Next::Continue => parser.set_headers(c.headers.get()),
                     Next::Pong => {
@@ -2663,6 +2668,40 @@ fn protocol_error(c: &Client, e: &ParseError) {
             c.write_err(text);
         }
         None => tracing::error!("{} - cid:{} - {}", c.addr, c.cid, e),
+    }
+}
+
+/// A client's `PUB`/`HPUB`, once it is authenticated. The read loop calls this directly for
+/// the common case, so the parsed message is not moved through [`handle_op`]'s `Op`.
+#[inline]
+fn handle_pub(shard: &Rc<Shard>, c: &Rc<Client>, m: &PubMsg) {
+    c.count_in(m.msg().len());
+    if let Some(p) = &*c.perms.borrow() {
+        if !p.may_publish(m.subject()) {
+            let subject = String::from_utf8_lossy(m.subject());
+            tracing::error!(
+                "{} - cid:{} - Publish Violation - Subject {subject:?}",
+                c.addr,
+                c.cid
+            );
+            c.write_err(&format!(
+                "Permissions Violation for Publish to \"{subject}\""
+            ));
+            return;
+        }
+    }
+    let pedantic = c.opts.borrow().pedantic;
+    if pedantic && !sublist::is_valid_literal_subject(m.subject()) {
+        c.write_err("Invalid Publish Subject");
+    }
+    if c.opts.borrow().verbose {
+        c.write(client::OK);
+    }
+    let delivered = shard.publish(c, m) | shard.system_request(c.account.get(), m);
+    if let Some(reply) = m.reply() {
+        if !delivered && c.opts.borrow().no_responders {
+            no_responders(shard, c, reply);
+        }
     }
 }
 
@@ -2753,36 +2792,7 @@ fn handle_op(shard: &Rc<Shard>, c: &Rc<Client>, op: Op) -> Next {
                 return Next::Close(CloseReason::ProtocolViolation);
             }
         },
-        Op::Pub(m) => {
-            c.count_in(m.msg().len());
-            if let Some(p) = &*c.perms.borrow() {
-                if !p.may_publish(m.subject()) {
-                    let subject = String::from_utf8_lossy(m.subject());
-                    tracing::error!(
-                        "{} - cid:{} - Publish Violation - Subject {subject:?}",
-                        c.addr,
-                        c.cid
-                    );
-                    c.write_err(&format!(
-                        "Permissions Violation for Publish to \"{subject}\""
-                    ));
-                    return Next::Continue;
-                }
-            }
-            let pedantic = c.opts.borrow().pedantic;
-            if pedantic && !sublist::is_valid_literal_subject(m.subject()) {
-                c.write_err("Invalid Publish Subject");
-            }
-            if verbose {
-                c.write(client::OK);
-            }
-            let delivered = shard.publish(c, &m) | shard.system_request(c.account.get(), &m);
-            if let Some(reply) = m.reply() {
-                if !delivered && c.opts.borrow().no_responders {
-                    no_responders(shard, c, reply);
-                }
-            }
-        }
+        Op::Pub(m) => handle_pub(shard, c, &m),
         Op::Sub {
             subject,
             queue,
