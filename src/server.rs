@@ -546,7 +546,6 @@ impl Client {
             .unwrap_or_default()
     }
 
-    /// In the TLS handshake (a client still choosing, under `allow_non_tls`, is not).
     /// Protocol output waits while the session may still be replaced by one that suits the
     /// client's hello ([`accept_hello`]): what the old session sealed would be lost with it.
     /// The plaintext INFO that precedes the handshake is not held.
@@ -554,6 +553,7 @@ impl Client {
         self.tls_hello.get() && !self.tls_plain_once.get()
     }
 
+    /// In the TLS handshake (a client still choosing, under `allow_non_tls`, is not).
     fn handshaking(&self) -> bool {
         !self.tls_undecided.get() && self.session().is_some_and(|t| t.borrow().is_handshaking())
     }
@@ -2466,7 +2466,6 @@ async fn client_main(shard: Rc<Shard>, conn: tern_shards::Conn) {
         None => None,
     };
     let handshake_first = o.tls.as_ref().is_some_and(|t| t.handshake_first);
-    let handshake_pending = tls.is_some();
     let allow_non_tls = tls.is_some() && o.allow_non_tls && !handshake_first;
     let client = Rc::new(Client {
         cid,
@@ -2509,10 +2508,11 @@ async fn client_main(shard: Rc<Shard>, conn: tern_shards::Conn) {
         perms: RefCell::new(None),
         check_deliveries: Cell::new(false),
         tls_plain_once: Cell::new(tls.is_some() && !handshake_first),
+        // Before `tls` moves in: a TLS client's hello is still to come.
+        tls_hello: Cell::new(tls.is_some()),
         tls,
         tls_failed: Cell::new(false),
         tls_undecided: Cell::new(allow_non_tls),
-        tls_hello: Cell::new(handshake_pending),
         tls_off: Cell::new(false),
     });
     client.write(&g.info_line(&o, cid, &ip, client.nonce.as_deref()));
@@ -2597,11 +2597,6 @@ async fn read_loop(shard: &Rc<Shard>, c: &Rc<Client>, mut reader: ConnReader) ->
         let mut pos = 0;
         loop {
             match parser.next(&chunk, &mut pos) {
-                // A publish needs none of `handle_op`'s other checks (it logs each op at
-                // trace level, and refuses any before CONNECT).
-                Ok(Some(Op::Pub(m))) if c.authed.get() && !crate::log::trace_on() => {
-                    handle_pub(shard, c, &m);
-                }
                 Ok(Some(op)) => match handle_op(shard, c, op) {
                     Next::Continue => parser.set_headers(c.headers.get()),
                     Next::Pong => {
@@ -2671,8 +2666,7 @@ fn protocol_error(c: &Client, e: &ParseError) {
     }
 }
 
-/// A client's `PUB`/`HPUB`, once it is authenticated. The read loop calls this directly for
-/// the common case, so the parsed message is not moved through [`handle_op`]'s `Op`.
+/// A client's `PUB`/`HPUB`, once it is authenticated.
 #[inline]
 fn handle_pub(shard: &Rc<Shard>, c: &Rc<Client>, m: &PubMsg) {
     c.count_in(m.msg().len());
@@ -2726,7 +2720,7 @@ fn handle_op(shard: &Rc<Shard>, c: &Rc<Client>, op: Op) -> Next {
         c.write_err("Authorization Violation");
         return Next::Close(CloseReason::AuthenticationViolation);
     }
-    let verbose = c.opts.borrow().verbose;
+    let verbose = || c.opts.borrow().verbose;
     match op {
         Op::Connect(json) => match ConnectOpts::parse(json) {
             Ok(o) => {
@@ -2833,7 +2827,7 @@ fn handle_op(shard: &Rc<Shard>, c: &Rc<Client>, op: Op) -> Next {
                 if !c.subs.borrow().contains_key(&sid) {
                     shard.add_sub(c, subject, queue, sid);
                 }
-                if verbose {
+                if verbose() {
                     c.write(client::OK);
                 }
             }
@@ -2846,7 +2840,7 @@ fn handle_op(shard: &Rc<Shard>, c: &Rc<Client>, op: Op) -> Next {
                     _ => shard.remove_sub(c, sid),
                 }
             }
-            if verbose {
+            if verbose() {
                 c.write(client::OK);
             }
         }
