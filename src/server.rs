@@ -2797,13 +2797,13 @@ fn handle_op(shard: &Rc<Shard>, c: &Rc<Client>, op: Op) -> Next {
                 .perms
                 .borrow()
                 .as_ref()
-                .is_some_and(|p| !p.perms.can_subscribe(&subject, queue.as_deref()));
+                .is_some_and(|p| !p.perms.can_subscribe(subject, queue));
             // nats-server checks the subject only; any queue token is accepted.
-            if !sublist::is_valid_subject(&subject) {
+            if !sublist::is_valid_subject(subject) {
                 c.write_err("Invalid Subject");
             } else if denied {
-                let s = String::from_utf8_lossy(&subject);
-                let text = match &queue {
+                let s = String::from_utf8_lossy(subject);
+                let text = match queue {
                     Some(q) => format!(
                         "Permissions Violation for Subscription to \"{s}\" using queue \"{}\"",
                         String::from_utf8_lossy(q)
@@ -2824,8 +2824,10 @@ fn handle_op(shard: &Rc<Shard>, c: &Rc<Client>, op: Op) -> Next {
                 );
                 c.write_err("maximum subscriptions exceeded");
             } else {
-                if !c.subs.borrow().contains_key(&sid) {
-                    shard.add_sub(c, subject, queue, sid);
+                if !c.subs.borrow().contains_key(sid) {
+                    // Copies: a subscription must not pin the read buffer.
+                    let copy = Bytes::copy_from_slice;
+                    shard.add_sub(c, copy(subject), queue.map(copy), copy(sid));
                 }
                 if verbose() {
                     c.write(client::OK);
