@@ -402,7 +402,24 @@ impl Parser {
     /// more bytes are needed: what is left from `*pos` on must come first in the next chunk (a
     /// message whose control line was parsed is remembered relative to it). After an error
     /// the connection must close.
+    #[inline(always)]
     pub fn next<'a>(
+        &mut self,
+        buf: &'a Bytes,
+        pos: &mut usize,
+    ) -> Result<Option<Op<'a>>, ParseError> {
+        // The common case inline, in the caller's loop: the op is built where it is used.
+        if self.pending.is_none() {
+            if let Some(op) = self.fast_pub(buf, pos)? {
+                return Ok(Some(op));
+            }
+        }
+        self.next_general(buf, pos)
+    }
+
+    /// [`Parser::next`] for everything but a `PUB` that [`Parser::fast_pub`] takes.
+    #[inline(never)]
+    fn next_general<'a>(
         &mut self,
         buf: &'a Bytes,
         pos: &mut usize,
@@ -430,9 +447,6 @@ impl Parser {
         }
         if rest.is_empty() {
             return Ok(None);
-        }
-        if let Some(op) = self.fast_pub(buf, pos)? {
-            return Ok(Some(op));
         }
         let Some(nl) = memchr::memchr(b'\n', rest) else {
             return self.check_partial(rest).map(|()| None);
@@ -482,6 +496,7 @@ impl Parser {
     /// and the whole frame in `buf`. Anything else (other verbs, tabs, repeated spaces, a bad
     /// size, a frame not all there yet) returns `None` for the general path, which gives the
     /// exact nats-server answer.
+    #[inline(always)]
     fn fast_pub<'a>(&self, buf: &'a Bytes, pos: &mut usize) -> Result<Option<Op<'a>>, ParseError> {
         let base = *pos;
         let rest = &buf[base..];
