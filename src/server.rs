@@ -2615,7 +2615,7 @@ async fn read_loop(shard: &Rc<Shard>, c: &Rc<Client>, mut reader: ConnReader) ->
         let mut pos = 0;
         loop {
             match parser.next(&chunk, &mut pos) {
-                Ok(Some(op)) => match handle_op(shard, c, op) {
+                Ok(Some(op)) => match handle_op(shard, c, &op) {
                     Next::Continue => parser.set_headers(c.headers.get()),
                     Next::Pong => {
                         shard.interest_barrier().await;
@@ -2717,9 +2717,9 @@ fn handle_pub(shard: &Rc<Shard>, c: &Rc<Client>, m: &PubMsg) {
     }
 }
 
-fn handle_op(shard: &Rc<Shard>, c: &Rc<Client>, op: Op) -> Next {
+fn handle_op(shard: &Rc<Shard>, c: &Rc<Client>, op: &Op) -> Next {
     if crate::log::trace_on() {
-        match &op {
+        match op {
             Op::Connect(json) => tracing::trace!(
                 "{} - cid:{} - <<- [CONNECT {}]",
                 c.addr,
@@ -2739,7 +2739,7 @@ fn handle_op(shard: &Rc<Shard>, c: &Rc<Client>, op: Op) -> Next {
         return Next::Close(CloseReason::AuthenticationViolation);
     }
     let verbose = || c.opts.borrow().verbose;
-    match op {
+    match *op {
         Op::Connect(json) => match ConnectOpts::parse(json) {
             Ok(o) => {
                 c.echo.set(o.echo);
@@ -2804,7 +2804,7 @@ fn handle_op(shard: &Rc<Shard>, c: &Rc<Client>, op: Op) -> Next {
                 return Next::Close(CloseReason::ProtocolViolation);
             }
         },
-        Op::Pub(m) => handle_pub(shard, c, &m),
+        Op::Pub(ref m) => handle_pub(shard, c, m),
         Op::Sub {
             subject,
             queue,
