@@ -644,11 +644,14 @@ fn split_pub_line(rest: &[u8]) -> Option<(Span, Option<Span>, Span, usize)> {
                 i += 8;
             }
             None => {
-                let tail = rest.get(i..).unwrap_or_default();
-                for (at, _) in (i..).zip(tail).filter(|&(_, &b)| b <= b' ') {
-                    if let Some(cr) = take(at)? {
-                        break 'scan cr;
+                // The last bytes, one at a time.
+                while i < rest.len() {
+                    if rest[i] <= b' ' {
+                        if let Some(cr) = take(i)? {
+                            break 'scan cr;
+                        }
                     }
+                    i += 1;
                 }
                 return None;
             }
