@@ -247,17 +247,11 @@ impl Global {
     }
 }
 
-/// One unit of traffic between shards.
+/// One unit of traffic between shards: 48 bytes, the size of a forwarded message (see
+/// `a_shard_op_is_small`), so that a batch of them is small to write and to read.
 pub enum ShardOp {
-    /// The sender's interest in (account, subject, queue) is now `weight` (0 = gone): its
-    /// clients', or with `routed` its routes' (other servers').
-    Interest {
-        account: AccId,
-        subject: Bytes,
-        queue: Option<Bytes>,
-        weight: u32,
-        routed: bool,
-    },
+    /// An interest change: boxed, being rare and twice a message's size.
+    Interest(Box<Interest>),
     /// "Answer with `Ack(seq)` once everything I sent before this is applied."
     Sync(u64),
     /// The receiver of `Sync(seq)` has applied and delivered everything sent before it.
@@ -276,10 +270,21 @@ pub enum ShardOp {
         account: AccId,
         /// Where subject, reply and payload lie in the batch's current `Frame`.
         parts: Parts,
-        queues: Queues,
+        /// How many queue groups it must serve: the next ones in the batch's `queues`.
+        queues: u32,
         /// The receiver owns the routes and passes the message on to them too.
         to_routes: bool,
     },
+}
+
+/// The sender's interest in (account, subject, queue) is now `weight` (0 = gone): its
+/// clients', or with `routed` its routes' (other servers').
+pub struct Interest {
+    account: AccId,
+    subject: Bytes,
+    queue: Option<Bytes>,
+    weight: u32,
+    routed: bool,
 }
 
 /// The queue groups a forwarded message must serve on the receiving shard.
@@ -292,10 +297,15 @@ pub type Queues = smallvec::SmallVec<[QueueName; 1]>;
 /// `shared_drop`, ~17 ns of a queue message's ~500 across shards).
 pub type QueueName = smallvec::SmallVec<[u8; 24]>;
 
-/// What travels on the mesh: a batch of operations, in order.
-pub type MeshMsg = Vec<ShardOp>;
+/// What travels on the mesh: a batch of operations, in order, and the queue groups its
+/// messages name, in the same order.
+#[derive(Default)]
+pub struct MeshMsg {
+    ops: Vec<ShardOp>,
+    queues: Vec<QueueName>,
+}
 
-/// The largest batch (in operations, about 120 bytes each) kept for reuse per peer: a 64 KiB
+/// The largest batch (in operations, 48 bytes each) kept for reuse per peer: a 64 KiB
 /// read of messages of 64 bytes or more. Larger batches are freed and grown anew, so what a
 /// shard keeps for its peers stays small with many shards.
 const SPARE_MAX: usize = 1024;
@@ -303,7 +313,7 @@ const SPARE_MAX: usize = 1024;
 /// The batch this shard is building for one peer.
 #[derive(Default)]
 struct Outbox {
-    ops: MeshMsg,
+    batch: MeshMsg,
     /// Address and length of the last `ShardOp::Frame` in `ops` (which keeps that memory
     /// alive, so no other chunk can have it while the batch is pending).
     frame: (usize, usize),
@@ -1373,17 +1383,18 @@ async fn mesh_loop(shard: Rc<Shard>, rx: MeshReceiver<MeshMsg>) {
         let mut ack = None;
         let mut frame = &no_frame;
         let mut peer_hungry = false;
-        for op in &batch {
+        let mut queues = &batch.queues[..];
+        for op in &batch.ops {
             match op {
-                ShardOp::Interest {
-                    account,
-                    subject,
-                    queue,
-                    weight,
-                    routed,
-                } => shard.apply_remote_interest(
-                    (from, *account, subject.clone(), queue.clone(), *routed),
-                    *weight,
+                ShardOp::Interest(i) => shard.apply_remote_interest(
+                    (
+                        from,
+                        i.account,
+                        i.subject.clone(),
+                        i.queue.clone(),
+                        i.routed,
+                    ),
+                    i.weight,
                 ),
                 ShardOp::Sync(seq) => ack = Some(*seq),
                 ShardOp::ConnectUrls => shard.connect_urls_changed(),
@@ -1399,24 +1410,32 @@ async fn mesh_loop(shard: Rc<Shard>, rx: MeshReceiver<MeshMsg>) {
                 ShardOp::Msg {
                     account,
                     parts,
-                    queues,
+                    queues: n,
                     to_routes,
-                } => shard.deliver_forwarded(
-                    *account,
-                    &PubMsg::new(frame, parts.clone()),
-                    queues,
-                    *to_routes,
-                ),
+                } => {
+                    let (now, later) = queues.split_at(queues.len().min(*n as usize));
+                    queues = later;
+                    shard.deliver_forwarded(
+                        *account,
+                        &PubMsg::new(frame, parts.clone()),
+                        now,
+                        *to_routes,
+                    )
+                }
             }
         }
         // The batch and the read chunks it holds were allocated by the sender: freeing them
         // there keeps this shard off the lock of the sender's malloc arena. The rest of the
         // batch is dropped here, where it is in the cache, not by a sender that may be busy.
-        batch.retain(|op| matches!(op, ShardOp::Frame(_)));
+        batch.ops.retain(|op| matches!(op, ShardOp::Frame(_)));
+        batch.queues.clear();
         rx.give_back(batch);
         // Not `send_to`: an Ack needs no Sync of its own, or two shards would sync forever.
         if let Some(seq) = ack {
-            shard.outbox.borrow_mut()[from].ops.push(ShardOp::Ack(seq));
+            shard.outbox.borrow_mut()[from]
+                .batch
+                .ops
+                .push(ShardOp::Ack(seq));
         }
         shard.flush();
         // After the flush, so that the mark does not travel on to this shard's own batches.
@@ -1582,17 +1601,20 @@ impl Shard {
                 while let Some(mut done) = self.mesh.take_back(peer) {
                     // Frees the read chunks this shard allocated, here; keeps the largest
                     // batch of a bounded size for reuse.
-                    done.clear();
-                    if done.capacity() > out.spare.capacity() && done.capacity() <= SPARE_MAX {
+                    done.ops.clear();
+                    done.queues.clear();
+                    let room = done.ops.capacity();
+                    if room > out.spare.ops.capacity() && room <= SPARE_MAX {
                         out.spare = done;
                     }
                 }
-                if !out.ops.is_empty() {
+                if !out.batch.ops.is_empty() {
                     if self.hungry.get() {
-                        out.ops.push(ShardOp::Hungry);
+                        out.batch.ops.push(ShardOp::Hungry);
                     }
                     let next = std::mem::take(&mut out.spare);
-                    self.mesh.send(peer, std::mem::replace(&mut out.ops, next));
+                    self.mesh
+                        .send(peer, std::mem::replace(&mut out.batch, next));
                     out.frame = (0, 0);
                 }
             }
@@ -1674,26 +1696,39 @@ impl Shard {
 
     /// Queues `op` for `peer`, to go out with the next flush.
     fn send_to(&self, peer: usize, op: ShardOp) {
-        self.outbox.borrow_mut()[peer].ops.push(op);
+        self.outbox.borrow_mut()[peer].batch.ops.push(op);
         self.unsynced.borrow_mut()[peer] = true;
     }
 
     /// Queues message `m` for `peer`, after its frame unless the batch's last frame is it.
     /// The operation is built in place in the batch (through `send_to` it was moved twice and
     /// the batch borrowed again: ~60 instructions of a forwarded message's ~460 here).
-    fn forward(&self, peer: usize, account: AccId, m: &PubMsg, queues: Queues, to_routes: bool) {
+    /// The queue groups it must serve are taken out of `queues`.
+    #[inline(always)]
+    fn forward(
+        &self,
+        peer: usize,
+        account: AccId,
+        m: &PubMsg,
+        queues: &mut Queues,
+        to_routes: bool,
+    ) {
         let mut outbox = self.outbox.borrow_mut();
         let out = &mut outbox[peer];
         let frame = m.frame();
         let id = (frame.as_ptr() as usize, frame.len());
         if out.frame != id {
-            out.ops.push(ShardOp::Frame(frame.clone()));
+            out.batch.ops.push(ShardOp::Frame(frame.clone()));
             out.frame = id;
         }
-        out.ops.push(ShardOp::Msg {
+        let n = queues.len() as u32;
+        if n > 0 {
+            out.batch.queues.extend(queues.drain(..));
+        }
+        out.batch.ops.push(ShardOp::Msg {
             account,
             parts: m.parts().clone(),
-            queues,
+            queues: n,
             to_routes,
         });
         self.unsynced.borrow_mut()[peer] = true;
@@ -1715,7 +1750,7 @@ impl Shard {
                 if unsynced[peer] {
                     let seq = self.sync_seq.get() + 1;
                     self.sync_seq.set(seq);
-                    outbox[peer].ops.push(ShardOp::Sync(seq));
+                    outbox[peer].batch.ops.push(ShardOp::Sync(seq));
                     issued[peer] = seq;
                     unsynced[peer] = false;
                 }
@@ -1740,13 +1775,13 @@ impl Shard {
         for peer in (0..self.shards).filter(|&p| p != self.id) {
             self.send_to(
                 peer,
-                ShardOp::Interest {
+                ShardOp::Interest(Box::new(Interest {
                     account: key.0,
                     subject: key.1.clone(),
                     queue: key.2.clone(),
                     weight,
                     routed,
-                },
+                })),
             );
         }
     }
@@ -2319,6 +2354,19 @@ impl Shard {
             // No queue group to choose for and nobody elsewhere: the plain deliveries were all.
             return any;
         }
+        // The common forward: one other shard's plain interest, no queue group to pick for.
+        if let ([r], true, true, None) = (
+            &remote.psubs[..],
+            local.qsubs.is_empty(),
+            remote.qsubs.is_empty(),
+            &rmatch,
+        ) {
+            if to_routes || !r.routed {
+                self.forward(r.shard, account, m, &mut Queues::new(), to_routes);
+                return true;
+            }
+            return any;
+        }
         let mut rsend = routes::RouteSends::default();
         let mut scratch = self.scratch.borrow_mut();
         // Routed interest only matters for a message that may go on to the routes.
@@ -2381,7 +2429,7 @@ impl Shard {
         for (peer, (plain, queues)) in scratch.iter_mut().enumerate() {
             if *plain || !queues.is_empty() {
                 any = true;
-                self.forward(peer, account, m, std::mem::take(queues), to_routes);
+                self.forward(peer, account, m, queues, to_routes);
                 *plain = false;
             }
         }
@@ -3045,5 +3093,16 @@ async fn ping_task(shard: Rc<Shard>, c: Rc<Client>) {
         c.rtt_ping.set(Some(now));
         c.write(client::PING);
         c.wake_writer();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_shard_op_is_small() {
+        // A forwarded message is one op, written by one shard and read by another.
+        assert!(std::mem::size_of::<ShardOp>() <= 48);
     }
 }

@@ -78,8 +78,14 @@ fn spawn_reader(mut c: RawClient, sub_line: &str) -> thread::JoinHandle<Vec<Stri
 }
 
 fn publish_numbered(p: &mut RawClient, subj: &str, n: usize) {
+    publish_numbered_on(p, n, |_| subj);
+}
+
+/// Publishes message `i` of `n` on `subject(i)`, then the end marker.
+fn publish_numbered_on<'a>(p: &mut RawClient, n: usize, subject: impl Fn(usize) -> &'a str) {
     let mut batch = Vec::new();
     for i in 0..n {
+        let subj = subject(i);
         let body = i.to_string();
         batch.extend_from_slice(format!("PUB {subj} {}\r\n{body}\r\n", body.len()).as_bytes());
         if batch.len() > 32 * 1024 {
@@ -157,6 +163,56 @@ fn queue_spread_2_shards() {
 #[test]
 fn queue_spread_4_shards() {
     queue_spread(4);
+}
+
+/// (c') Three queue groups on different subjects and a plain subscriber: messages that name
+/// one, two or three groups (`qa` on `mix.a`, `qb` on `mix.b`, `qc` on `mix.*`) and messages
+/// only the plain one wants alternate, so the batches between shards carry messages with
+/// different groups interleaved. Each message reaches exactly one member of each group that
+/// wants it, and the plain subscriber gets every message in order.
+fn queue_groups_interleaved(shards: usize) {
+    let s = Server::start_sharded(shards, &[]);
+    let groups = [("qa", "mix.a"), ("qb", "mix.b"), ("qc", "mix.*")];
+    let members: Vec<_> = (0..2)
+        .flat_map(|_| groups)
+        .map(|(g, subj)| (g, spawn_reader(s.raw_quiet(), &format!("SUB {subj} {g} 1"))))
+        .collect();
+    let plain = spawn_reader(s.raw_quiet(), "SUB mix.> 1");
+    let mut p = s.raw_quiet();
+    let n = 3000;
+    let subject = |i: usize| ["mix.a", "mix.b", "mix.c", "mix.p.x"][i % 4];
+    publish_numbered_on(&mut p, n, subject);
+    let mut got: HashMap<&str, Vec<usize>> = HashMap::new();
+    for (group, r) in members {
+        let numbers = r
+            .join()
+            .expect("reader")
+            .into_iter()
+            .map(|g| g.parse::<usize>().unwrap());
+        got.entry(group).or_default().extend(numbers);
+    }
+    for (group, subj) in groups {
+        let wanted = |i: &usize| match subj {
+            "mix.*" => subject(*i) != "mix.p.x",
+            s => subject(*i) == s,
+        };
+        let want: Vec<usize> = (0..n).filter(wanted).collect();
+        let mut numbers = got.remove(group).unwrap_or_default();
+        numbers.sort_unstable();
+        assert_eq!(numbers, want, "group {group}: lost or duplicated messages");
+    }
+    let all: Vec<String> = (0..n).map(|i| i.to_string()).collect();
+    assert_eq!(plain.join().expect("reader"), all);
+}
+
+#[test]
+fn queue_groups_interleaved_2_shards() {
+    queue_groups_interleaved(2);
+}
+
+#[test]
+fn queue_groups_interleaved_4_shards() {
+    queue_groups_interleaved(4);
 }
 
 /// (d) A plain subscriber on each of 4 connections receives each of 1,000
