@@ -37,6 +37,13 @@ pub const CACHE_MAX: usize = 1024;
 /// entries (nats-server's `slCacheSweep`).
 const CACHE_SWEEP: usize = 256;
 
+/// Bits of the cache's doorkeeper (see [`Sublist::admit`]): 8192, in 64-bit words.
+const SEEN_WORDS: usize = 128;
+
+/// Subjects the doorkeeper notes before it forgets them all: the cache's size, so that a
+/// subject that comes back within about as many other misses as the cache holds is cached.
+const SEEN_WINDOW: u32 = CACHE_MAX as u32;
+
 /// Token separator.
 const TSEP: u8 = b'.';
 
@@ -584,6 +591,31 @@ fn compute<T: Clone>(
     }
 }
 
+/// A hash of `subject` for the cache's doorkeeper: the Fx hash, whose high bits depend
+/// only on a subject's first bytes, mixed so that every bit depends on every byte (the
+/// final step of MurmurHash3).
+fn subject_hash(subject: &[u8]) -> u64 {
+    let mut h = FxHasher::default();
+    h.write(subject);
+    let mut x = h.hash;
+    x ^= x >> 33;
+    x = x.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    x ^= x >> 33;
+    x = x.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    x ^ (x >> 33)
+}
+
+/// What a [`Sublist`] keeps for the subjects it does not cache (see [`Sublist::admit`]).
+struct Uncached<T> {
+    /// The cache's doorkeeper: one bit per hash of a subject that missed the cache and was
+    /// not let in, and how many it noted since it last forgot them all.
+    seen: [u64; SEEN_WORDS],
+    seen_count: u32,
+    /// The result of the last lookup that was not cached, refilled in place by the next one
+    /// once nobody else holds it: a subject that is not cached costs no allocation.
+    spare: Rc<SublistResult<T>>,
+}
+
 struct CacheEntry<T> {
     generation: u64,
     result: Rc<SublistResult<T>>,
@@ -609,6 +641,8 @@ pub struct Sublist<T> {
     last_subject: Vec<u8>,
     last_generation: u64,
     last_result: Rc<SublistResult<T>>,
+    /// Made at the first miss of the cache, apart: the hits' path reads none of it.
+    uncached: Option<Box<Uncached<T>>>,
     inserts: u64,
     removes: u64,
     lookups: u64,
@@ -665,6 +699,7 @@ impl<T: Clone + PartialEq> Sublist<T> {
             last_subject: Vec::new(),
             last_generation: u64::MAX,
             last_result: Rc::new(SublistResult::default()),
+            uncached: None,
             inserts: 0,
             removes: 0,
             lookups: 0,
@@ -793,18 +828,36 @@ impl<T: Clone + PartialEq> Sublist<T> {
 
     /// `matches` without the last-subject shortcut: the cache, then the trie.
     fn lookup(&mut self, subject: &[u8]) -> Rc<SublistResult<T>> {
-        let generation = self.generation;
-        if let Some(e) = self.cache.get_mut(subject) {
-            if e.generation != generation {
-                e.result = compute(&self.root, &self.empty, subject);
-                e.generation = generation;
-            } else {
+        match self.cache.get(subject) {
+            Some(e) if e.generation == self.generation => {
                 self.hits += 1;
+                Rc::clone(&e.result)
             }
-            return Rc::clone(&e.result);
+            Some(_) => self.refresh(subject),
+            None => self.miss(subject),
         }
+    }
+
+    /// [`Sublist::lookup`] of a subject cached before the index last changed.
+    #[cold]
+    #[inline(never)]
+    fn refresh(&mut self, subject: &[u8]) -> Rc<SublistResult<T>> {
+        let r = compute(&self.root, &self.empty, subject);
+        if let Some(e) = self.cache.get_mut(subject) {
+            e.result = Rc::clone(&r);
+            e.generation = self.generation;
+        }
+        r
+    }
+
+    /// [`Sublist::lookup`] of a subject not in the cache.
+    #[inline(never)]
+    fn miss(&mut self, subject: &[u8]) -> Rc<SublistResult<T>> {
         if !has_no_empty_tokens(subject) {
             return Rc::clone(&self.empty);
+        }
+        if !self.admit(subject) {
+            return self.compute_spare(subject);
         }
         let r = compute(&self.root, &self.empty, subject);
         if self.cache.len() >= CACHE_MAX {
@@ -818,6 +871,67 @@ impl<T: Clone + PartialEq> Sublist<T> {
             },
         );
         r
+    }
+
+    /// Whether `subject`, which missed the cache, goes into it: only when it missed once
+    /// before, recently (a doorkeeper, as in TinyLFU). Subjects that do not come back
+    /// within the cache's reach (a reply inbox per request, more subjects in turn than the
+    /// cache holds) would each cost an allocation, and in time a sweep, and would push out
+    /// the subjects that do come back. A false positive (a subject whose bits others set)
+    /// only caches a subject at its first miss, as without the doorkeeper.
+    fn admit(&mut self, subject: &[u8]) -> bool {
+        let u = self.uncached.get_or_insert_with(|| {
+            Box::new(Uncached {
+                seen: [0; SEEN_WORDS],
+                seen_count: 0,
+                spare: Rc::new(SublistResult::default()),
+            })
+        });
+        // Two bits per subject (a Bloom filter): with at most a window's subjects noted,
+        // under 5 % of new subjects find both of theirs set by others.
+        let h = subject_hash(subject);
+        let bits = [(h >> 51) as usize, (h >> 38) as usize & 8191];
+        if bits.iter().all(|&b| u.seen[b / 64] & (1 << (b % 64)) != 0) {
+            return true;
+        }
+        if u.seen_count >= SEEN_WINDOW {
+            u.seen.fill(0);
+            u.seen_count = 0;
+        }
+        for b in bits {
+            u.seen[b / 64] |= 1 << (b % 64);
+        }
+        u.seen_count += 1;
+        false
+    }
+
+    /// The match for `subject`, not cached: into the spare result when nobody else holds
+    /// it, else into a new one that becomes the spare.
+    fn compute_spare(&mut self, subject: &[u8]) -> Rc<SublistResult<T>> {
+        let Some(u) = self.uncached.as_deref_mut() else {
+            return compute(&self.root, &self.empty, subject);
+        };
+        // Let go of it as the last result (which `matches_some` replaces after this).
+        if Rc::ptr_eq(&self.last_result, &u.spare) {
+            self.last_result = Rc::clone(&self.empty);
+        }
+        match Rc::get_mut(&mut u.spare) {
+            Some(acc) => {
+                acc.psubs.clear();
+                acc.qsubs.clear();
+                match_level(&self.root, subject, acc);
+            }
+            None => {
+                let mut acc = SublistResult::default();
+                match_level(&self.root, subject, &mut acc);
+                u.spare = Rc::new(acc);
+            }
+        }
+        if u.spare.is_empty() {
+            Rc::clone(&self.empty)
+        } else {
+            Rc::clone(&u.spare)
+        }
     }
 
     /// True if any plain or queue subscription matches `subject`. Uses a
@@ -1121,6 +1235,62 @@ mod tests {
             assert_eq!(sl.matches(s.as_bytes()).psubs, vec![1]);
             assert!(sl.cache_len() <= CACHE_MAX);
         }
+    }
+
+    #[test]
+    fn cache_admits_subjects_that_come_back() {
+        let mut sl: Sublist<u32> = Sublist::new();
+        sl.insert(b"s.*", None, 1).unwrap();
+        let subjects: Vec<String> = (0..500).map(|i| format!("s.{i}")).collect();
+        for s in &subjects {
+            assert_eq!(sl.matches(s.as_bytes()).psubs, vec![1]);
+        }
+        // Seen once: matched, and only the doorkeeper's rare false positives cached.
+        assert!(
+            sl.cache_len() < 25,
+            "one-off subjects cached: {}",
+            sl.cache_len()
+        );
+        for s in &subjects {
+            assert_eq!(sl.matches(s.as_bytes()).psubs, vec![1]);
+        }
+        assert_eq!(
+            sl.cache_len(),
+            subjects.len(),
+            "subjects seen again are cached"
+        );
+        let before = sl.stats().cache_hits;
+        for s in &subjects {
+            assert_eq!(sl.matches(s.as_bytes()).psubs, vec![1]);
+        }
+        assert_eq!(sl.stats().cache_hits - before, subjects.len() as u64);
+    }
+
+    #[test]
+    fn uncached_results_are_snapshots() {
+        let mut sl: Sublist<u32> = Sublist::new();
+        sl.insert(b"a.*", None, 1).unwrap();
+        sl.insert(b"b.*", Some(b"q"), 2).unwrap();
+        let a = sl.matches(b"a.1");
+        // `a` is still held, so this one cannot be refilled into it.
+        let b = sl.matches(b"b.1");
+        assert_eq!(a.psubs, vec![1]);
+        assert_eq!(b.qsubs, vec![(Box::from(&b"q"[..]), vec![2])]);
+        drop(a);
+        let a = sl.matches(b"a.2");
+        assert_eq!(
+            (a.psubs.as_slice(), b.psubs.as_slice()),
+            (&[1][..], &[][..])
+        );
+        assert_eq!(b.qsubs.len(), 1);
+        drop((a, b));
+        // Held by nobody: the next uncached lookup refills the same result in place.
+        let spare = Rc::as_ptr(&sl.matches(b"b.2"));
+        let a = sl.matches(b"a.3");
+        assert_eq!(Rc::as_ptr(&a), spare);
+        assert_eq!((a.psubs.as_slice(), a.qsubs.len()), (&[1][..], 0));
+        assert!(sl.matches(b"c.1").is_empty());
+        assert_eq!(sl.cache_len(), 0);
     }
 
     /// Tokens of the narrow runs: few, so that filters and subjects meet often.

@@ -31,7 +31,8 @@ pub struct Spec {
     pub pubs: usize,
     /// Subscribers / responders.
     pub subs: usize,
-    /// Preloaded subscriptions or connections, where the kind uses one.
+    /// Preloaded subscriptions (subscale), connections (conns), or the subjects a pub/sub
+    /// run publishes on in turn (`--subjects`; 0 = one).
     pub count: usize,
     /// In the default set.
     pub default: bool,
@@ -89,6 +90,10 @@ pub const CATALOG: &[Spec] = &[
     extra(spec("subscale100k", Kind::Subscale, 128, 1, 1), 100_000),
     extra(spec("subscale1m", Kind::Subscale, 128, 1, 1), 1_000_000),
     extra(spec("churn", Kind::Churn, 128, 1, 1), 0),
+    // A subject per message from a thousand (each one in the servers' match caches) and
+    // from 100k (none of them: a reply inbox per request, a device id per message).
+    extra(spec("subjects1k", Kind::Pubsub, 128, 1, 1), 1000),
+    extra(spec("subjects100k", Kind::Pubsub, 128, 1, 1), 100_000),
     extra(spec("conns1k", Kind::Conns, 0, 0, 0), 1000),
     extra(spec("conns10k", Kind::Conns, 0, 0, 0), 10_000),
 ];
@@ -280,6 +285,7 @@ fn opts_for(s: &Settings, spec: &Spec, placement: char, v: Placement) -> Opts {
     match spec.kind {
         Kind::Subscale => o.preload = spec.count,
         Kind::Conns => o.conns = spec.count,
+        Kind::Pubsub => o.subjects = spec.count.max(1),
         _ => {}
     }
     o

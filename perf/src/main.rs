@@ -126,6 +126,11 @@ struct RunArgs {
     /// Connections to open (conns).
     #[arg(long, default_value_t = 1000)]
     conns: usize,
+    /// Publish on this many subjects in turn (`bench.0.<k>`, subscribed as `bench.0.*`)
+    /// instead of one: past about a thousand, every message is a miss in the servers'
+    /// match caches (pub/sub scenarios).
+    #[arg(long, default_value_t = 1)]
+    subjects: usize,
     /// Write a percentile plot (latency scenarios) to this SVG file.
     #[arg(long, value_name = "FILE")]
     svg: Option<PathBuf>,
@@ -228,6 +233,7 @@ fn run(a: RunArgs) -> Result<()> {
         idle_conns: a.idle_conns,
         churn_rate: a.churn_rate,
         conns: a.conns,
+        subjects: a.subjects,
     };
     if matches!(
         a.scenario,

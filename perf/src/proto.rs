@@ -436,6 +436,20 @@ impl PubBatch {
         }
     }
 
+    /// Writes the numbers `first`, `first + 1`, … (modulo `modulo`), zero-padded to `width`
+    /// digits, at byte `at` of each of the first `n` frames: the last token of a subject
+    /// that changes from message to message (`--subjects`).
+    pub fn number(&mut self, n: usize, at: usize, width: usize, first: u64, modulo: u64) {
+        for j in 0..n {
+            let mut k = (first + j as u64) % modulo;
+            let start = j * self.frame_len + at;
+            for d in self.bytes[start..start + width].iter_mut().rev() {
+                *d = b'0' + (k % 10) as u8;
+                k /= 10;
+            }
+        }
+    }
+
     /// Writes `stamp` into frame `i` only.
     #[inline]
     pub fn stamp_one(&mut self, i: usize, stamp: u64) {
@@ -555,5 +569,17 @@ mod tests {
         assert_eq!(stamps[0], Some(0x0102030405060708));
         assert_eq!(stamps[1], Some(0x0102030405060708));
         assert_ne!(stamps[2], Some(0x0102030405060708));
+    }
+
+    #[test]
+    fn pub_batch_numbers_subjects() {
+        let mut b = PubBatch::new("s.000", None, 1, 4);
+        b.number(3, "PUB s.".len(), 3, 998, 1000);
+        let text = String::from_utf8_lossy(b.frames(4)).into_owned();
+        let subjects: Vec<&str> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("PUB "))
+            .collect();
+        assert_eq!(subjects, ["s.998 1", "s.999 1", "s.000 1", "s.000 1"]);
     }
 }

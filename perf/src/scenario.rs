@@ -120,6 +120,8 @@ pub struct Opts {
     pub churn_rate: u64,
     /// Connections to open (conns).
     pub conns: usize,
+    /// Subjects the publishers cycle through (see `Subjects`); 1 = `bench.0` alone.
+    pub subjects: usize,
 }
 
 impl Default for Opts {
@@ -140,6 +142,7 @@ impl Default for Opts {
             idle_conns: 10,
             churn_rate: 10_000,
             conns: 1000,
+            subjects: 1,
         }
     }
 }
@@ -333,9 +336,9 @@ fn probe_payload(size: usize, p: usize) -> Vec<u8> {
 
 /// The `PUB` frame of publisher `p`'s probe: a payload whose length differs from `size`, so
 /// subscribers tell it from the measured messages.
-fn probe_frame(size: usize, p: usize) -> Vec<u8> {
+fn probe_frame(subject: &str, size: usize, p: usize) -> Vec<u8> {
     let payload = probe_payload(size, p);
-    let mut frame = format!("PUB {SUBJECT} {}\r\n", payload.len()).into_bytes();
+    let mut frame = format!("PUB {subject} {}\r\n", payload.len()).into_bytes();
     frame.extend_from_slice(&payload);
     frame.extend_from_slice(b"\r\n");
     frame
@@ -346,6 +349,54 @@ fn parse_probe(payload: &[u8]) -> Option<usize> {
 }
 
 const SUBJECT: &str = "bench.0";
+
+/// The subjects a run publishes on (`--subjects`): `bench.0` alone, or N subjects
+/// `bench.0.<k>` (k zero-padded to one width, so that every frame has the same length) that
+/// the subscribers take with `bench.0.*`. Each message's subject then differs from the one
+/// before it, and past a server's match cache (about a thousand subjects in nats-server and
+/// in Tern) each one is a walk of its subject index.
+#[derive(Debug, Clone, Copy)]
+struct Subjects {
+    n: u64,
+    width: usize,
+}
+
+impl Subjects {
+    fn of(o: &Opts) -> Self {
+        let n = o.subjects.max(1) as u64;
+        let width = if n > 1 { (n - 1).to_string().len() } else { 0 };
+        Subjects { n, width }
+    }
+
+    /// What the subscribers subscribe to.
+    fn filter(&self) -> &'static str {
+        if self.n > 1 {
+            "bench.0.*"
+        } else {
+            SUBJECT
+        }
+    }
+
+    /// The first subject: the one batches are built with and probes go to.
+    fn first(&self) -> String {
+        if self.n > 1 {
+            format!("{SUBJECT}.{}", "0".repeat(self.width))
+        } else {
+            SUBJECT.into()
+        }
+    }
+
+    /// Gives the first `n` frames of `batch` the subjects numbered from `next` on, and
+    /// returns the number after them.
+    fn number(&self, batch: &mut PubBatch, n: usize, next: u64) -> u64 {
+        if self.n == 1 {
+            return next;
+        }
+        let at = "PUB ".len() + SUBJECT.len() + 1;
+        batch.number(n, at, self.width, next, self.n);
+        (next + n as u64) % self.n
+    }
+}
 
 /// Publish/subscribe run: throughput (closed loop, flow-controlled) or open-loop latency.
 fn flow(t: &Target, o: &Opts, f: &Flow) -> Result<Report> {
@@ -364,9 +415,10 @@ fn flow(t: &Target, o: &Opts, f: &Flow) -> Result<Report> {
         let mut c = t
             .sub_side()
             .connect(&format!("bench-sub-{i}"), o.placement.subscriber())?;
+        let filter = Subjects::of(o).filter();
         let line = match f.queue {
-            Some(q) => format!("SUB {SUBJECT} {q} 1\r\n"),
-            None => format!("SUB {SUBJECT} 1\r\n"),
+            Some(q) => format!("SUB {filter} {q} 1\r\n"),
+            None => format!("SUB {filter} 1\r\n"),
         };
         c.write(line.as_bytes())?;
         c.flush()?;
@@ -426,7 +478,7 @@ fn flow(t: &Target, o: &Opts, f: &Flow) -> Result<Report> {
             pin(core);
             go.wait();
             let mut c = c;
-            let r = probe(&mut c, &sh, i, subs, pubs, queue, o.size);
+            let r = probe(&mut c, &sh, i, subs, pubs, queue, &o);
             probed.wait();
             r?;
             if open {
@@ -541,12 +593,12 @@ fn probe(
     subs: usize,
     pubs: usize,
     queue: bool,
-    size: usize,
+    o: &Opts,
 ) -> Result<()> {
     if subs == 0 {
         return Ok(());
     }
-    let frame = probe_frame(size, p);
+    let frame = probe_frame(&Subjects::of(o).first(), o.size, p);
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let seen = (0..subs)
@@ -569,9 +621,12 @@ fn probe(
 
 /// Closed-loop publisher. Returns the time (ns) its final PONG arrived.
 fn publisher(mut c: Conn, sh: &Shared, o: &Opts, quota: Option<u64>, factor: u64) -> Result<u64> {
-    let frame_len = PubBatch::new(SUBJECT, None, o.size, 1).frame_len;
+    let subjects = Subjects::of(o);
+    let first = subjects.first();
+    let frame_len = PubBatch::new(&first, None, o.size, 1).frame_len;
     let per_batch = (64 * 1024 / frame_len).clamp(1, 4096);
-    let mut batch = PubBatch::new(SUBJECT, None, o.size, per_batch);
+    let mut batch = PubBatch::new(&first, None, o.size, per_batch);
+    let mut next = 0;
     let ping_bytes = 256 * 1024;
     let window_msgs = ((o.window / frame_len).max(64) as u64) * factor.max(1);
     let end = Instant::now() + o.duration;
@@ -587,6 +642,7 @@ fn publisher(mut c: Conn, sh: &Shared, o: &Opts, quota: Option<u64>, factor: u64
             break;
         }
         batch.stamp(n, now_ns());
+        next = subjects.number(&mut batch, n, next);
         c.write(batch.frames(n))?;
         sent += n as u64;
         let total = sh.sent.fetch_add(n as u64, Ordering::Relaxed) + n as u64;
@@ -633,7 +689,9 @@ fn open_loop_publisher(
     let rate = (o.rate / pubs as u64).max(1);
     let interval = 1e9 / rate as f64;
     let total = quota.unwrap_or((o.duration.as_secs_f64() * rate as f64) as u64);
-    let mut batch = PubBatch::new(SUBJECT, None, o.size, 1024);
+    let subjects = Subjects::of(o);
+    let mut batch = PubBatch::new(&subjects.first(), None, o.size, 1024);
+    let mut next = 0;
     fine_timer_slack();
     let start = now_ns();
     let mut i = 0u64;
@@ -645,6 +703,7 @@ fn open_loop_publisher(
             for j in 0..n {
                 batch.stamp_one(j, start + ((i + j as u64) as f64 * interval) as u64);
             }
+            next = subjects.number(&mut batch, n, next);
             c.write(batch.frames(n))?;
             i += n as u64;
             sh.sent.fetch_add(n as u64, Ordering::Relaxed);
@@ -680,7 +739,7 @@ fn openpoll(t: &Target, o: &Opts) -> Result<Report> {
     let mut sub = t
         .sub_side()
         .connect("bench-sub-0", o.placement.subscriber())?;
-    sub.write(format!("SUB {SUBJECT} 1\r\n").as_bytes())?;
+    sub.write(format!("SUB {} 1\r\n", Subjects::of(o).filter()).as_bytes())?;
     sub.flush()?;
     let publ = t.connect("bench-pub-0", o.placement.publisher())?;
     let (o, target) = (o.clone(), t.clone());
@@ -708,7 +767,8 @@ fn open_polled(mut sub: Conn, mut publ: Conn, o: &Opts, t: &Target) -> Result<Re
     let mut r = SubResult::new(true);
     sub.set_nonblocking()?;
     // Interest may still be travelling to the publisher's shard or server.
-    let probe = probe_frame(o.size, 0);
+    let subjects = Subjects::of(o);
+    let probe = probe_frame(&subjects.first(), o.size, 0);
     let deadline = Instant::now() + Duration::from_secs(10);
     while !sh.probe_seen[0].load(Ordering::Relaxed) {
         if Instant::now() > deadline {
@@ -730,7 +790,8 @@ fn open_polled(mut sub: Conn, mut publ: Conn, o: &Opts, t: &Target) -> Result<Re
         .msgs
         .unwrap_or((o.duration.as_secs_f64() * o.rate as f64) as u64);
     let due_at = |i: u64| (i as f64 * interval) as u64;
-    let mut batch = PubBatch::new(SUBJECT, None, o.size, 1024);
+    let mut batch = PubBatch::new(&subjects.first(), None, o.size, 1024);
+    let mut next = 0;
     let mut fds = [sub.stream.as_raw_fd(), publ.stream.as_raw_fd()].map(|fd| libc::pollfd {
         fd,
         events: 0,
@@ -752,6 +813,7 @@ fn open_polled(mut sub: Conn, mut publ: Conn, o: &Opts, t: &Target) -> Result<Re
                 for j in 0..frames {
                     batch.stamp_one(j, start + due_at(i + j as u64));
                 }
+                next = subjects.number(&mut batch, frames, next);
                 written = 0;
                 i += frames as u64;
             }
