@@ -104,9 +104,10 @@ pub fn is_valid_literal_subject(s: &[u8]) -> bool {
     is_valid_subject(s) && s.split(|&b| b == TSEP).all(|t| t != b"*" && t != b">")
 }
 
-/// `a == b` for the last-subject check of every lookup: subjects of 4 to 16 bytes are
-/// compared as two overlapping words each, where the slice comparison's `memcmp` call and
-/// its size dispatch cost about as much as the rest of a cached lookup.
+/// `a == b` for the last-subject check of every lookup and the tokens of a walk: 1 to 16
+/// bytes are compared as two overlapping words (or bytes) each, where the slice
+/// comparison's `memcmp` call and its size dispatch cost about as much as the rest of a
+/// cached lookup.
 #[inline(always)]
 fn same_bytes(a: &[u8], b: &[u8]) -> bool {
     let w8 = |s: &[u8], at: usize| u64::from_ne_bytes(s[at..at + 8].try_into().expect("8 bytes"));
@@ -118,6 +119,7 @@ fn same_bytes(a: &[u8], b: &[u8]) -> bool {
     match n {
         8..=16 => w8(a, 0) == w8(b, 0) && w8(a, n - 8) == w8(b, n - 8),
         4..=7 => w4(a, 0) == w4(b, 0) && w4(a, n - 4) == w4(b, n - 4),
+        1..=3 => a[0] == b[0] && a[n / 2] == b[n / 2] && a[n - 1] == b[n - 1],
         _ => a == b,
     }
 }
@@ -365,12 +367,18 @@ impl<T> Children<T> {
         }
     }
 
-    #[inline]
+    /// The child for `tok`: a few children inline in the walk, a map's out of line.
+    #[inline(always)]
     fn get(&self, tok: &[u8]) -> Option<&Node<T>> {
         match self {
-            Children::Few(v) => v.iter().find(|(k, _)| **k == *tok).map(|(_, n)| n),
-            Children::Many(m) => m.get(tok),
+            Children::Few(v) => v.iter().find(|(k, _)| same_bytes(k, tok)).map(|(_, n)| n),
+            Children::Many(m) => Self::get_many(m, tok),
         }
+    }
+
+    #[inline(never)]
+    fn get_many<'a>(m: &'a FxMap<Box<[u8]>, Node<T>>, tok: &[u8]) -> Option<&'a Node<T>> {
+        m.get(tok)
     }
 
     fn get_mut(&mut self, tok: &[u8]) -> Option<&mut Node<T>> {
