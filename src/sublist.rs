@@ -15,7 +15,9 @@
 //! * **The bounded match cache**: at most [`CACHE_MAX`] results, keyed by
 //!   subject bytes, invalidated lazily by a generation counter that every
 //!   successful insert/remove bumps. A cache hit performs no allocation (it
-//!   is a hash lookup plus an `Rc` refcount bump).
+//!   is a hash lookup plus an `Rc` refcount bump). A subject enters the cache
+//!   only at its second miss in a while (`Sublist::admit`); one that is not
+//!   let in is matched into a result reused in place, without allocating.
 //!
 //! It must not do I/O, spawn threads or take locks: it is sans-IO and
 //! single-threaded (each server shard owns its own index), which is why
@@ -37,8 +39,8 @@ pub const CACHE_MAX: usize = 1024;
 /// entries (nats-server's `slCacheSweep`).
 const CACHE_SWEEP: usize = 256;
 
-/// Bits of the cache's doorkeeper (see [`Sublist::admit`]): 8192, in 64-bit words.
-const SEEN_WORDS: usize = 128;
+/// Bits of the cache's doorkeeper (see [`Sublist::admit`]): 8192, a power of two.
+const SEEN_BITS: usize = 1 << 13;
 
 /// Subjects the doorkeeper notes before it forgets them all: the cache's size, so that a
 /// subject that comes back within about as many other misses as the cache holds is cached.
@@ -617,11 +619,21 @@ fn subject_hash(subject: &[u8]) -> u64 {
 struct Uncached<T> {
     /// The cache's doorkeeper: one bit per hash of a subject that missed the cache and was
     /// not let in, and how many it noted since it last forgot them all.
-    seen: [u64; SEEN_WORDS],
+    seen: [u64; SEEN_BITS / 64],
     seen_count: u32,
     /// The result of the last lookup that was not cached, refilled in place by the next one
     /// once nobody else holds it: a subject that is not cached costs no allocation.
     spare: Rc<SublistResult<T>>,
+}
+
+impl<T> Uncached<T> {
+    fn new() -> Box<Self> {
+        Box::new(Uncached {
+            seen: [0; SEEN_BITS / 64],
+            seen_count: 0,
+            spare: Rc::new(SublistResult::default()),
+        })
+    }
 }
 
 struct CacheEntry<T> {
@@ -888,17 +900,14 @@ impl<T: Clone + PartialEq> Sublist<T> {
     /// the subjects that do come back. A false positive (a subject whose bits others set)
     /// only caches a subject at its first miss, as without the doorkeeper.
     fn admit(&mut self, subject: &[u8]) -> bool {
-        let u = self.uncached.get_or_insert_with(|| {
-            Box::new(Uncached {
-                seen: [0; SEEN_WORDS],
-                seen_count: 0,
-                spare: Rc::new(SublistResult::default()),
-            })
-        });
+        let u = self.uncached.get_or_insert_with(Uncached::new);
         // Two bits per subject (a Bloom filter): with at most a window's subjects noted,
         // under 5 % of new subjects find both of theirs set by others.
         let h = subject_hash(subject);
-        let bits = [(h >> 51) as usize, (h >> 38) as usize & 8191];
+        let bits = [
+            (h >> 51) as usize & (SEEN_BITS - 1),
+            (h >> 38) as usize & (SEEN_BITS - 1),
+        ];
         if bits.iter().all(|&b| u.seen[b / 64] & (1 << (b % 64)) != 0) {
             return true;
         }
@@ -917,6 +926,7 @@ impl<T: Clone + PartialEq> Sublist<T> {
     /// it, else into a new one that becomes the spare.
     fn compute_spare(&mut self, subject: &[u8]) -> Rc<SublistResult<T>> {
         let Some(u) = self.uncached.as_deref_mut() else {
+            // `admit` made it.
             return compute(&self.root, &self.empty, subject);
         };
         // Let go of it as the last result (which `matches_some` replaces after this).
