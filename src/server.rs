@@ -305,9 +305,10 @@ pub struct MeshMsg {
     queues: Vec<QueueName>,
 }
 
-/// The largest batch (in operations, 48 bytes each) kept for reuse per peer: a 64 KiB
-/// read of messages of 64 bytes or more. Larger batches are freed and grown anew, so what a
-/// shard keeps for its peers stays small with many shards.
+/// The largest batch (in operations, 48 bytes each, and as many queue names, 32 bytes
+/// each) kept for reuse per peer: a 64 KiB read of messages of 64 bytes or more. Larger
+/// batches are freed and grown anew, so what a shard keeps for its peers stays small with
+/// many shards.
 const SPARE_MAX: usize = 1024;
 
 /// The batch this shard is building for one peer.
@@ -319,6 +320,24 @@ struct Outbox {
     frame: (usize, usize),
     /// An emptied batch the peer gave back, to build the next one in.
     spare: MeshMsg,
+}
+
+impl MeshMsg {
+    /// Takes `done`, a batch the peer gave back, as this spare if it is larger and within
+    /// [`SPARE_MAX`]; either way frees the read chunks it holds, here, where they were
+    /// allocated.
+    fn reuse(&mut self, mut done: MeshMsg) {
+        done.ops.clear();
+        done.queues.clear();
+        let room = done.ops.capacity();
+        if room > self.ops.capacity() && room <= SPARE_MAX {
+            if done.queues.capacity() > SPARE_MAX {
+                // Many queue groups per message: not kept.
+                done.queues = Vec::new();
+            }
+            *self = done;
+        }
+    }
 }
 
 /// A request from outside the shards (monitoring, signals) to one shard, through its inbox.
@@ -1598,15 +1617,8 @@ impl Shard {
         {
             let mut outbox = self.outbox.borrow_mut();
             for (peer, out) in outbox.iter_mut().enumerate() {
-                while let Some(mut done) = self.mesh.take_back(peer) {
-                    // Frees the read chunks this shard allocated, here; keeps the largest
-                    // batch of a bounded size for reuse.
-                    done.ops.clear();
-                    done.queues.clear();
-                    let room = done.ops.capacity();
-                    if room > out.spare.ops.capacity() && room <= SPARE_MAX {
-                        out.spare = done;
-                    }
+                while let Some(done) = self.mesh.take_back(peer) {
+                    out.spare.reuse(done);
                 }
                 if !out.batch.ops.is_empty() {
                     if self.hungry.get() {
@@ -3099,6 +3111,25 @@ async fn ping_task(shard: Rc<Shard>, c: Rc<Client>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_kept_batch_is_bounded() {
+        let batch = |ops: usize, queues: usize| MeshMsg {
+            ops: Vec::with_capacity(ops),
+            queues: Vec::with_capacity(queues),
+        };
+        let mut spare = MeshMsg::default();
+        spare.reuse(batch(SPARE_MAX + 1, 0));
+        assert_eq!(spare.ops.capacity(), 0, "too many operations to keep");
+        spare.reuse(batch(512, 100 * SPARE_MAX));
+        assert!(spare.ops.capacity() >= 512);
+        assert!(
+            spare.queues.capacity() <= SPARE_MAX,
+            "queue names bounded too"
+        );
+        spare.reuse(batch(256, 16));
+        assert!(spare.ops.capacity() >= 512, "the larger batch stays");
+    }
 
     #[test]
     fn a_shard_op_is_small() {
