@@ -81,13 +81,18 @@ fn allocations_for(
     after - before
 }
 
-#[test]
-fn publish_path_allocates_nothing_per_message() {
-    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+/// Two subscribers of `orders.*` and `orders.>`, and room for their output.
+fn orders_index() -> (Sublist<u32>, BytesMut) {
     let mut index = Sublist::new();
     index.insert(b"orders.*", None, 1u32).unwrap();
     index.insert(b"orders.>", None, 2u32).unwrap();
-    let mut out = BytesMut::with_capacity(8 << 20);
+    (index, BytesMut::with_capacity(8 << 20))
+}
+
+#[test]
+fn publish_path_allocates_nothing_per_message() {
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let (mut index, mut out) = orders_index();
     // Warm the match cache for the 8 subjects, then compare a small and a large run.
     let eight = |i| i % 8;
     allocations_for(16, eight, &mut index, &mut out);
@@ -107,10 +112,7 @@ fn publish_path_allocates_nothing_per_message() {
 #[test]
 fn subjects_that_never_repeat_allocate_rarely() {
     let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    let mut index = Sublist::new();
-    index.insert(b"orders.*", None, 1u32).unwrap();
-    index.insert(b"orders.>", None, 2u32).unwrap();
-    let mut out = BytesMut::with_capacity(8 << 20);
+    let (mut index, mut out) = orders_index();
     let n = 50_000;
     let allocs = allocations_for(n, |i| 1_000_000 + i, &mut index, &mut out);
     assert!(
