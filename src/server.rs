@@ -315,7 +315,7 @@ const SPARE_MAX: usize = 1024;
 #[derive(Default)]
 struct Outbox {
     batch: MeshMsg,
-    /// Address and length of the last `ShardOp::Frame` in `ops` (which keeps that memory
+    /// Address and length of the last `ShardOp::Frame` in `batch` (which keeps that memory
     /// alive, so no other chunk can have it while the batch is pending).
     frame: (usize, usize),
     /// An emptied batch the peer gave back, to build the next one in.
@@ -324,8 +324,8 @@ struct Outbox {
 
 impl MeshMsg {
     /// Takes `done`, a batch the peer gave back, as this spare if it is larger and within
-    /// [`SPARE_MAX`]; either way frees the read chunks it holds, here, where they were
-    /// allocated.
+    /// [`SPARE_MAX`]; either way frees the read chunks and queue names it holds, here, where
+    /// they were allocated.
     fn reuse(&mut self, mut done: MeshMsg) {
         done.ops.clear();
         done.queues.clear();
@@ -1443,11 +1443,11 @@ async fn mesh_loop(shard: Rc<Shard>, rx: MeshReceiver<MeshMsg>) {
                 }
             }
         }
-        // The batch and the read chunks it holds were allocated by the sender: freeing them
-        // there keeps this shard off the lock of the sender's malloc arena. The rest of the
-        // batch is dropped here, where it is in the cache, not by a sender that may be busy.
+        // The batch, the read chunks and the queue names it holds were allocated by the
+        // sender: freeing them there keeps this shard off the lock of the sender's malloc
+        // arena. The rest of the batch is dropped here, where it is in the cache, not by a
+        // sender that may be busy.
         batch.ops.retain(|op| matches!(op, ShardOp::Frame(_)));
-        batch.queues.clear();
         rx.give_back(batch);
         // Not `send_to`: an Ack needs no Sync of its own, or two shards would sync forever.
         if let Some(seq) = ack {
