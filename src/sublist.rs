@@ -16,7 +16,7 @@
 //!   subject bytes, invalidated lazily by a generation counter that every
 //!   successful insert/remove bumps. A cache hit performs no allocation (it
 //!   is a hash lookup plus an `Rc` refcount bump). A subject enters the cache
-//!   only at its second miss in a while (`Sublist::admit`); one that is not
+//!   only at its second miss in a while (`Uncached::admit`); one that is not
 //!   let in is matched into a result reused in place, without allocating.
 //!
 //! It must not do I/O, spawn threads or take locks: it is sans-IO and
@@ -39,7 +39,7 @@ pub const CACHE_MAX: usize = 1024;
 /// entries (nats-server's `slCacheSweep`).
 const CACHE_SWEEP: usize = 256;
 
-/// Bits of the cache's doorkeeper (see [`Sublist::admit`]): 8192, a power of two.
+/// Bits of the cache's doorkeeper (see [`Uncached::admit`]): 8192, a power of two.
 const SEEN_BITS: usize = 1 << 13;
 
 /// Subjects the doorkeeper notes before it forgets them all: the cache's size, so that a
@@ -615,7 +615,7 @@ fn subject_hash(subject: &[u8]) -> u64 {
     x ^ (x >> 33)
 }
 
-/// What a [`Sublist`] keeps for the subjects it does not cache (see [`Sublist::admit`]).
+/// What a [`Sublist`] keeps for the subjects it does not cache (see [`Uncached::admit`]).
 struct Uncached<T> {
     /// The cache's doorkeeper: one bit per hash of a subject that missed the cache and was
     /// not let in, and how many it noted since it last forgot them all.
@@ -626,13 +626,71 @@ struct Uncached<T> {
     spare: Rc<SublistResult<T>>,
 }
 
-impl<T> Uncached<T> {
+impl<T: Clone> Uncached<T> {
     fn new() -> Box<Self> {
         Box::new(Uncached {
             seen: [0; SEEN_BITS / 64],
             seen_count: 0,
             spare: Rc::new(SublistResult::default()),
         })
+    }
+
+    /// Whether `subject`, which missed the cache, goes into it: only when it missed once
+    /// before, recently (a doorkeeper, as in TinyLFU). Subjects that do not come back
+    /// within the cache's reach (a reply inbox per request, more subjects in turn than the
+    /// cache holds) would each cost an allocation, and in time a sweep, and would push out
+    /// the subjects that do come back. A false positive (a subject whose bits others set)
+    /// only caches a subject at its first miss, as without the doorkeeper.
+    fn admit(&mut self, subject: &[u8]) -> bool {
+        // Two bits per subject (a Bloom filter): with at most a window's subjects noted,
+        // under 5 % of new subjects find both of theirs set by others.
+        let h = subject_hash(subject);
+        let bits = [
+            (h >> 51) as usize & (SEEN_BITS - 1),
+            (h >> 38) as usize & (SEEN_BITS - 1),
+        ];
+        if bits
+            .iter()
+            .all(|&b| self.seen[b / 64] & (1 << (b % 64)) != 0)
+        {
+            return true;
+        }
+        if self.seen_count >= SEEN_WINDOW {
+            self.seen.fill(0);
+            self.seen_count = 0;
+        }
+        for b in bits {
+            self.seen[b / 64] |= 1 << (b % 64);
+        }
+        self.seen_count += 1;
+        false
+    }
+
+    /// The match for `subject`, not cached: into the spare result when nobody else holds
+    /// it, else into a new one that becomes the spare.
+    fn refill(
+        &mut self,
+        root: &Level<T>,
+        empty: &Rc<SublistResult<T>>,
+        subject: &[u8],
+    ) -> Rc<SublistResult<T>> {
+        match Rc::get_mut(&mut self.spare) {
+            Some(acc) => {
+                acc.psubs.clear();
+                acc.qsubs.clear();
+                match_level(root, subject, acc);
+            }
+            None => {
+                let mut acc = SublistResult::default();
+                match_level(root, subject, &mut acc);
+                self.spare = Rc::new(acc);
+            }
+        }
+        if self.spare.is_empty() {
+            Rc::clone(empty)
+        } else {
+            Rc::clone(&self.spare)
+        }
     }
 }
 
@@ -876,8 +934,13 @@ impl<T: Clone + PartialEq> Sublist<T> {
         if !has_no_empty_tokens(subject) {
             return Rc::clone(&self.empty);
         }
-        if !self.admit(subject) {
-            return self.compute_spare(subject);
+        let u = self.uncached.get_or_insert_with(Uncached::new);
+        if !u.admit(subject) {
+            // Let go of the spare as the last result (`matches_some` replaces it after this).
+            if Rc::ptr_eq(&self.last_result, &u.spare) {
+                self.last_result = Rc::clone(&self.empty);
+            }
+            return u.refill(&self.root, &self.empty, subject);
         }
         let r = compute(&self.root, &self.empty, subject);
         if self.cache.len() >= CACHE_MAX {
@@ -891,65 +954,6 @@ impl<T: Clone + PartialEq> Sublist<T> {
             },
         );
         r
-    }
-
-    /// Whether `subject`, which missed the cache, goes into it: only when it missed once
-    /// before, recently (a doorkeeper, as in TinyLFU). Subjects that do not come back
-    /// within the cache's reach (a reply inbox per request, more subjects in turn than the
-    /// cache holds) would each cost an allocation, and in time a sweep, and would push out
-    /// the subjects that do come back. A false positive (a subject whose bits others set)
-    /// only caches a subject at its first miss, as without the doorkeeper.
-    fn admit(&mut self, subject: &[u8]) -> bool {
-        let u = self.uncached.get_or_insert_with(Uncached::new);
-        // Two bits per subject (a Bloom filter): with at most a window's subjects noted,
-        // under 5 % of new subjects find both of theirs set by others.
-        let h = subject_hash(subject);
-        let bits = [
-            (h >> 51) as usize & (SEEN_BITS - 1),
-            (h >> 38) as usize & (SEEN_BITS - 1),
-        ];
-        if bits.iter().all(|&b| u.seen[b / 64] & (1 << (b % 64)) != 0) {
-            return true;
-        }
-        if u.seen_count >= SEEN_WINDOW {
-            u.seen.fill(0);
-            u.seen_count = 0;
-        }
-        for b in bits {
-            u.seen[b / 64] |= 1 << (b % 64);
-        }
-        u.seen_count += 1;
-        false
-    }
-
-    /// The match for `subject`, not cached: into the spare result when nobody else holds
-    /// it, else into a new one that becomes the spare.
-    fn compute_spare(&mut self, subject: &[u8]) -> Rc<SublistResult<T>> {
-        let Some(u) = self.uncached.as_deref_mut() else {
-            // `admit` made it.
-            return compute(&self.root, &self.empty, subject);
-        };
-        // Let go of it as the last result (which `matches_some` replaces after this).
-        if Rc::ptr_eq(&self.last_result, &u.spare) {
-            self.last_result = Rc::clone(&self.empty);
-        }
-        match Rc::get_mut(&mut u.spare) {
-            Some(acc) => {
-                acc.psubs.clear();
-                acc.qsubs.clear();
-                match_level(&self.root, subject, acc);
-            }
-            None => {
-                let mut acc = SublistResult::default();
-                match_level(&self.root, subject, &mut acc);
-                u.spare = Rc::new(acc);
-            }
-        }
-        if u.spare.is_empty() {
-            Rc::clone(&self.empty)
-        } else {
-            Rc::clone(&u.spare)
-        }
     }
 
     /// True if any plain or queue subscription matches `subject`. Uses a
