@@ -32,7 +32,8 @@ pub struct Spec {
     /// Subscribers / responders.
     pub subs: usize,
     /// Preloaded subscriptions (subscale), connections (conns), or the subjects a pub/sub
-    /// run publishes on in turn (`--subjects`; 0 = one).
+    /// run publishes on in turn and a request/reply run's reply subjects (`--subjects`;
+    /// 0 = one).
     pub count: usize,
     /// In the default set.
     pub default: bool,
@@ -94,6 +95,9 @@ pub const CATALOG: &[Spec] = &[
     // from 100k (none of them: a reply inbox per request, a device id per message).
     extra(spec("subjects1k", Kind::Pubsub, 128, 1, 1), 1000),
     extra(spec("subjects100k", Kind::Pubsub, 128, 1, 1), 100_000),
+    // A reply subject per request, as async-nats and nats.go make them (never one again
+    // within a run): what a client's request costs beyond `reqreply`'s one inbox.
+    extra(spec("reqinbox", Kind::Reqreply, 128, 1, 1), 1_000_000_000),
     extra(spec("conns1k", Kind::Conns, 0, 0, 0), 1000),
     extra(spec("conns10k", Kind::Conns, 0, 0, 0), 10_000),
 ];
@@ -285,7 +289,7 @@ fn opts_for(s: &Settings, spec: &Spec, placement: char, v: Placement) -> Opts {
     match spec.kind {
         Kind::Subscale => o.preload = spec.count,
         Kind::Conns => o.conns = spec.count,
-        Kind::Pubsub => o.subjects = spec.count.max(1),
+        Kind::Pubsub | Kind::Reqreply => o.subjects = spec.count.max(1),
         _ => {}
     }
     o
@@ -1304,6 +1308,23 @@ mod tests {
         // 20k messages at 100k/s take 0.2 s; a generator that ignored the rate takes less.
         assert!(r.msgs_in_per_s < 150_000.0, "{r:?}");
         assert!(warnings.is_empty(), "{warnings:?}");
+    }
+
+    /// With a reply subject per request, every request is answered, by both servers.
+    #[test]
+    fn reqinbox_round_trips() {
+        let spec = pick("reqinbox").unwrap()[0];
+        let mut servers = vec![Subject::plain(Which::Tern, &tern_binary())];
+        if Path::new("/usr/sbin/nats-server").exists() {
+            servers.push(Subject::plain(Which::Nats, "/usr/sbin/nats-server"));
+        }
+        for sub in servers {
+            let mut o = opts_for_test(&spec);
+            (o.msgs, o.subjects) = (Some(300), spec.count);
+            let (r, warnings, _) = one_run(&sub, 'a', &o, &spec, false).unwrap();
+            assert_eq!((r.sent, r.received, r.lost), (300, 300, 0), "{r:?}");
+            assert!(warnings.is_empty(), "{warnings:?}");
+        }
     }
 
     /// The polled fan-out delivers every message to each of its 16 subscribers.

@@ -128,7 +128,9 @@ struct RunArgs {
     conns: usize,
     /// Publish on this many subjects in turn (`bench.0.<k>`, subscribed as `bench.0.*`)
     /// instead of one: past about a thousand, every message is a miss in the servers'
-    /// match caches (pub/sub scenarios).
+    /// match caches (pub/sub scenarios). Request/reply: this many reply subjects in turn
+    /// (`_INBOX.bench.<i>.<k>` under `_INBOX.bench.<i>.*`), a new one per request as
+    /// async-nats and nats.go make them.
     #[arg(long, default_value_t = 1)]
     subjects: usize,
     /// Write a percentile plot (latency scenarios) to this SVG file.

@@ -389,12 +389,62 @@ impl Subjects {
     /// Gives the first `n` frames of `batch` the subjects numbered from `next` on, and
     /// returns the number after them.
     fn number(&self, batch: &mut PubBatch, n: usize, next: u64) -> u64 {
+        self.number_at("PUB ".len() + SUBJECT.len() + 1, batch, n, next)
+    }
+
+    /// [`Subjects::number`] of the token at byte `at` of each frame.
+    fn number_at(&self, at: usize, batch: &mut PubBatch, n: usize, next: u64) -> u64 {
         if self.n == 1 {
             return next;
         }
-        let at = "PUB ".len() + SUBJECT.len() + 1;
         batch.number(n, at, self.width, next, self.n);
         (next + n as u64) % self.n
+    }
+}
+
+/// Where request/reply runs send their requests.
+const REQUEST: &str = "bench.req";
+
+/// One requester's requests: its reply subject `_INBOX.bench.<i>`, or with `--subjects` a
+/// reply subject per request (`_INBOX.bench.<i>.<k>`, k in turn) under one wildcard
+/// subscription, as async-nats and nats.go make their requests.
+struct Requests {
+    /// What the requester subscribes to for its replies.
+    filter: String,
+    batch: PubBatch,
+    subjects: Subjects,
+    /// Offset of the reply's last token in the frame.
+    at: usize,
+    next: u64,
+}
+
+impl Requests {
+    fn new(o: &Opts, i: usize) -> Self {
+        let subjects = Subjects::of(o);
+        let inbox = format!("_INBOX.bench.{i}");
+        let (filter, reply) = if subjects.n > 1 {
+            let first = format!("{inbox}.{}", "0".repeat(subjects.width));
+            (format!("{inbox}.*"), first)
+        } else {
+            (inbox.clone(), inbox)
+        };
+        let at = "PUB ".len() + REQUEST.len() + 1 + reply.len() - subjects.width;
+        Requests {
+            filter,
+            batch: PubBatch::new(REQUEST, Some(&reply), o.size.max(8), 1),
+            subjects,
+            at,
+            next: 0,
+        }
+    }
+
+    /// The next request's frame, its payload stamped with `stamp`.
+    fn next(&mut self, stamp: u64) -> &[u8] {
+        self.next = self
+            .subjects
+            .number_at(self.at, &mut self.batch, 1, self.next);
+        self.batch.stamp(1, stamp);
+        self.batch.frames(1)
     }
 }
 
@@ -1033,9 +1083,9 @@ fn reqreply(t: &Target, o: &Opts, requesters: usize, responders: usize) -> Resul
             .sub_side()
             .connect(&format!("bench-resp-{i}"), o.placement.subscriber())?;
         let line = if responders > 1 {
-            "SUB bench.req resp 1\r\n"
+            format!("SUB {REQUEST} resp 1\r\n")
         } else {
-            "SUB bench.req 1\r\n"
+            format!("SUB {REQUEST} 1\r\n")
         };
         c.write(line.as_bytes())?;
         c.flush()?;
@@ -1049,19 +1099,20 @@ fn reqreply(t: &Target, o: &Opts, requesters: usize, responders: usize) -> Resul
     let mut req_conns = Vec::new();
     for i in 0..requesters {
         let mut c = t.connect(&format!("bench-req-{i}"), o.placement.publisher())?;
-        c.write(format!("SUB _INBOX.bench.{i} 1\r\n").as_bytes())?;
+        let requests = Requests::new(o, i);
+        c.write(format!("SUB {} 1\r\n", requests.filter).as_bytes())?;
         c.flush()?;
-        req_conns.push(c);
+        req_conns.push((c, requests));
     }
     let go = Arc::new(Barrier::new(requesters + 1));
     let mut handles = Vec::new();
-    for (i, c) in req_conns.into_iter().enumerate() {
+    for (i, (c, requests)) in req_conns.into_iter().enumerate() {
         let (go, o) = (go.clone(), o.clone());
         let core = core_for(&o, 1 + responders + i);
         let quota = o.msgs.map(|m| (m / requesters as u64).max(1));
         handles.push(thread::spawn(move || {
             pin(core);
-            requester(c, &o, i, &go, quota)
+            requester(c, requests, &o, &go, quota)
         }));
     }
     go.wait(); // every requester has had one reply: interest is everywhere
@@ -1107,20 +1158,16 @@ fn reqreply(t: &Target, o: &Opts, requesters: usize, responders: usize) -> Resul
 
 fn requester(
     mut c: Conn,
+    mut requests: Requests,
     o: &Opts,
-    i: usize,
     go: &Barrier,
     quota: Option<u64>,
 ) -> Result<(u64, u64, Histogram<u64>)> {
-    let size = o.size.max(8);
-    let inbox = format!("_INBOX.bench.{i}");
-    let mut batch = PubBatch::new("bench.req", Some(&inbox), size, 1);
     // Warm up until one reply comes back (interest may still be travelling between shards).
     c.set_read_timeout(Some(Duration::from_millis(100)))?;
     let deadline = Instant::now() + Duration::from_secs(10);
     let warm = loop {
-        batch.stamp(1, now_ns());
-        c.write(batch.frames(1))?;
+        c.write(requests.next(now_ns()))?;
         match wait_reply(&mut c) {
             Ok(Some(_)) => break Ok(()),
             Ok(None) if Instant::now() < deadline => continue,
@@ -1144,8 +1191,7 @@ fn requester(
             break;
         }
         let t0 = now_ns();
-        batch.stamp(1, t0);
-        c.write(batch.frames(1))?;
+        c.write(requests.next(t0))?;
         sent += 1;
         // Drop late replies to earlier (timed-out) requests by checking the stamp.
         loop {
@@ -1247,10 +1293,11 @@ fn reqpoll(t: &Target, o: &Opts) -> Result<Report> {
     let mut resp = t
         .sub_side()
         .connect("bench-resp-0", o.placement.subscriber())?;
-    resp.write(b"SUB bench.req 1\r\n")?;
+    resp.write(format!("SUB {REQUEST} 1\r\n").as_bytes())?;
     resp.flush()?;
     let mut req = t.connect("bench-req-0", o.placement.publisher())?;
-    req.write(b"SUB _INBOX.bench.0 1\r\n")?;
+    let mut requests = Requests::new(o, 0);
+    req.write(format!("SUB {} 1\r\n", requests.filter).as_bytes())?;
     req.flush()?;
     req.set_nonblocking()?;
     resp.set_nonblocking()?;
@@ -1259,13 +1306,10 @@ fn reqpoll(t: &Target, o: &Opts) -> Result<Report> {
     // The polling thread is pinned; the calling thread never is (see `run`).
     let h = thread::spawn(move || -> Result<Report> {
         pin(core);
-        let size = o.size.max(8);
-        let mut batch = PubBatch::new("bench.req", Some("_INBOX.bench.0"), size, 1);
         let mut out = Vec::with_capacity(64 * 1024);
         // One round trip: the stamp of the reply that came back, or None after `limit`.
         let mut round_trip = |stamp: u64, limit: Duration| -> Result<Option<u64>> {
-            batch.stamp(1, stamp);
-            req.write(batch.frames(1))?;
+            req.write(requests.next(stamp))?;
             let give_up = Instant::now() + limit;
             loop {
                 if poll_read(&mut resp, "a responder")? {
@@ -1518,5 +1562,40 @@ mod tests {
             assert_eq!(parse_probe(&p), Some(7));
         }
         assert_eq!(parse_probe(b"abcdefghijklmnop"), None);
+    }
+
+    /// The reply subject of each request in turn, as a server reads it.
+    fn reply_of(frame: &[u8]) -> String {
+        let line = std::str::from_utf8(&frame[..frame.iter().position(|&b| b == b'\r').unwrap()]);
+        line.unwrap().split(' ').nth(2).unwrap().to_string()
+    }
+
+    #[test]
+    fn requests_take_a_reply_subject_each_in_turn() {
+        let mut o = Opts {
+            subjects: 3,
+            ..Opts::default()
+        };
+        let mut r = Requests::new(&o, 2);
+        assert_eq!(r.filter, "_INBOX.bench.2.*");
+        let replies: Vec<String> = (0..4).map(|k| reply_of(r.next(k))).collect();
+        assert_eq!(
+            replies,
+            [
+                "_INBOX.bench.2.0",
+                "_INBOX.bench.2.1",
+                "_INBOX.bench.2.2",
+                "_INBOX.bench.2.0"
+            ]
+        );
+        assert_eq!(
+            payload_stamp(&r.batch.bytes[r.batch.payload_offsets[0]..]),
+            Some(3)
+        );
+        o.subjects = 1;
+        let mut r = Requests::new(&o, 2);
+        assert_eq!(r.filter, "_INBOX.bench.2");
+        assert_eq!(reply_of(r.next(0)), "_INBOX.bench.2");
+        assert_eq!(reply_of(r.next(1)), "_INBOX.bench.2");
     }
 }
