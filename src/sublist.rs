@@ -26,6 +26,7 @@
 //! Note on hashing: the index uses a small hand-written Fx-style hasher
 //! because subject tokens are short. It is fast but not HashDoS resistant.
 
+use hashbrown::HashTable;
 use std::collections::HashMap;
 use std::fmt;
 use std::hash::{BuildHasherDefault, Hasher};
@@ -601,13 +602,19 @@ fn compute<T: Clone>(
     }
 }
 
-/// A hash of `subject` for the cache's doorkeeper: the Fx hash, whose high bits depend
-/// only on a subject's first bytes, mixed so that every bit depends on every byte (the
-/// final step of MurmurHash3).
+/// A hash of `subject` for the match cache: the Fx hash, as the trie's maps use it.
+#[inline(always)]
 fn subject_hash(subject: &[u8]) -> u64 {
     let mut h = FxHasher::default();
     h.write(subject);
-    let mut x = h.hash;
+    h.finish()
+}
+
+/// `h` ([`subject_hash`]) mixed for the cache's doorkeeper: the Fx hash's high bits depend
+/// only on a subject's first bytes; after the final step of MurmurHash3 every bit depends on
+/// every byte.
+fn mixed(h: u64) -> u64 {
+    let mut x = h;
     x ^= x >> 33;
     x = x.wrapping_mul(0xff51_afd7_ed55_8ccd);
     x ^= x >> 33;
@@ -635,16 +642,17 @@ impl<T: Clone> Uncached<T> {
         })
     }
 
-    /// Whether `subject`, which missed the cache, goes into it: only when it missed once
-    /// before, recently (a doorkeeper, as in TinyLFU). Subjects that do not come back
+    /// Whether a subject of hash `h` ([`subject_hash`]), which missed the cache, goes into
+    /// it: only when it missed once before, recently (a doorkeeper, as in TinyLFU). Subjects
+    /// that do not come back
     /// within the cache's reach (a reply inbox per request, more subjects in turn than the
     /// cache holds) would each cost an allocation, and in time a sweep, and would push out
     /// the subjects that do come back. A false positive (a subject whose bits others set)
     /// only caches a subject at its first miss, as without the doorkeeper.
-    fn admit(&mut self, subject: &[u8]) -> bool {
+    fn admit(&mut self, h: u64) -> bool {
         // Two bits per subject (a Bloom filter): with at most a window's subjects noted,
         // under 5 % of new subjects find both of theirs set by others.
-        let h = subject_hash(subject);
+        let h = mixed(h);
         let bits = [
             (h >> 51) as usize & (SEEN_BITS - 1),
             (h >> 38) as usize & (SEEN_BITS - 1),
@@ -694,7 +702,34 @@ impl<T: Clone> Uncached<T> {
     }
 }
 
+/// The cache entry of `subject`, whose hash is `h`: the whole hash compared first, so that
+/// the subjects compared are nearly always equal.
+#[inline(always)]
+fn cached<T>(h: u64, subject: &[u8]) -> impl Fn(&CacheEntry<T>) -> bool + '_ {
+    move |e| e.hash == h && same_bytes(&e.subject, subject)
+}
+
+/// [`Sublist::lookup`] of a subject cached before the index last changed: its entry
+/// matched again.
+#[cold]
+#[inline(never)]
+fn refresh<T: Clone>(
+    e: &mut CacheEntry<T>,
+    root: &Level<T>,
+    empty: &Rc<SublistResult<T>>,
+    generation: u64,
+) -> Rc<SublistResult<T>> {
+    let r = compute(root, empty, &e.subject);
+    e.result = Rc::clone(&r);
+    e.generation = generation;
+    r
+}
+
 struct CacheEntry<T> {
+    /// [`subject_hash`] of `subject`: compared before the subject itself, and the table's
+    /// hash when it grows.
+    hash: u64,
+    subject: Box<[u8]>,
     generation: u64,
     result: Rc<SublistResult<T>>,
 }
@@ -711,7 +746,7 @@ pub struct Sublist<T> {
     root: Level<T>,
     count: usize,
     generation: u64,
-    cache: FxMap<Box<[u8]>, CacheEntry<T>>,
+    cache: HashTable<CacheEntry<T>>,
     empty: Rc<SublistResult<T>>,
     /// The last subject matched and its result: publishers tend to repeat a subject, and a
     /// byte compare is cheaper than hashing into the cache. Valid while `last_generation`
@@ -772,7 +807,7 @@ impl<T: Clone + PartialEq> Sublist<T> {
             root: Level::default(),
             count: 0,
             generation: 0,
-            cache: FxMap::default(),
+            cache: HashTable::new(),
             empty: Rc::new(SublistResult::default()),
             last_subject: Vec::new(),
             last_generation: u64::MAX,
@@ -789,7 +824,7 @@ impl<T: Clone + PartialEq> Sublist<T> {
     pub fn stats(&self) -> SublistStats {
         let fanouts = self
             .cache
-            .values()
+            .iter()
             .map(|e| (e.result.psubs.len() + e.result.qsubs.len()) as u64);
         SublistStats {
             num_subscriptions: self.count as u64,
@@ -906,36 +941,25 @@ impl<T: Clone + PartialEq> Sublist<T> {
 
     /// `matches` without the last-subject shortcut: the cache, then the trie.
     fn lookup(&mut self, subject: &[u8]) -> Rc<SublistResult<T>> {
-        match self.cache.get(subject) {
+        let h = subject_hash(subject);
+        match self.cache.find_mut(h, cached(h, subject)) {
             Some(e) if e.generation == self.generation => {
                 self.hits += 1;
                 Rc::clone(&e.result)
             }
-            Some(_) => self.refresh(subject),
-            None => self.miss(subject),
+            Some(e) => refresh(e, &self.root, &self.empty, self.generation),
+            None => self.miss(h, subject),
         }
     }
 
-    /// [`Sublist::lookup`] of a subject cached before the index last changed.
-    #[cold]
+    /// [`Sublist::lookup`] of a subject of hash `h` not in the cache.
     #[inline(never)]
-    fn refresh(&mut self, subject: &[u8]) -> Rc<SublistResult<T>> {
-        let r = compute(&self.root, &self.empty, subject);
-        if let Some(e) = self.cache.get_mut(subject) {
-            e.result = Rc::clone(&r);
-            e.generation = self.generation;
-        }
-        r
-    }
-
-    /// [`Sublist::lookup`] of a subject not in the cache.
-    #[inline(never)]
-    fn miss(&mut self, subject: &[u8]) -> Rc<SublistResult<T>> {
+    fn miss(&mut self, h: u64, subject: &[u8]) -> Rc<SublistResult<T>> {
         if !has_no_empty_tokens(subject) {
             return Rc::clone(&self.empty);
         }
         let u = self.uncached.get_or_insert_with(Uncached::new);
-        if !u.admit(subject) {
+        if !u.admit(h) {
             // Let go of the spare as the last result (`matches_some` replaces it after this).
             if Rc::ptr_eq(&self.last_result, &u.spare) {
                 self.last_result = Rc::clone(&self.empty);
@@ -946,12 +970,15 @@ impl<T: Clone + PartialEq> Sublist<T> {
         if self.cache.len() >= CACHE_MAX {
             self.shrink_cache();
         }
-        self.cache.insert(
-            Box::from(subject),
+        self.cache.insert_unique(
+            h,
             CacheEntry {
+                hash: h,
+                subject: Box::from(subject),
                 generation: self.generation,
                 result: Rc::clone(&r),
             },
+            |e| e.hash,
         );
         r
     }
@@ -960,7 +987,8 @@ impl<T: Clone + PartialEq> Sublist<T> {
     /// fresh cache entry if present, otherwise walks the trie without
     /// allocating (and without populating the cache).
     pub fn has_interest(&mut self, subject: &[u8]) -> bool {
-        if let Some(e) = self.cache.get(subject) {
+        let h = subject_hash(subject);
+        if let Some(e) = self.cache.find(h, cached(h, subject)) {
             if e.generation == self.generation {
                 return !e.result.is_empty();
             }
@@ -983,10 +1011,10 @@ impl<T: Clone + PartialEq> Sublist<T> {
     /// Amortised O(1) per insertion.
     fn shrink_cache(&mut self) {
         let generation = self.generation;
-        self.cache.retain(|_, e| e.generation == generation);
+        self.cache.retain(|e| e.generation == generation);
         if self.cache.len() > CACHE_MAX - CACHE_SWEEP {
             let mut keep = CACHE_SWEEP;
-            self.cache.retain(|_, _| {
+            self.cache.retain(|_| {
                 if keep > 0 {
                     keep -= 1;
                     true
