@@ -374,7 +374,14 @@ impl<T> Children<T> {
     #[inline(always)]
     fn get(&self, tok: &[u8]) -> Option<&Node<T>> {
         match self {
-            Children::Few(v) => v.iter().find(|(k, _)| same_bytes(k, tok)).map(|(_, n)| n),
+            Children::Few(v) => {
+                for (k, n) in v {
+                    if same_bytes(k, tok) {
+                        return Some(n);
+                    }
+                }
+                None
+            }
             Children::Many(m) => Self::get_many(m, tok),
         }
     }
