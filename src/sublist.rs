@@ -129,9 +129,40 @@ fn same_bytes(a: &[u8], b: &[u8]) -> bool {
 
 /// Returns true if `s` is non-empty and has no empty token. This is the only
 /// check [`Sublist::matches`] applies to a published subject.
+///
+/// A word at a time (every walk of the index checks its subject first): no separator
+/// first or last, and no two in a row, found in 8-byte windows that overlap by a byte.
 #[inline]
 fn has_no_empty_tokens(s: &[u8]) -> bool {
-    !s.is_empty() && s.split(|&b| b == TSEP).all(|t| !t.is_empty())
+    let (Some(&first), Some(&last)) = (s.first(), s.last()) else {
+        return false;
+    };
+    if first == TSEP || last == TSEP {
+        return false;
+    }
+    let no_pair = |w: [u8; 8]| {
+        let m = separator_bytes(u64::from_le_bytes(w));
+        m & (m >> 8) == 0
+    };
+    let n = s.len();
+    if n < 8 {
+        let mut w = [0u8; 8];
+        w[..n].copy_from_slice(s);
+        return no_pair(w);
+    }
+    let word = |at: usize| -> [u8; 8] { s[at..at + 8].try_into().expect("8 bytes") };
+    (0..n - 8).step_by(7).all(|at| no_pair(word(at))) && no_pair(word(n - 8))
+}
+
+/// Bit 7 of each byte of the result is set where that byte of `w` is the token separator,
+/// exactly: with `x` the byte xor `.`, `(x & 0x7f) + 0x7f` sets bit 7 unless the low seven
+/// bits are zero, and never carries into the next byte.
+#[inline(always)]
+fn separator_bytes(w: u64) -> u64 {
+    const LOW7: u64 = u64::from_le_bytes([0x7f; 8]);
+    const HIGH: u64 = u64::from_le_bytes([0x80; 8]);
+    let x = w ^ u64::from_le_bytes([TSEP; 8]);
+    !(x | ((x & LOW7) + LOW7)) & HIGH
 }
 
 /// Does every subject that subscription `sub` can match also match `filter`?
@@ -1073,6 +1104,29 @@ mod tests {
             assert!(!same_bytes(&a, &longer));
         }
     }
+    /// The word-wise check agrees with splitting at every length, with separators (one, or
+    /// two in a row) at every place.
+    #[test]
+    fn empty_tokens_found_at_every_place() {
+        let naive = |s: &[u8]| !s.is_empty() && s.split(|&b| b == TSEP).all(|t| !t.is_empty());
+        assert!(!has_no_empty_tokens(b""));
+        for n in 1..40 {
+            let plain = vec![b'a'; n];
+            assert!(has_no_empty_tokens(&plain), "n {n}");
+            for at in 0..n {
+                for run in 1..=2.min(n - at) {
+                    let mut s = plain.clone();
+                    s[at..at + run].fill(TSEP);
+                    assert_eq!(has_no_empty_tokens(&s), naive(&s), "{:?}", s.escape_ascii());
+                }
+            }
+        }
+        // Bytes that differ from the separator in one bit only, or in the top bit.
+        for b in [b'/', b',', b'\xae', b'\x0e', b'\x6e'] {
+            assert!(has_no_empty_tokens(&[b'a', b, b, b'a']));
+        }
+    }
+
     use rand::rngs::StdRng;
     use rand::{Rng, SeedableRng};
     use std::collections::BTreeSet;
