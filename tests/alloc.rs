@@ -4,18 +4,32 @@
 
 use bytes::BytesMut;
 use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::cell::Cell;
 use tern::client::write_msg;
 use tern::parser::{Op, Parser};
 use tern::sublist::Sublist;
 
 struct Counting;
-static ALLOCS: AtomicUsize = AtomicUsize::new(0);
+
+thread_local! {
+    /// This thread's allocations: the test harness allocates on its own threads (to report
+    /// a test that ended) while another test counts.
+    static ALLOCS: Cell<usize> = const { Cell::new(0) };
+}
+
+fn count() {
+    // A thread being torn down has no counter left; nothing counts there.
+    let _ = ALLOCS.try_with(|n| n.set(n.get() + 1));
+}
+
+fn allocs() -> usize {
+    ALLOCS.with(Cell::get)
+}
 
 // SAFETY: defers to the system allocator; only counts calls.
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, l: Layout) -> *mut u8 {
-        ALLOCS.fetch_add(1, Ordering::Relaxed);
+        count();
         // SAFETY: same contract as the caller's.
         unsafe { System.alloc(l) }
     }
@@ -24,7 +38,7 @@ unsafe impl GlobalAlloc for Counting {
         unsafe { System.dealloc(p, l) }
     }
     unsafe fn realloc(&self, p: *mut u8, l: Layout, n: usize) -> *mut u8 {
-        ALLOCS.fetch_add(1, Ordering::Relaxed);
+        count();
         // SAFETY: same contract as the caller's.
         unsafe { System.realloc(p, l, n) }
     }
@@ -32,9 +46,6 @@ unsafe impl GlobalAlloc for Counting {
 
 #[global_allocator]
 static GLOBAL: Counting = Counting;
-
-/// The count is global: the tests take turns.
-static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 /// Runs `n` messages, message `i` on subject `orders.<token(i)>`, through parse → match →
 /// encode and returns the allocations it took.
@@ -53,7 +64,7 @@ fn allocations_for(
     let mut buf = BytesMut::from(&input[..]);
     let mut parser = Parser::new(4096, 1 << 20);
     out.clear();
-    let before = ALLOCS.load(Ordering::Relaxed);
+    let before = allocs();
     let mut delivered = 0;
     // The read loop's shape: one shared chunk per read, parsed from a position.
     let chunk = buf.split().freeze();
@@ -76,7 +87,7 @@ fn allocations_for(
             }
         }
     }
-    let after = ALLOCS.load(Ordering::Relaxed);
+    let after = allocs();
     assert_eq!(delivered, 2 * n);
     after - before
 }
@@ -91,7 +102,6 @@ fn orders_index() -> (Sublist<u32>, BytesMut) {
 
 #[test]
 fn publish_path_allocates_nothing_per_message() {
-    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let (mut index, mut out) = orders_index();
     // Warm the match cache for the 8 subjects, then compare a small and a large run.
     let eight = |i| i % 8;
@@ -111,7 +121,6 @@ fn publish_path_allocates_nothing_per_message() {
 /// where every message took 3–4 before it.
 #[test]
 fn subjects_that_never_repeat_allocate_rarely() {
-    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let (mut index, mut out) = orders_index();
     let n = 50_000;
     let allocs = allocations_for(n, |i| 1_000_000 + i, &mut index, &mut out);
