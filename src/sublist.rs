@@ -722,9 +722,14 @@ impl<T: Clone> Uncached<T> {
     ) -> Rc<SublistResult<T>> {
         match Rc::get_mut(&mut self.spare) {
             Some(acc) => {
+                // The groups stay, emptied, with their names and members' room: a queue group
+                // matched again (the same workers behind every subject) allocates nothing.
                 acc.psubs.clear();
-                acc.qsubs.clear();
+                for (_, members) in &mut acc.qsubs {
+                    members.clear();
+                }
                 match_level(root, subject, acc);
+                acc.qsubs.retain(|(_, members)| !members.is_empty());
             }
             None => {
                 let mut acc = SublistResult::default();
