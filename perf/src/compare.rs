@@ -31,9 +31,9 @@ pub struct Spec {
     pub pubs: usize,
     /// Subscribers / responders.
     pub subs: usize,
-    /// Preloaded subscriptions (subscale), connections (conns), or the subjects a pub/sub
-    /// run publishes on in turn and a request/reply run's reply subjects (`--subjects`;
-    /// 0 = one).
+    /// Preloaded subscriptions (subscale), connections (conns), or the subjects a pub/sub or
+    /// queue run publishes on in turn and a request/reply run's reply subjects
+    /// (`--subjects`; 0 = one).
     pub count: usize,
     /// In the default set.
     pub default: bool,
@@ -98,6 +98,8 @@ pub const CATALOG: &[Spec] = &[
     // A reply subject per request, as async-nats and nats.go make them (never one again
     // within a run): what a client's request costs beyond `reqreply`'s one inbox.
     extra(spec("reqinbox", Kind::Reqreply, 128, 1, 1), 1_000_000_000),
+    // A queue group of workers behind a subject per message (`svc.<id>`), none cached.
+    extra(spec("queue4x100k", Kind::Queue, 128, 1, 4), 100_000),
     extra(spec("conns1k", Kind::Conns, 0, 0, 0), 1000),
     extra(spec("conns10k", Kind::Conns, 0, 0, 0), 10_000),
 ];
@@ -289,7 +291,7 @@ fn opts_for(s: &Settings, spec: &Spec, placement: char, v: Placement) -> Opts {
     match spec.kind {
         Kind::Subscale => o.preload = spec.count,
         Kind::Conns => o.conns = spec.count,
-        Kind::Pubsub | Kind::Reqreply => o.subjects = spec.count.max(1),
+        Kind::Pubsub | Kind::Queue | Kind::Reqreply => o.subjects = spec.count.max(1),
         _ => {}
     }
     o
@@ -1323,6 +1325,25 @@ mod tests {
             (o.msgs, o.subjects) = (Some(300), spec.count);
             let (r, warnings, _) = one_run(&sub, 'a', &o, &spec, false).unwrap();
             assert_eq!((r.sent, r.received, r.lost), (300, 300, 0), "{r:?}");
+            assert!(warnings.is_empty(), "{warnings:?}");
+        }
+    }
+
+    /// A queue group over subjects none of which comes back: every message delivered once,
+    /// by both servers.
+    #[test]
+    fn queue_over_many_subjects_delivers_each_message_once() {
+        let spec = pick("queue4x100k").unwrap()[0];
+        let mut servers = vec![Subject::plain(Which::Tern, &tern_binary())];
+        if Path::new("/usr/sbin/nats-server").exists() {
+            servers.push(Subject::plain(Which::Nats, "/usr/sbin/nats-server"));
+        }
+        for sub in servers {
+            let mut o = opts_for_test(&spec);
+            (o.msgs, o.subjects) = (Some(20_000), spec.count);
+            let (r, warnings, _) = one_run(&sub, 'a', &o, &spec, false).unwrap();
+            assert_eq!((r.received, r.lost), (r.expected, 0), "{r:?}");
+            assert_eq!(r.expected, 20_000, "{r:?}");
             assert!(warnings.is_empty(), "{warnings:?}");
         }
     }
