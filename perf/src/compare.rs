@@ -1256,12 +1256,8 @@ mod tests {
     #[test]
     fn tls_runs_deliver_over_tls() {
         let files = TlsFiles::create().unwrap();
-        let mut servers = vec![Subject::plain(Which::Tern, &tern_binary())];
-        // scripts/test installs Debian's nats-server; the flags are its own.
-        if Path::new("/usr/sbin/nats-server").exists() {
-            servers.push(Subject::plain(Which::Nats, "/usr/sbin/nats-server"));
-        }
-        for sub in servers {
+        // Both servers take the same TLS flags: nats-server's own.
+        for sub in both_servers() {
             let sub = sub.with_tls(&files);
             for (name, msgs) in [("pubsub128", 20_000), ("reqreply", 300), ("conns1k", 0)] {
                 let spec = pick(name).unwrap()[0];
@@ -1312,20 +1308,36 @@ mod tests {
         assert!(warnings.is_empty(), "{warnings:?}");
     }
 
-    /// With a reply subject per request, every request is answered, by both servers.
-    #[test]
-    fn reqinbox_round_trips() {
-        let spec = pick("reqinbox").unwrap()[0];
+    /// Tern, and Debian's nats-server where it is installed (scripts/test installs it).
+    fn both_servers() -> Vec<Subject> {
         let mut servers = vec![Subject::plain(Which::Tern, &tern_binary())];
         if Path::new("/usr/sbin/nats-server").exists() {
             servers.push(Subject::plain(Which::Nats, "/usr/sbin/nats-server"));
         }
-        for sub in servers {
-            let mut o = opts_for_test(&spec);
-            (o.msgs, o.subjects) = (Some(300), spec.count);
-            let (r, warnings, _) = one_run(&sub, 'a', &o, &spec, false).unwrap();
+        servers
+    }
+
+    /// `msgs` messages of catalog row `name` in placement a on each of [`both_servers`],
+    /// with the row's count as `--subjects`, as `compare` runs it.
+    fn run_with_subjects(name: &str, msgs: u64) -> Vec<Report> {
+        let spec = pick(name).unwrap()[0];
+        let mut o = opts_for_test(&spec);
+        (o.msgs, o.subjects) = (Some(msgs), spec.count);
+        both_servers()
+            .iter()
+            .map(|sub| {
+                let (r, warnings, _) = one_run(sub, 'a', &o, &spec, false).unwrap();
+                assert!(warnings.is_empty(), "{warnings:?}");
+                r
+            })
+            .collect()
+    }
+
+    /// With a reply subject per request, every request is answered, by both servers.
+    #[test]
+    fn reqinbox_round_trips() {
+        for r in run_with_subjects("reqinbox", 300) {
             assert_eq!((r.sent, r.received, r.lost), (300, 300, 0), "{r:?}");
-            assert!(warnings.is_empty(), "{warnings:?}");
         }
     }
 
@@ -1333,18 +1345,12 @@ mod tests {
     /// by both servers.
     #[test]
     fn queue_over_many_subjects_delivers_each_message_once() {
-        let spec = pick("queue4x100k").unwrap()[0];
-        let mut servers = vec![Subject::plain(Which::Tern, &tern_binary())];
-        if Path::new("/usr/sbin/nats-server").exists() {
-            servers.push(Subject::plain(Which::Nats, "/usr/sbin/nats-server"));
-        }
-        for sub in servers {
-            let mut o = opts_for_test(&spec);
-            (o.msgs, o.subjects) = (Some(20_000), spec.count);
-            let (r, warnings, _) = one_run(&sub, 'a', &o, &spec, false).unwrap();
-            assert_eq!((r.received, r.lost), (r.expected, 0), "{r:?}");
-            assert_eq!(r.expected, 20_000, "{r:?}");
-            assert!(warnings.is_empty(), "{warnings:?}");
+        for r in run_with_subjects("queue4x100k", 20_000) {
+            assert_eq!(
+                (r.expected, r.received, r.lost),
+                (20_000, 20_000, 0),
+                "{r:?}"
+            );
         }
     }
 
