@@ -43,6 +43,7 @@ pub mod parser;
 pub mod route;
 pub mod server;
 pub mod sublist;
+mod swar;
 pub mod tls;
 
 /// The NATS server version Tern speaks and reports in `INFO`. Clients gate features on this

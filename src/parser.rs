@@ -598,15 +598,10 @@ impl Parser {
 }
 
 /// Bit 7 of each byte of the result is set where that byte of `w` is a space or a control
-/// character (at most 0x20), exactly: `(b & 0x7f) + 0x5f` reaches 0x80 when `b & 0x7f` is
-/// at least 0x21 and never carries into the next byte, so a byte is a separator when neither
-/// that bit nor its own top bit is set.
+/// character (at most 0x20).
 #[inline(always)]
 fn separators(w: u64) -> u64 {
-    const LOW7: u64 = u64::from_le_bytes([0x7f; 8]);
-    const ADD: u64 = u64::from_le_bytes([0x5f; 8]);
-    const HIGH: u64 = u64::from_le_bytes([0x80; 8]);
-    !(w | ((w & LOW7) + ADD)) & HIGH
+    crate::swar::bytes_below(w, 0x21)
 }
 
 /// Splits `PUB <subject> [reply] <size>\r\n` at the start of `rest`, with single spaces

@@ -141,7 +141,7 @@ fn has_no_empty_tokens(s: &[u8]) -> bool {
         return false;
     }
     let no_pair = |w: [u8; 8]| {
-        let m = separator_bytes(u64::from_le_bytes(w));
+        let m = crate::swar::bytes_equal(u64::from_le_bytes(w), TSEP);
         m & (m >> 8) == 0
     };
     let n = s.len();
@@ -152,17 +152,6 @@ fn has_no_empty_tokens(s: &[u8]) -> bool {
     }
     let word = |at: usize| -> [u8; 8] { s[at..at + 8].try_into().expect("8 bytes") };
     (0..n - 8).step_by(7).all(|at| no_pair(word(at))) && no_pair(word(n - 8))
-}
-
-/// Bit 7 of each byte of the result is set where that byte of `w` is the token separator,
-/// exactly: with `x` the byte xor `.`, `(x & 0x7f) + 0x7f` sets bit 7 unless the low seven
-/// bits are zero, and never carries into the next byte.
-#[inline(always)]
-fn separator_bytes(w: u64) -> u64 {
-    const LOW7: u64 = u64::from_le_bytes([0x7f; 8]);
-    const HIGH: u64 = u64::from_le_bytes([0x80; 8]);
-    let x = w ^ u64::from_le_bytes([TSEP; 8]);
-    !(x | ((x & LOW7) + LOW7)) & HIGH
 }
 
 /// Does every subject that subscription `sub` can match also match `filter`?
@@ -682,11 +671,11 @@ impl<T: Clone> Uncached<T> {
 
     /// Whether a subject of hash `h` ([`subject_hash`]), which missed the cache, goes into
     /// it: only when it missed once before, recently (a doorkeeper, as in TinyLFU). Subjects
-    /// that do not come back
-    /// within the cache's reach (a reply inbox per request, more subjects in turn than the
-    /// cache holds) would each cost an allocation, and in time a sweep, and would push out
-    /// the subjects that do come back. A false positive (a subject whose bits others set)
-    /// only caches a subject at its first miss, as without the doorkeeper.
+    /// that do not come back within the cache's reach (a reply inbox per request, more
+    /// subjects in turn than the cache holds) would each cost an allocation, and in time a
+    /// sweep, and would push out the subjects that do come back. A false positive (a subject
+    /// whose bits others set) only caches a subject at its first miss, as without the
+    /// doorkeeper.
     fn admit(&mut self, h: u64) -> bool {
         // Two bits per subject (a Bloom filter): with at most a window's subjects noted,
         // under 5 % of new subjects find both of theirs set by others.
@@ -1109,6 +1098,7 @@ mod tests {
             assert!(!same_bytes(&a, &longer));
         }
     }
+
     /// The word-wise check agrees with splitting at every length, with separators (one, or
     /// two in a row) at every place.
     #[test]

@@ -369,20 +369,23 @@ impl Subjects {
     }
 
     /// What the subscribers subscribe to.
-    fn filter(&self) -> &'static str {
-        if self.n > 1 {
-            "bench.0.*"
-        } else {
-            SUBJECT
-        }
+    fn filter(&self) -> String {
+        self.under(SUBJECT).0
     }
 
     /// The first subject: the one batches are built with and probes go to.
     fn first(&self) -> String {
+        self.under(SUBJECT).1
+    }
+
+    /// The subscription that takes the subjects under `prefix`, and the first of them:
+    /// `prefix` itself for one subject, else `prefix.*` and `prefix.<0…0>`.
+    fn under(&self, prefix: &str) -> (String, String) {
         if self.n > 1 {
-            format!("{SUBJECT}.{}", "0".repeat(self.width))
+            let first = format!("{prefix}.{}", "0".repeat(self.width));
+            (format!("{prefix}.*"), first)
         } else {
-            SUBJECT.into()
+            (prefix.into(), prefix.into())
         }
     }
 
@@ -421,13 +424,7 @@ struct Requests {
 impl Requests {
     fn new(o: &Opts, i: usize) -> Self {
         let subjects = Subjects::of(o);
-        let inbox = format!("_INBOX.bench.{i}");
-        let (filter, reply) = if subjects.n > 1 {
-            let first = format!("{inbox}.{}", "0".repeat(subjects.width));
-            (format!("{inbox}.*"), first)
-        } else {
-            (inbox.clone(), inbox)
-        };
+        let (filter, reply) = subjects.under(&format!("_INBOX.bench.{i}"));
         let at = "PUB ".len() + REQUEST.len() + 1 + reply.len() - subjects.width;
         Requests {
             filter,
