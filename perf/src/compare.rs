@@ -87,6 +87,9 @@ pub const CATALOG: &[Spec] = &[
     extra(spec("fanin4x128", Kind::Fanin, 128, 4, 1), 0),
     extra(spec("queue4x128", Kind::Queue, 128, 1, 4), 0),
     extra(spec("requesters8x4", Kind::Requesters, 128, 8, 4), 0),
+    // The same from one polling generator thread: the twelve threads of `requesters8x4`
+    // take turns on the generator's core, and their wake-ups pace both servers alike.
+    extra(spec("reqpoll8x4", Kind::Reqpoll, 128, 8, 4), 0),
     extra(spec("subscale10k", Kind::Subscale, 128, 1, 1), 10_000),
     extra(spec("subscale100k", Kind::Subscale, 128, 1, 1), 100_000),
     extra(spec("subscale1m", Kind::Subscale, 128, 1, 1), 1_000_000),
@@ -1351,6 +1354,23 @@ mod tests {
                 (20_000, 20_000, 0),
                 "{r:?}"
             );
+        }
+    }
+
+    /// Eight requesters polled from one thread against a queue group of four: every request
+    /// answered and timed, by both servers.
+    #[test]
+    fn reqpoll_many_requesters_round_trip() {
+        let spec = pick("reqpoll8x4").unwrap()[0];
+        let mut o = opts_for_test(&spec);
+        o.msgs = Some(800);
+        for sub in both_servers() {
+            let (r, warnings, _) = one_run(&sub, 'a', &o, &spec, false).unwrap();
+            assert_eq!((r.pubs, r.subs), (8, 4), "{r:?}");
+            assert_eq!((r.sent, r.received, r.lost), (800, 800, 0), "{r:?}");
+            let l = r.latency.as_ref().expect("latency");
+            assert_eq!(l.count, 800, "{l:?}");
+            assert!(warnings.is_empty(), "{warnings:?}");
         }
     }
 

@@ -38,9 +38,10 @@ pub enum Kind {
     Reqreply,
     /// --pubs synchronous requesters against a queue group of --subs responders.
     Requesters,
-    /// Reqreply with the requester and the responder in one generator thread that polls both
-    /// sockets without blocking: no generator thread wake-up in the round trip, so the
-    /// latency is the server's and the kernel's (how a latency rig's client measures).
+    /// Requesters (one of each by default) with every requester and responder in one
+    /// generator thread that polls their sockets without blocking: no generator thread
+    /// wake-up in the round trip, so the latency is the server's and the kernel's (how a
+    /// latency rig's client measures).
     Reqpoll,
     /// Open loop at --rate msgs/s; latency from each message's intended send time.
     Openloop,
@@ -1068,6 +1069,39 @@ fn read_failed(sh: &Shared, e: std::io::Error) -> Error {
     Error::Io("read on a subscriber".into(), e)
 }
 
+/// The responders of a request/reply run, subscribed to the request subject: a queue group
+/// when there is more than one, a plain subscription otherwise.
+fn responder_conns(t: &Target, o: &Opts, responders: usize) -> Result<Vec<Conn>> {
+    let line = if responders > 1 {
+        format!("SUB {REQUEST} resp 1\r\n")
+    } else {
+        format!("SUB {REQUEST} 1\r\n")
+    };
+    (0..responders)
+        .map(|i| {
+            let mut c = t
+                .sub_side()
+                .connect(&format!("bench-resp-{i}"), o.placement.subscriber())?;
+            c.write(line.as_bytes())?;
+            c.flush()?;
+            Ok(c)
+        })
+        .collect()
+}
+
+/// The requesters of a request/reply run, each subscribed to its reply subjects.
+fn requester_conns(t: &Target, o: &Opts, requesters: usize) -> Result<Vec<(Conn, Requests)>> {
+    (0..requesters)
+        .map(|i| {
+            let mut c = t.connect(&format!("bench-req-{i}"), o.placement.publisher())?;
+            let requests = Requests::new(o, i);
+            c.write(format!("SUB {} 1\r\n", requests.filter).as_bytes())?;
+            c.flush()?;
+            Ok((c, requests))
+        })
+        .collect()
+}
+
 /// Request/reply: `requesters` synchronous requesters, `responders` responders in a queue
 /// group (a plain subscription when there is one responder).
 fn reqreply(t: &Target, o: &Opts, requesters: usize, responders: usize) -> Result<Report> {
@@ -1075,17 +1109,7 @@ fn reqreply(t: &Target, o: &Opts, requesters: usize, responders: usize) -> Resul
     let responders = responders.max(1);
     let stop = Arc::new(AtomicBool::new(false));
     let mut resp_handles = Vec::new();
-    for i in 0..responders {
-        let mut c = t
-            .sub_side()
-            .connect(&format!("bench-resp-{i}"), o.placement.subscriber())?;
-        let line = if responders > 1 {
-            format!("SUB {REQUEST} resp 1\r\n")
-        } else {
-            format!("SUB {REQUEST} 1\r\n")
-        };
-        c.write(line.as_bytes())?;
-        c.flush()?;
+    for (i, c) in responder_conns(t, o, responders)?.into_iter().enumerate() {
         let stop = stop.clone();
         let core = core_for(o, 1 + i);
         resp_handles.push(thread::spawn(move || {
@@ -1093,14 +1117,7 @@ fn reqreply(t: &Target, o: &Opts, requesters: usize, responders: usize) -> Resul
             responder(c, &stop)
         }));
     }
-    let mut req_conns = Vec::new();
-    for i in 0..requesters {
-        let mut c = t.connect(&format!("bench-req-{i}"), o.placement.publisher())?;
-        let requests = Requests::new(o, i);
-        c.write(format!("SUB {} 1\r\n", requests.filter).as_bytes())?;
-        c.flush()?;
-        req_conns.push((c, requests));
-    }
+    let req_conns = requester_conns(t, o, requesters)?;
     let go = Arc::new(Barrier::new(requesters + 1));
     let mut handles = Vec::new();
     for (i, (c, requests)) in req_conns.into_iter().enumerate() {
@@ -1284,79 +1301,147 @@ fn answer(c: &mut Conn, out: &mut Vec<u8>) -> Result<()> {
     Ok(())
 }
 
-/// One request/reply round trip at a time, with the requester and the responder polled by
-/// the calling thread: sockets in non-blocking mode, never a sleep.
+/// A requester of [`reqpoll`]: its connection, its requests, and the one outstanding.
+struct Polled {
+    c: Conn,
+    requests: Requests,
+    /// The stamp (send time) of the request waiting for its reply.
+    waiting: Option<u64>,
+}
+
+impl Polled {
+    fn send(&mut self) -> Result<()> {
+        let t0 = now_ns();
+        self.c.write(self.requests.next(t0))?;
+        self.waiting = Some(t0);
+        Ok(())
+    }
+
+    /// Reads what arrived without waiting: the stamp of the awaited reply if it came (a late
+    /// reply to a request given up on has another stamp and is dropped).
+    fn reply(&mut self) -> Result<Option<u64>> {
+        if !poll_read(&mut self.c, "a requester")? {
+            return Ok(None);
+        }
+        let mut got = None;
+        while let Some(f) = self.c.parser.next_frame()? {
+            match f {
+                Frame::Msg { payload, .. }
+                    if self.waiting.is_some() && payload_stamp(payload) == self.waiting =>
+                {
+                    got = self.waiting.take();
+                }
+                Frame::Ping => self.c.write(b"PONG\r\n")?,
+                Frame::Err(e) => return Err(Error::Server(String::from_utf8_lossy(e).into())),
+                _ => {}
+            }
+        }
+        Ok(got)
+    }
+}
+
+/// Request/reply with every requester and responder in one generator thread that polls
+/// their sockets without blocking, never a sleep: no generator thread is woken in a round
+/// trip, so the latency is the server's and the kernel's (how a latency rig's client
+/// measures), and with many requesters the generator's one busy thread does not pace the
+/// run the way `requesters`' thread per connection does.
 fn reqpoll(t: &Target, o: &Opts) -> Result<Report> {
-    let mut resp = t
-        .sub_side()
-        .connect("bench-resp-0", o.placement.subscriber())?;
-    resp.write(format!("SUB {REQUEST} 1\r\n").as_bytes())?;
-    resp.flush()?;
-    let mut req = t.connect("bench-req-0", o.placement.publisher())?;
-    let mut requests = Requests::new(o, 0);
-    req.write(format!("SUB {} 1\r\n", requests.filter).as_bytes())?;
-    req.flush()?;
-    req.set_nonblocking()?;
-    resp.set_nonblocking()?;
+    let (requesters, responders) = (o.pubs.max(1), o.subs.max(1));
+    let mut resps = responder_conns(t, o, responders)?;
+    let mut reqs = Vec::new();
+    for (c, requests) in requester_conns(t, o, requesters)? {
+        c.set_nonblocking()?;
+        reqs.push(Polled {
+            c,
+            requests,
+            waiting: None,
+        });
+    }
+    for c in &resps {
+        c.set_nonblocking()?;
+    }
     let (o, target) = (o.clone(), t.clone());
     let core = core_for(&o, 0);
     // The polling thread is pinned; the calling thread never is (see `run`).
     let h = thread::spawn(move || -> Result<Report> {
         pin(core);
         let mut out = Vec::with_capacity(64 * 1024);
-        // One round trip: the stamp of the reply that came back, or None after `limit`.
-        let mut round_trip = |stamp: u64, limit: Duration| -> Result<Option<u64>> {
-            req.write(requests.next(stamp))?;
-            let give_up = Instant::now() + limit;
-            loop {
-                if poll_read(&mut resp, "a responder")? {
-                    answer(&mut resp, &mut out)?;
-                }
-                poll_read(&mut req, "a requester")?;
-                while let Some(f) = req.parser.next_frame()? {
-                    match f {
-                        Frame::Msg { payload, .. } => match payload_stamp(payload) {
-                            Some(ts) if ts == stamp => return Ok(Some(ts)),
-                            _ => {}
-                        },
-                        Frame::Ping => req.write(b"PONG\r\n")?,
-                        Frame::Err(e) => {
-                            return Err(Error::Server(String::from_utf8_lossy(e).into()))
-                        }
-                        _ => {}
-                    }
-                }
-                if Instant::now() > give_up {
-                    return Ok(None);
+        // One pass over every socket: answers the requests that arrived, and calls `next`
+        // for each requester whose reply came back (with its latency) or whose request is
+        // older than `limit` (with none).
+        let mut sweep = |reqs: &mut [Polled],
+                         limit: u64,
+                         next: &mut dyn FnMut(&mut Polled, Option<u64>) -> Result<()>|
+         -> Result<()> {
+            for r in resps.iter_mut() {
+                if poll_read(r, "a responder")? {
+                    answer(r, &mut out)?;
                 }
             }
+            for q in reqs.iter_mut() {
+                if let Some(t0) = q.reply()? {
+                    next(q, Some(now_ns().saturating_sub(t0)))?;
+                } else if q
+                    .waiting
+                    .is_some_and(|t0| now_ns().saturating_sub(t0) > limit)
+                {
+                    q.waiting = None;
+                    next(q, None)?;
+                }
+            }
+            Ok(())
         };
-        // Warm up until one reply comes back (interest may still be travelling).
+        // Warm up until every requester has had a reply (interest may still be travelling
+        // between shards), asking again every 100 ms.
         let deadline = Instant::now() + Duration::from_secs(10);
-        while round_trip(now_ns(), Duration::from_millis(100))?.is_none() {
+        let mut cold = reqs.len();
+        for q in reqs.iter_mut() {
+            q.send()?;
+        }
+        while cold > 0 {
             if Instant::now() > deadline {
                 return Err(Error::Timeout("no reply to warm-up requests".into()));
             }
+            sweep(&mut reqs, 100_000_000, &mut |q, lat| match lat {
+                Some(_) => {
+                    cold -= 1;
+                    Ok(())
+                }
+                None => q.send(),
+            })?;
         }
         let meter = Meter::start(&target);
         let mut hist = new_histogram();
         let end = Instant::now() + o.duration;
+        let quota = o
+            .msgs
+            .map(|m| (m / reqs.len() as u64).max(1) * reqs.len() as u64);
         let (mut sent, mut got) = (0u64, 0u64);
-        while match o.msgs {
+        let more = |sent: u64| match quota {
             Some(q) => sent < q,
-            None => sent & 15 != 0 || Instant::now() < end,
-        } {
-            let t0 = now_ns();
+            None => Instant::now() < end,
+        };
+        for q in reqs.iter_mut() {
+            q.send()?;
             sent += 1;
-            if round_trip(t0, Duration::from_secs(1))?.is_some() {
-                record(&mut hist, now_ns() - t0);
-                got += 1;
-            }
+        }
+        while reqs.iter().any(|q| q.waiting.is_some()) {
+            sweep(&mut reqs, 1_000_000_000, &mut |q, lat| {
+                if let Some(ns) = lat {
+                    record(&mut hist, ns);
+                    got += 1;
+                }
+                if more(sent) {
+                    q.send()?;
+                    sent += 1;
+                }
+                Ok(())
+            })?;
         }
         let wall = meter.t0.elapsed().as_secs_f64();
         Ok(round_trip_report(
             &o,
-            (1, 1),
+            (requesters, responders),
             (sent, got),
             wall,
             &hist,
