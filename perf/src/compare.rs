@@ -979,7 +979,8 @@ fn write_report(
     let _ = writeln!(
         m,
         "- Open loop msgs/s ({how}): {}; latency from each message's intended send time. \
-         Request/reply: one synchronous requester, latency per round trip, CPU per round trip.",
+         Request/reply: each requester waits for its reply before its next request (one \
+         requester unless the row names more), latency and CPU per round trip.",
         if list.is_empty() {
             "not run".to_string()
         } else {
