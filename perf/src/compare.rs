@@ -681,6 +681,40 @@ fn generator_bound(runs: &[Run]) -> Option<String> {
     (!list.is_empty()).then_some(list)
 }
 
+/// VM steal in a round (milliseconds, all CPUs) from which a row whose two servers' rounds
+/// were stolen from unevenly is listed: its ratio is then partly the host's.
+const STEAL_NOTE_MS: f64 = 100.0;
+
+/// A markdown list of the rows whose median VM steal per round was [`STEAL_NOTE_MS`] or
+/// more for one server and at least twice the other's; `None` when there are none.
+fn uneven_steal(runs: &[Run]) -> Option<String> {
+    let mut list = String::new();
+    let mut done: Vec<(&str, &str)> = Vec::new();
+    for r in runs {
+        let key = (r.placement.as_str(), r.scenario.as_str());
+        if done.contains(&key) {
+            continue;
+        }
+        done.push(key);
+        let row: Vec<&Run> = runs
+            .iter()
+            .filter(|x| (x.placement.as_str(), x.scenario.as_str()) == key)
+            .collect();
+        let steal = |w: Which| med(&row, w.name(), |x| x.steal_ms);
+        let (Some(t), Some(n)) = (steal(Which::Tern), steal(Which::Nats)) else {
+            continue;
+        };
+        if t.max(n) >= STEAL_NOTE_MS && t.max(n) >= 2.0 * t.min(n) {
+            let _ = writeln!(
+                list,
+                "- {} {}: tern {t:.0} ms, nats-server {n:.0} ms",
+                r.placement, r.scenario
+            );
+        }
+    }
+    (!list.is_empty()).then_some(list)
+}
+
 /// Placement b ÷ placement a, per server, for every throughput row run in both: whether two
 /// shards (nats-server: `GOMAXPROCS=2`) deliver more than one pinned core (`GOMAXPROCS=1`).
 /// In b the generator shares the two cores with the server. `None` without such a row.
@@ -1008,6 +1042,16 @@ fn write_report(
              rate may be the generator's, not the server's.\n\n{list}"
         );
     }
+    if let Some(list) = uneven_steal(runs) {
+        let _ = write!(
+            m,
+            "\n## Rows the host stole from unevenly\n\nMedian VM steal per round (the time \
+             the hypervisor ran something else while this VM's CPUs wanted to run, all CPUs) \
+             where one server's rounds lost {STEAL_NOTE_MS:.0} ms or more and at least twice \
+             the other's: these rows' ratios are partly the host's. Each round's figure is \
+             under Raw runs.\n\n{list}"
+        );
+    }
     if let Some(scaling) = scaling_table(runs) {
         m.push_str(
             "\n## Scaling: placement b ÷ placement a\n\nMessages per second (in for `pub`, \
@@ -1214,6 +1258,32 @@ mod tests {
             "- fanout16x128 tern round 1: generator 95 %, 9.00M msgs/s out\n"
         );
         assert!(generator_bound(&runs[1..]).is_none());
+    }
+
+    /// Rows are listed when one server's median steal is past the mark and twice the
+    /// other's; even or small steal is not.
+    #[test]
+    fn uneven_steal_lists_rows_stolen_from_on_one_side() {
+        let (t, n) = (Which::Tern.name(), Which::Nats.name());
+        let mut runs = vec![
+            run("a", "reqreply", t, 1e4),
+            run("a", "reqreply", n, 1e4),
+            run("a", "pub16", t, 1e7),
+            run("a", "pub16", n, 1e7),
+            run("b", "pub16", t, 1e7),
+            run("b", "pub16", n, 1e7),
+        ];
+        for (r, ms) in runs
+            .iter_mut()
+            .zip([450.0, 150.0, 400.0, 300.0, 60.0, 10.0])
+        {
+            r.result.as_mut().unwrap().steal_ms = Some(ms);
+        }
+        assert_eq!(
+            uneven_steal(&runs).unwrap(),
+            "- a reqreply: tern 450 ms, nats-server 150 ms\n"
+        );
+        assert!(uneven_steal(&runs[2..]).is_none());
     }
 
     /// The Tern binary built beside this test (target/<profile>/tern).
