@@ -659,13 +659,16 @@ fn is_throughput(kind: Kind) -> bool {
 /// the generator has that one core, may have been paced by it.
 const GEN_BOUND_PCT: f64 = 90.0;
 
-/// A markdown list of the throughput rounds in placement a whose generator was at
-/// [`GEN_BOUND_PCT`] of its core or more; `None` when there are none.
+/// A markdown list of the throughput rounds in placement a (many requesters' round trips
+/// too) whose generator was at [`GEN_BOUND_PCT`] of its core or more; `None` when there are
+/// none. `reqpoll`'s generator polls without ever waiting, so it is always busy and is not
+/// listed.
 fn generator_bound(runs: &[Run]) -> Option<String> {
     let mut list = String::new();
     for r in runs.iter().filter(|r| r.placement == "a") {
         let Ok(x) = &r.result else { continue };
-        if !is_throughput(kind_of(&r.scenario)) || x.gen_cpu_pct < GEN_BOUND_PCT {
+        let kind = kind_of(&r.scenario);
+        if !(is_throughput(kind) || kind == Kind::Requesters) || x.gen_cpu_pct < GEN_BOUND_PCT {
             continue;
         }
         let _ = writeln!(
@@ -1037,8 +1040,8 @@ fn write_report(
     if let Some(list) = generator_bound(runs) {
         let _ = write!(
             m,
-            "\n## Rounds the generator may have paced\n\nThroughput rounds in placement a \
-             whose generator used {GEN_BOUND_PCT:.0} % or more of its one core: there the \
+            "\n## Rounds the generator may have paced\n\nThroughput rounds (and many \
+             requesters' round trips) in placement a whose generator used {GEN_BOUND_PCT:.0} % or more of its one core: there the \
              rate may be the generator's, not the server's.\n\n{list}"
         );
     }
@@ -1238,8 +1241,8 @@ mod tests {
         assert!(scaling_table(&runs[..2]).is_none());
     }
 
-    /// Only throughput rounds in placement a at 90 % of the generator's core or more are
-    /// listed as possibly paced by the generator.
+    /// Only throughput and many-requester rounds in placement a at 90 % of the generator's
+    /// core or more are listed as possibly paced by the generator.
     #[test]
     fn generator_bound_lists_busy_throughput_rounds() {
         let t = Which::Tern.name();
@@ -1248,16 +1251,19 @@ mod tests {
             run("a", "fanout16x128", t, 8e6),
             run("a", "openloop", t, 7e5),
             run("b", "pubsub128/same-shard", t, 5e6),
+            run("a", "requesters8x4", t, 2e4),
+            run("a", "reqpoll8x4", t, 3e4),
         ];
-        for (r, pct) in runs.iter_mut().zip([95.0, 60.0, 99.0, 150.0]) {
+        for (r, pct) in runs.iter_mut().zip([95.0, 60.0, 99.0, 150.0, 91.0, 100.0]) {
             r.result.as_mut().unwrap().gen_cpu_pct = pct;
         }
         let list = generator_bound(&runs).unwrap();
         assert_eq!(
             list,
-            "- fanout16x128 tern round 1: generator 95 %, 9.00M msgs/s out\n"
+            "- fanout16x128 tern round 1: generator 95 %, 9.00M msgs/s out\n\
+             - requesters8x4 tern round 1: generator 91 %, 20.0k msgs/s out\n"
         );
-        assert!(generator_bound(&runs[1..]).is_none());
+        assert!(generator_bound(&runs[1..4]).is_none());
     }
 
     /// Rows are listed when one server's median steal is past the mark and twice the
