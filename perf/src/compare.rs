@@ -1041,8 +1041,9 @@ fn write_report(
         let _ = write!(
             m,
             "\n## Rounds the generator may have paced\n\nThroughput rounds (and many \
-             requesters' round trips) in placement a whose generator used {GEN_BOUND_PCT:.0} % or more of its one core: there the \
-             rate may be the generator's, not the server's.\n\n{list}"
+             requesters' round trips) in placement a whose generator used \
+             {GEN_BOUND_PCT:.0} % or more of its one core: there the rate may be the \
+             generator's, not the server's.\n\n{list}"
         );
     }
     if let Some(list) = uneven_steal(runs) {
