@@ -135,8 +135,10 @@ fn subjects_that_never_repeat_allocate_rarely() {
         let (mut index, mut out) = orders_index(queue);
         let n = 50_000;
         let allocs = allocations_for(n, |i| 1_000_000 + i, &mut index, &mut out);
+        // Without a queue group as strict as before queue groups were checked here.
+        let per = if queue { 5 } else { 10 };
         assert!(
-            allocs * 5 < n,
+            allocs * per < n,
             "{allocs} allocations for {n} messages on new subjects (queue group: {queue})"
         );
     }

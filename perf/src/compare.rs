@@ -684,6 +684,21 @@ fn generator_bound(runs: &[Run]) -> Option<String> {
     (!list.is_empty()).then_some(list)
 }
 
+/// The runs of each row (placement, scenario), rows in the order they first ran.
+fn rows(runs: &[Run]) -> Vec<(&str, &str, Vec<&Run>)> {
+    let mut rows: Vec<(&str, &str, Vec<&Run>)> = Vec::new();
+    for r in runs {
+        match rows
+            .iter_mut()
+            .find(|(p, sc, _)| *p == r.placement && *sc == r.scenario)
+        {
+            Some((_, _, group)) => group.push(r),
+            None => rows.push((&r.placement, &r.scenario, vec![r])),
+        }
+    }
+    rows
+}
+
 /// VM steal in a round (milliseconds, all CPUs) from which a row whose two servers' rounds
 /// were stolen from unevenly is listed: its ratio is then partly the host's.
 const STEAL_NOTE_MS: f64 = 100.0;
@@ -692,17 +707,7 @@ const STEAL_NOTE_MS: f64 = 100.0;
 /// more for one server and at least twice the other's; `None` when there are none.
 fn uneven_steal(runs: &[Run]) -> Option<String> {
     let mut list = String::new();
-    let mut done: Vec<(&str, &str)> = Vec::new();
-    for r in runs {
-        let key = (r.placement.as_str(), r.scenario.as_str());
-        if done.contains(&key) {
-            continue;
-        }
-        done.push(key);
-        let row: Vec<&Run> = runs
-            .iter()
-            .filter(|x| (x.placement.as_str(), x.scenario.as_str()) == key)
-            .collect();
+    for (placement, scenario, row) in rows(runs) {
         let steal = |w: Which| med(&row, w.name(), |x| x.steal_ms);
         let (Some(t), Some(n)) = (steal(Which::Tern), steal(Which::Nats)) else {
             continue;
@@ -710,8 +715,7 @@ fn uneven_steal(runs: &[Run]) -> Option<String> {
         if t.max(n) >= STEAL_NOTE_MS && t.max(n) >= 2.0 * t.min(n) {
             let _ = writeln!(
                 list,
-                "- {} {}: tern {t:.0} ms, nats-server {n:.0} ms",
-                r.placement, r.scenario
+                "- {placement} {scenario}: tern {t:.0} ms, nats-server {n:.0} ms"
             );
         }
     }
@@ -725,38 +729,28 @@ fn scaling_table(runs: &[Run]) -> Option<String> {
     let mut t = String::from(
         "| scenario (placement b) | tern b ÷ a | nats-server b ÷ a |\n|---|---:|---:|\n",
     );
-    let mut done: Vec<&str> = Vec::new();
-    for r in runs.iter().filter(|r| r.placement == "b") {
-        if done.contains(&r.scenario.as_str()) {
-            continue;
-        }
-        done.push(&r.scenario);
-        let base = r.scenario.split('/').next().unwrap_or(&r.scenario);
+    let rows = rows(runs);
+    for (_, scenario, in_b) in rows.iter().filter(|(p, _, _)| *p == "b") {
+        let base = scenario.split('/').next().unwrap_or(scenario);
         let kind = kind_of(base);
-        let in_a: Vec<&Run> = runs
-            .iter()
-            .filter(|x| x.placement == "a" && x.scenario == base)
-            .collect();
-        if !is_throughput(kind) || in_a.is_empty() {
+        let Some((_, _, in_a)) = rows.iter().find(|(p, sc, _)| *p == "a" && *sc == base) else {
+            continue;
+        };
+        if !is_throughput(kind) {
             continue;
         }
-        let in_b: Vec<&Run> = runs
-            .iter()
-            .filter(|x| x.placement == "b" && x.scenario == r.scenario)
-            .collect();
         let get: fn(&Report) -> Option<f64> = if kind == Kind::Pub {
             |r| Some(r.msgs_in_per_s)
         } else {
             |r| Some(r.msgs_out_per_s)
         };
-        let ratio = |w: Which| match (med(&in_a, w.name(), get), med(&in_b, w.name(), get)) {
+        let ratio = |w: Which| match (med(in_a, w.name(), get), med(in_b, w.name(), get)) {
             (Some(a), Some(b)) if a > 0.0 => format!("{:.2}", b / a),
             _ => "–".into(),
         };
         let _ = writeln!(
             t,
-            "| {} | {} | {} |",
-            r.scenario,
+            "| {scenario} | {} | {} |",
             ratio(Which::Tern),
             ratio(Which::Nats)
         );
@@ -769,18 +763,7 @@ fn summary_table(s: &Settings, runs: &[Run], sys: &[Syscalls]) -> String {
         "| placement | scenario | metric | nats-server | tern | tern ÷ nats |\n\
          |---|---|---|---:|---:|---:|\n",
     );
-    let mut keys: Vec<(String, String)> = Vec::new();
-    for r in runs {
-        let k = (r.placement.clone(), r.scenario.clone());
-        if !keys.contains(&k) {
-            keys.push(k);
-        }
-    }
-    for (p, sc) in &keys {
-        let group: Vec<&Run> = runs
-            .iter()
-            .filter(|r| &r.placement == p && &r.scenario == sc)
-            .collect();
+    for (p, sc, group) in rows(runs) {
         for m in metrics(kind_of(sc)) {
             let a = med(&group, Which::Nats.name(), m.get);
             let b = med(&group, Which::Tern.name(), m.get);
@@ -824,7 +807,7 @@ fn summary_table(s: &Settings, runs: &[Run], sys: &[Syscalls]) -> String {
         if s.strace {
             let get = |w: Which| {
                 sys.iter()
-                    .find(|x| &x.placement == p && &x.scenario == sc && x.server == w.name())
+                    .find(|x| x.placement == p && x.scenario == sc && x.server == w.name())
                     .map(|x| x.per_msg.clone())
             };
             let (a, b) = (get(Which::Nats), get(Which::Tern));

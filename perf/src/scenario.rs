@@ -1378,13 +1378,12 @@ fn reqpoll(t: &Target, o: &Opts) -> Result<Report> {
                     answer(r, &mut out)?;
                 }
             }
+            // One clock read for the timeouts; a reply is timed when it is read.
+            let now = now_ns();
             for q in reqs.iter_mut() {
                 if let Some(t0) = q.reply()? {
                     next(q, Some(now_ns().saturating_sub(t0)))?;
-                } else if q
-                    .waiting
-                    .is_some_and(|t0| now_ns().saturating_sub(t0) > limit)
-                {
+                } else if q.waiting.is_some_and(|t0| now.saturating_sub(t0) > limit) {
                     q.waiting = None;
                     next(q, None)?;
                 }
