@@ -74,6 +74,10 @@ pub const CATALOG: &[Spec] = &[
     spec("pubsub16", Kind::Pubsub, 16, 1, 1),
     spec("pubsub128", Kind::Pubsub, 128, 1, 1),
     spec("pubsub16k", Kind::Pubsub, 16384, 1, 1),
+    // Two publisher→subscriber streams on subjects of their own: in b each has a shard
+    // (same-shard) or crosses to the other one (cross-shard), as pub16x2 does for publishing.
+    spec("pairs16x2", Kind::Pairs, 16, 2, 2),
+    spec("pairs128x2", Kind::Pairs, 128, 2, 2),
     spec("fanout16x128", Kind::Fanout, 128, 1, 16),
     spec("fanpoll16x128", Kind::Fanpoll, 128, 1, 16),
     spec("reqreply", Kind::Reqreply, 128, 1, 1),
@@ -294,7 +298,7 @@ fn opts_for(s: &Settings, spec: &Spec, placement: char, v: Placement) -> Opts {
     match spec.kind {
         Kind::Subscale => o.preload = spec.count,
         Kind::Conns => o.conns = spec.count,
-        Kind::Pubsub | Kind::Queue | Kind::Reqreply => o.subjects = spec.count.max(1),
+        Kind::Pubsub | Kind::Pairs | Kind::Queue | Kind::Reqreply => o.subjects = spec.count.max(1),
         _ => {}
     }
     o
@@ -649,6 +653,7 @@ fn is_throughput(kind: Kind) -> bool {
             | Kind::Fanout
             | Kind::Fanpoll
             | Kind::Fanin
+            | Kind::Pairs
             | Kind::Queue
             | Kind::Subscale
             | Kind::Churn
@@ -1044,7 +1049,8 @@ fn write_report(
             "\n## Scaling: placement b ÷ placement a\n\nMessages per second (in for `pub`, \
              out for the rest), medians. A row with one publisher connection cannot gain from \
              a second shard: a connection lives on one shard (on one goroutine's read loop in \
-             nats-server).\n\n",
+             nats-server). `pub16x2` and the `pairs` rows carry two streams, one per shard \
+             in b; in b the generator shares the server's two cores.\n\n",
         );
         m.push_str(&scaling);
     }
@@ -1169,7 +1175,7 @@ mod tests {
         assert_eq!(civil_from_days(20_454), (2026, 1, 1));
         assert_eq!(civil_from_days(11_016), (2000, 2, 29));
         let d = pick("default").unwrap();
-        assert_eq!(d.len(), 13);
+        assert_eq!(d.len(), 15);
         assert!(d.iter().any(|s| s.routed && s.kind == Kind::Reqreply));
         assert!(pick("pub16,nope").is_err());
         assert_eq!(pick("churn,conns1k").unwrap()[1].count, 1000);
@@ -1450,6 +1456,37 @@ mod tests {
             "{r:?}"
         );
         assert!(warnings.is_empty(), "{warnings:?}");
+    }
+
+    /// Two pairs deliver each stream to its own subscriber only (a subscriber that took
+    /// the other stream too would make more deliveries than messages), on both servers, and
+    /// on two shards of Tern with each pair on a shard of its own and with every pair across
+    /// the shards.
+    #[test]
+    fn pairs_deliver_each_stream_to_its_own_subscriber() {
+        let spec = pick("pairs128x2").unwrap()[0];
+        let mut o = opts_for_test(&spec);
+        o.msgs = Some(20_000);
+        let mut cases: Vec<(Subject, char, Placement)> = both_servers()
+            .into_iter()
+            .map(|sub| (sub, 'a', Placement::Any))
+            .collect();
+        for v in variants(&spec, 'b', false) {
+            cases.push((Subject::plain(Which::Tern, &tern_binary()), 'b', v));
+        }
+        assert_eq!(cases.len(), both_servers().len() + 2);
+        for (sub, placement, v) in cases {
+            o.placement = v;
+            let (r, warnings, _) = one_run(&sub, placement, &o, &spec, false).unwrap();
+            assert_eq!((r.pubs, r.subs), (2, 2), "{r:?}");
+            assert_eq!(
+                (r.sent, r.expected, r.received, r.lost),
+                (20_000, 20_000, 20_000, 0),
+                "{} {placement} {v:?}: {r:?}",
+                sub.which.name()
+            );
+            assert!(warnings.is_empty(), "{warnings:?}");
+        }
     }
 
     fn opts_for_test(spec: &Spec) -> Opts {

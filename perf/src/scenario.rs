@@ -32,6 +32,11 @@ pub enum Kind {
     Fanpoll,
     /// --pubs publishers, one subscriber.
     Fanin,
+    /// --pubs independent publisher→subscriber pairs, pair i on its own subject
+    /// (`bench.<i>`) that only its own subscriber takes: load a sharded server can spread.
+    /// With --placement same pair i sits on shard i; with cross its publisher is on shard i
+    /// and its subscriber on shard i+1.
+    Pairs,
     /// One publisher, a queue group of --subs members.
     Queue,
     /// One synchronous requester against one responder; latency per request.
@@ -73,17 +78,19 @@ pub enum Placement {
 }
 
 impl Placement {
-    fn publisher(self) -> Shard {
+    /// Where the publisher (requester) of pair `pair` connects; 0 outside `pairs`.
+    fn publisher(self, pair: usize) -> Shard {
         match self {
             Placement::Any => Shard::Any,
-            _ => Shard::On(0),
+            _ => Shard::On(pair as u64),
         }
     }
-    fn subscriber(self) -> Shard {
+    /// Where the subscriber (responder) of pair `pair` connects; 0 outside `pairs`.
+    fn subscriber(self, pair: usize) -> Shard {
         match self {
             Placement::Any => Shard::Any,
-            Placement::Same => Shard::On(0),
-            Placement::Cross => Shard::On(1),
+            Placement::Same => Shard::On(pair as u64),
+            Placement::Cross => Shard::On(pair as u64 + 1),
         }
     }
 }
@@ -210,6 +217,11 @@ pub fn run(kind: Kind, o: &Opts, t: &Target) -> Result<Report> {
             flow(t, o, &f)?
         }
         Kind::Fanin => flow(t, o, &Flow::new(o.pubs, 1, 1, None))?,
+        Kind::Pairs => {
+            let mut f = Flow::new(o.pubs, o.pubs, 1, None);
+            f.pairs = true;
+            flow(t, o, &f)?
+        }
         Kind::Queue => flow(t, o, &Flow::new(1, o.subs, 1, Some("q")))?,
         Kind::Openloop => {
             let mut f = Flow::new(1, 1, 1, None);
@@ -230,6 +242,7 @@ pub fn run(kind: Kind, o: &Opts, t: &Target) -> Result<Report> {
 }
 
 /// The shape of a publish/subscribe run.
+#[derive(Clone)]
 struct Flow {
     pubs: usize,
     subs: usize,
@@ -239,6 +252,8 @@ struct Flow {
     open_loop: bool,
     /// One reader thread for all subscribers (poll(2)) instead of one thread each.
     poll_subs: bool,
+    /// Publisher i sends to subscriber i alone, on its own subject (see [`Kind::Pairs`]).
+    pairs: bool,
 }
 
 impl Flow {
@@ -250,6 +265,34 @@ impl Flow {
             queue,
             open_loop: false,
             poll_subs: false,
+            pairs: false,
+        }
+    }
+
+    /// The subject prefix (see [`Subjects::under`]) of publisher or subscriber `i`.
+    fn prefix(&self, i: usize) -> String {
+        if self.pairs {
+            format!("bench.{i}")
+        } else {
+            SUBJECT.into()
+        }
+    }
+
+    /// The pair index of publisher or subscriber `i`, for its placement.
+    fn pair(&self, i: usize) -> usize {
+        if self.pairs {
+            i
+        } else {
+            0
+        }
+    }
+
+    /// The subscribers that must see a probe from publisher `p`.
+    fn probed_by(&self, p: usize) -> std::ops::Range<usize> {
+        if self.pairs {
+            p..p + 1
+        } else {
+            0..self.subs
         }
     }
 }
@@ -462,8 +505,8 @@ fn flow(t: &Target, o: &Opts, f: &Flow) -> Result<Report> {
     for i in 0..f.subs {
         let mut c = t
             .sub_side()
-            .connect(&format!("bench-sub-{i}"), o.placement.subscriber())?;
-        let filter = Subjects::of(o).filter();
+            .connect(&format!("bench-sub-{i}"), o.placement.subscriber(f.pair(i)))?;
+        let filter = Subjects::of(o).under(&f.prefix(i)).0;
         let line = match f.queue {
             Some(q) => format!("SUB {filter} {q} 1\r\n"),
             None => format!("SUB {filter} 1\r\n"),
@@ -474,7 +517,7 @@ fn flow(t: &Target, o: &Opts, f: &Flow) -> Result<Report> {
     }
     let mut pub_conns = Vec::new();
     for i in 0..f.pubs {
-        pub_conns.push(t.connect(&format!("bench-pub-{i}"), o.placement.publisher())?);
+        pub_conns.push(t.connect(&format!("bench-pub-{i}"), o.placement.publisher(f.pair(i)))?);
     }
     let sub_threads = if f.poll_subs { 1 } else { f.subs };
     let threads = 1 + sub_threads + f.pubs;
@@ -512,27 +555,20 @@ fn flow(t: &Target, o: &Opts, f: &Flow) -> Result<Report> {
     };
     let mut pub_handles = Vec::new();
     for (i, c) in pub_conns.into_iter().enumerate() {
-        let (sh, go, probed, o) = (sh.clone(), go.clone(), probed.clone(), o.clone());
+        let (sh, go, probed, o, f) = (sh.clone(), go.clone(), probed.clone(), o.clone(), f.clone());
         let core = core_for(&o, 1 + sub_threads + i);
-        let (q, subs, pubs, factor, open, queue) = (
-            quota(i),
-            f.subs,
-            f.pubs,
-            f.factor,
-            f.open_loop,
-            f.queue.is_some(),
-        );
+        let q = quota(i);
         pub_handles.push(thread::spawn(move || {
             pin(core);
             go.wait();
             let mut c = c;
-            let r = probe(&mut c, &sh, i, subs, pubs, queue, &o);
+            let r = probe(&mut c, &sh, i, &f, &o);
             probed.wait();
             r?;
-            if open {
-                open_loop_publisher(c, &sh, &o, q, pubs)
+            if f.open_loop {
+                open_loop_publisher(c, &sh, &o, q, f.pubs)
             } else {
-                publisher(c, &sh, &o, q, factor)
+                publisher(c, &sh, &o, q, f.factor, &f.prefix(i))
             }
         }));
     }
@@ -632,33 +668,29 @@ fn core_for(o: &Opts, thread_index: usize) -> Option<usize> {
     (!o.pin.is_empty()).then(|| o.pin[thread_index % o.pin.len()])
 }
 
-/// Publishes probe messages until every subscriber (any member, for a queue group) has seen
-/// one from this publisher: on a sharded server interest reaches other shards asynchronously.
-fn probe(
-    c: &mut Conn,
-    sh: &Shared,
-    p: usize,
-    subs: usize,
-    pubs: usize,
-    queue: bool,
-    o: &Opts,
-) -> Result<()> {
-    if subs == 0 {
+/// Publishes probe messages until every subscriber of publisher `p` (any member, for a
+/// queue group) has seen one from it: on a sharded server interest reaches other shards
+/// asynchronously.
+fn probe(c: &mut Conn, sh: &Shared, p: usize, f: &Flow, o: &Opts) -> Result<()> {
+    let subs = f.probed_by(p);
+    if subs.is_empty() {
         return Ok(());
     }
-    let frame = probe_frame(&Subjects::of(o).first(), o.size, p);
+    let frame = probe_frame(&Subjects::of(o).under(&f.prefix(p)).1, o.size, p);
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let seen = (0..subs)
-            .filter(|s| sh.probe_seen[s * pubs + p].load(Ordering::SeqCst))
+        let seen = subs
+            .clone()
+            .filter(|s| sh.probe_seen[s * f.pubs + p].load(Ordering::SeqCst))
             .count();
-        if (queue && seen > 0) || seen == subs {
+        if (f.queue.is_some() && seen > 0) || seen == subs.len() {
             return Ok(());
         }
         if Instant::now() > deadline || sh.abort.load(Ordering::SeqCst) {
             sh.abort.store(true, Ordering::SeqCst);
             return Err(Error::Timeout(format!(
-                "interest did not reach publisher {p} ({seen}/{subs} subscribers saw a probe)"
+                "interest did not reach publisher {p} ({seen}/{} subscribers saw a probe)",
+                subs.len()
             )));
         }
         c.write(&frame)?;
@@ -667,10 +699,19 @@ fn probe(
     }
 }
 
-/// Closed-loop publisher. Returns the time (ns) its final PONG arrived.
-fn publisher(mut c: Conn, sh: &Shared, o: &Opts, quota: Option<u64>, factor: u64) -> Result<u64> {
+/// Closed-loop publisher on the subjects under `prefix`. Returns the time (ns) its final PONG
+/// arrived.
+fn publisher(
+    mut c: Conn,
+    sh: &Shared,
+    o: &Opts,
+    quota: Option<u64>,
+    factor: u64,
+    prefix: &str,
+) -> Result<u64> {
     let subjects = Subjects::of(o);
-    let first = subjects.first();
+    let first = subjects.under(prefix).1;
+    let at = "PUB ".len() + prefix.len() + 1;
     let frame_len = PubBatch::new(&first, None, o.size, 1).frame_len;
     let per_batch = (64 * 1024 / frame_len).clamp(1, 4096);
     let mut batch = PubBatch::new(&first, None, o.size, per_batch);
@@ -690,7 +731,7 @@ fn publisher(mut c: Conn, sh: &Shared, o: &Opts, quota: Option<u64>, factor: u64
             break;
         }
         batch.stamp(n, now_ns());
-        next = subjects.number(&mut batch, n, next);
+        next = subjects.number_at(at, &mut batch, n, next);
         c.write(batch.frames(n))?;
         sent += n as u64;
         let total = sh.sent.fetch_add(n as u64, Ordering::Relaxed) + n as u64;
@@ -786,10 +827,10 @@ fn fine_timer_slack() {
 fn openpoll(t: &Target, o: &Opts) -> Result<Report> {
     let mut sub = t
         .sub_side()
-        .connect("bench-sub-0", o.placement.subscriber())?;
+        .connect("bench-sub-0", o.placement.subscriber(0))?;
     sub.write(format!("SUB {} 1\r\n", Subjects::of(o).filter()).as_bytes())?;
     sub.flush()?;
-    let publ = t.connect("bench-pub-0", o.placement.publisher())?;
+    let publ = t.connect("bench-pub-0", o.placement.publisher(0))?;
     let (o, target) = (o.clone(), t.clone());
     let core = core_for(&o, 0);
     // The polling thread is pinned; the calling thread never is (see `run`).
@@ -1081,7 +1122,7 @@ fn responder_conns(t: &Target, o: &Opts, responders: usize) -> Result<Vec<Conn>>
         .map(|i| {
             let mut c = t
                 .sub_side()
-                .connect(&format!("bench-resp-{i}"), o.placement.subscriber())?;
+                .connect(&format!("bench-resp-{i}"), o.placement.subscriber(0))?;
             c.write(line.as_bytes())?;
             c.flush()?;
             Ok(c)
@@ -1093,7 +1134,7 @@ fn responder_conns(t: &Target, o: &Opts, responders: usize) -> Result<Vec<Conn>>
 fn requester_conns(t: &Target, o: &Opts, requesters: usize) -> Result<Vec<(Conn, Requests)>> {
     (0..requesters)
         .map(|i| {
-            let mut c = t.connect(&format!("bench-req-{i}"), o.placement.publisher())?;
+            let mut c = t.connect(&format!("bench-req-{i}"), o.placement.publisher(0))?;
             let requests = Requests::new(o, i);
             c.write(format!("SUB {} 1\r\n", requests.filter).as_bytes())?;
             c.flush()?;
