@@ -270,6 +270,10 @@ fn variants(spec: &Spec, placement: char, tls: bool) -> Vec<Placement> {
     }
     if placement == 'a' || spec.routed || matches!(spec.kind, Kind::Pub | Kind::Conns) {
         vec![Placement::Any]
+    } else if matches!(spec.kind, Kind::Fanout | Kind::Fanpoll) {
+        // The subscribers dealt over both shards as well: the publisher's shard delivers to
+        // its half and forwards one operation per message for the other's.
+        vec![Placement::Same, Placement::Cross, Placement::Spread]
     } else {
         vec![Placement::Same, Placement::Cross]
     }
@@ -280,6 +284,7 @@ fn variant_name(p: Placement) -> &'static str {
         Placement::Any => "",
         Placement::Same => "/same-shard",
         Placement::Cross => "/cross-shard",
+        Placement::Spread => "/spread",
     }
 }
 
@@ -985,9 +990,11 @@ fn write_report(
             }
             _ => {
                 "placement b: tern `--shards 2`, nats-server `GOMAXPROCS=2`, nothing \
-                  pinned; `/same-shard` puts publisher and subscriber on tern's shard 0, \
-                  `/cross-shard` the publisher on shard 0 and subscribers on shard 1 \
-                  (by connection order; no effect on nats-server)"
+                  pinned; `/same-shard` puts publisher and subscriber on tern's shard 0 \
+                  (a `pairs` row: pair i on shard i), `/cross-shard` the publisher on shard \
+                  0 and subscribers on shard 1 (pair i across shards i and i+1), `/spread` \
+                  a fan-out's subscribers over both shards in turn (by connection order; no \
+                  effect on nats-server)"
             }
         };
         let _ = writeln!(m, "- {text}");
@@ -1441,21 +1448,30 @@ mod tests {
         }
     }
 
-    /// The polled fan-out delivers every message to each of its 16 subscribers.
+    /// The polled fan-out delivers every message to each of its 16 subscribers: on one
+    /// shard, and on two with the subscribers on the publisher's shard, on the other one,
+    /// and dealt over both.
     #[test]
     fn fanpoll_delivers_to_every_subscriber() {
-        let tern = tern_binary();
+        let tern = Subject::plain(Which::Tern, &tern_binary());
         let spec = pick("fanpoll16x128").unwrap()[0];
         let mut o = opts_for_test(&spec);
         o.msgs = Some(20_000);
-        let (r, warnings, _) =
-            one_run(&Subject::plain(Which::Tern, &tern), 'a', &o, &spec, false).unwrap();
-        assert_eq!(
-            (r.sent, r.received, r.lost, r.subs),
-            (20_000, 320_000, 0, 16),
-            "{r:?}"
-        );
-        assert!(warnings.is_empty(), "{warnings:?}");
+        let b = variants(&spec, 'b', false);
+        assert_eq!(b.len(), 3, "{b:?}");
+        for (placement, v) in [('a', Placement::Any)]
+            .into_iter()
+            .chain(b.into_iter().map(|v| ('b', v)))
+        {
+            o.placement = v;
+            let (r, warnings, _) = one_run(&tern, placement, &o, &spec, false).unwrap();
+            assert_eq!(
+                (r.sent, r.received, r.lost, r.subs),
+                (20_000, 320_000, 0, 16),
+                "{placement} {v:?}: {r:?}"
+            );
+            assert!(warnings.is_empty(), "{warnings:?}");
+        }
     }
 
     /// Two pairs deliver each stream to its own subscriber only (a subscriber that took

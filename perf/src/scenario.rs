@@ -75,22 +75,36 @@ pub enum Placement {
     Same,
     /// Publishers/requesters on shard 0, subscribers/responders on shard 1.
     Cross,
+    /// Publisher (requester) i and subscriber (responder) i on shard i: a fan-out's
+    /// subscribers dealt over the shards, as a server's round-robin accept deals them.
+    Spread,
 }
 
 impl Placement {
-    /// Where the publisher (requester) of pair `pair` connects; 0 outside `pairs`.
-    fn publisher(self, pair: usize) -> Shard {
+    /// Where publisher (requester) `i` connects, `i` being its pair with `pairs` and 0
+    /// otherwise, except with `Spread`.
+    fn publisher(self, i: usize) -> Shard {
         match self {
             Placement::Any => Shard::Any,
-            _ => Shard::On(pair as u64),
+            _ => Shard::On(i as u64),
         }
     }
-    /// Where the subscriber (responder) of pair `pair` connects; 0 outside `pairs`.
-    fn subscriber(self, pair: usize) -> Shard {
+    /// Where subscriber (responder) `i` connects, `i` as for [`Placement::publisher`].
+    fn subscriber(self, i: usize) -> Shard {
         match self {
             Placement::Any => Shard::Any,
-            Placement::Same => Shard::On(pair as u64),
-            Placement::Cross => Shard::On(pair as u64 + 1),
+            Placement::Same | Placement::Spread => Shard::On(i as u64),
+            Placement::Cross => Shard::On(i as u64 + 1),
+        }
+    }
+
+    /// The index [`Placement::publisher`] and [`Placement::subscriber`] take for connection
+    /// `i` of its side: `i` itself for pairs and `Spread`, else 0 (one shard per side).
+    fn index(self, i: usize, pairs: bool) -> usize {
+        if pairs || self == Placement::Spread {
+            i
+        } else {
+            0
         }
     }
 }
@@ -275,15 +289,6 @@ impl Flow {
             format!("bench.{i}")
         } else {
             SUBJECT.into()
-        }
-    }
-
-    /// The pair index of publisher or subscriber `i`, for its placement.
-    fn pair(&self, i: usize) -> usize {
-        if self.pairs {
-            i
-        } else {
-            0
         }
     }
 
@@ -503,9 +508,10 @@ fn flow(t: &Target, o: &Opts, f: &Flow) -> Result<Report> {
     // Subscribers first, each registered (PONG) before the next is opened.
     let mut sub_conns = Vec::new();
     for i in 0..f.subs {
-        let mut c = t
-            .sub_side()
-            .connect(&format!("bench-sub-{i}"), o.placement.subscriber(f.pair(i)))?;
+        let mut c = t.sub_side().connect(
+            &format!("bench-sub-{i}"),
+            o.placement.subscriber(o.placement.index(i, f.pairs)),
+        )?;
         let filter = Subjects::of(o).under(&f.prefix(i)).0;
         let line = match f.queue {
             Some(q) => format!("SUB {filter} {q} 1\r\n"),
@@ -517,7 +523,8 @@ fn flow(t: &Target, o: &Opts, f: &Flow) -> Result<Report> {
     }
     let mut pub_conns = Vec::new();
     for i in 0..f.pubs {
-        pub_conns.push(t.connect(&format!("bench-pub-{i}"), o.placement.publisher(f.pair(i)))?);
+        let shard = o.placement.publisher(o.placement.index(i, f.pairs));
+        pub_conns.push(t.connect(&format!("bench-pub-{i}"), shard)?);
     }
     let sub_threads = if f.poll_subs { 1 } else { f.subs };
     let threads = 1 + sub_threads + f.pubs;
@@ -1120,9 +1127,10 @@ fn responder_conns(t: &Target, o: &Opts, responders: usize) -> Result<Vec<Conn>>
     };
     (0..responders)
         .map(|i| {
-            let mut c = t
-                .sub_side()
-                .connect(&format!("bench-resp-{i}"), o.placement.subscriber(0))?;
+            let mut c = t.sub_side().connect(
+                &format!("bench-resp-{i}"),
+                o.placement.subscriber(o.placement.index(i, false)),
+            )?;
             c.write(line.as_bytes())?;
             c.flush()?;
             Ok(c)
@@ -1134,7 +1142,10 @@ fn responder_conns(t: &Target, o: &Opts, responders: usize) -> Result<Vec<Conn>>
 fn requester_conns(t: &Target, o: &Opts, requesters: usize) -> Result<Vec<(Conn, Requests)>> {
     (0..requesters)
         .map(|i| {
-            let mut c = t.connect(&format!("bench-req-{i}"), o.placement.publisher(0))?;
+            let mut c = t.connect(
+                &format!("bench-req-{i}"),
+                o.placement.publisher(o.placement.index(i, false)),
+            )?;
             let requests = Requests::new(o, i);
             c.write(format!("SUB {} 1\r\n", requests.filter).as_bytes())?;
             c.flush()?;
