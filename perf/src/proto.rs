@@ -41,6 +41,11 @@ pub struct Parser {
     buf: Vec<u8>,
     start: usize,
     end: usize,
+    /// The last `MSG`/`HMSG` control line (through its `\n`) and what it scanned to: a
+    /// subscriber's deliveries mostly repeat one line (subject, sid and size alike), which
+    /// is then compared instead of scanned again.
+    last_line: Vec<u8>,
+    last_msg: Option<Scan>,
 }
 
 const MIN_FREE: usize = 16 * 1024;
@@ -52,6 +57,8 @@ impl Parser {
             buf: vec![0; cap.max(MIN_FREE * 2)],
             start: 0,
             end: 0,
+            last_line: Vec::new(),
+            last_msg: None,
         }
     }
 
@@ -171,13 +178,29 @@ impl Parser {
     }
 
     /// Looks at the buffered bytes and says what the next frame is, as offsets.
-    fn scan(&self) -> Result<Scan> {
+    fn scan(&mut self) -> Result<Scan> {
         let avail = &self.buf[self.start..self.end];
-        if avail.starts_with(b"MSG ") {
-            return scan_msg(avail, 3);
+        if let Some(Scan::Msg { total, .. }) = self.last_msg {
+            if avail.len() >= total && avail.starts_with(&self.last_line) {
+                return Ok(self.last_msg.expect("a message"));
+            }
         }
-        if avail.starts_with(b"HMSG ") {
-            return scan_msg(avail, 4);
+        let verb = if avail.starts_with(b"MSG ") {
+            Some(3)
+        } else if avail.starts_with(b"HMSG ") {
+            Some(4)
+        } else {
+            None
+        };
+        if let Some(op_end) = verb {
+            let scan = scan_msg(avail, op_end)?;
+            if let Scan::Msg { payload, .. } = scan {
+                // The control line ends where the payload starts.
+                self.last_line.clear();
+                self.last_line.extend_from_slice(&avail[..payload.0]);
+                self.last_msg = Some(scan);
+            }
+            return Ok(scan);
         }
         let Some(nl) = avail.iter().position(|&b| b == b'\n') else {
             return need_line(avail);
@@ -308,6 +331,7 @@ fn scan_msg(avail: &[u8], op_end: usize) -> Result<Scan> {
     })
 }
 
+#[derive(Debug, Clone, Copy)]
 enum LineKind {
     Ping,
     Pong,
@@ -317,6 +341,7 @@ enum LineKind {
 }
 
 /// What [`Parser::scan`] found, as offsets from the start of the unconsumed bytes.
+#[derive(Debug, Clone, Copy)]
 enum Scan {
     /// Incomplete; `Some(total)` when a MSG frame of `total` bytes is under way.
     Need(Option<usize>),
