@@ -177,6 +177,27 @@ impl Parser {
         }
     }
 
+    /// Consumes the whole frames at the front that repeat the last `MSG`/`HMSG` line, when
+    /// that line's payload is `size` bytes, calling `each` with each payload; returns how
+    /// many. The generator's subscribers count their deliveries this way, without a frame
+    /// made and matched per message.
+    pub fn take_repeats(&mut self, size: usize, mut each: impl FnMut(&[u8])) -> u64 {
+        let Some(Scan::Msg { payload, total, .. }) = self.last_msg else {
+            return 0;
+        };
+        if payload.1 - payload.0 != size {
+            return 0;
+        }
+        let mut n = 0;
+        while self.end - self.start >= total && self.buf[self.start..].starts_with(&self.last_line)
+        {
+            each(&self.buf[self.start + payload.0..self.start + payload.1]);
+            self.start += total;
+            n += 1;
+        }
+        n
+    }
+
     /// Looks at the buffered bytes and says what the next frame is, as offsets.
     fn scan(&mut self) -> Result<Scan> {
         let avail = &self.buf[self.start..self.end];
@@ -494,23 +515,33 @@ impl PubBatch {
 mod tests {
     use super::*;
 
+    fn describe(f: Frame) -> String {
+        match f {
+            Frame::Msg {
+                subject,
+                sid,
+                reply,
+                payload,
+            } => format!(
+                "MSG {} {} {:?} {}",
+                String::from_utf8_lossy(subject),
+                String::from_utf8_lossy(sid),
+                reply.map(|r| String::from_utf8_lossy(r).into_owned()),
+                String::from_utf8_lossy(payload)
+            ),
+            other => format!("{other:?}"),
+        }
+    }
+
     fn collect(p: &mut Parser, out: &mut Vec<String>) {
         while let Some(f) = p.next_frame().unwrap() {
-            out.push(match f {
-                Frame::Msg {
-                    subject,
-                    sid,
-                    reply,
-                    payload,
-                } => format!(
-                    "MSG {} {} {:?} {}",
-                    String::from_utf8_lossy(subject),
-                    String::from_utf8_lossy(sid),
-                    reply.map(|r| String::from_utf8_lossy(r).into_owned()),
-                    String::from_utf8_lossy(payload)
-                ),
-                other => format!("{other:?}"),
-            });
+            out.push(describe(f));
+        }
+    }
+
+    fn collect_one(p: &mut Parser, out: &mut Vec<String>) {
+        if let Some(f) = p.next_frame().unwrap() {
+            out.push(describe(f));
         }
     }
 
@@ -545,6 +576,41 @@ mod tests {
             assert_eq!(got, whole, "chunk size {chunk}");
             assert_eq!(p.pending(), 0);
         }
+    }
+
+    /// Frames that repeat the last MSG line are taken in a run, payload by payload; a
+    /// different line, a different size or a frame not all there yet ends the run, and
+    /// the frames after it parse as before.
+    #[test]
+    fn repeated_lines_are_taken_in_a_run() {
+        let mut p = Parser::new(0);
+        p.feed(b"MSG s 1 3\r\nabc\r\nMSG s 1 3\r\ndef\r\nMSG s 1 3\r\nghi\r\n");
+        p.feed(b"MSG s 2 3\r\njkl\r\nMSG s 1 3\r\nmn");
+        let mut seen = Vec::new();
+        assert_eq!(
+            p.take_repeats(3, |b| seen.push(b.to_vec())),
+            0,
+            "no line yet"
+        );
+        let mut first = Vec::new();
+        collect_one(&mut p, &mut first);
+        assert_eq!(first, ["MSG s 1 None abc"]);
+        assert_eq!(
+            p.take_repeats(4, |b| seen.push(b.to_vec())),
+            0,
+            "another size"
+        );
+        assert_eq!(p.take_repeats(3, |b| seen.push(b.to_vec())), 2);
+        assert_eq!(seen, [b"def".to_vec(), b"ghi".to_vec()]);
+        let mut rest = Vec::new();
+        collect(&mut p, &mut rest);
+        assert_eq!(rest, ["MSG s 2 None jkl"]);
+        // The next repeat of `MSG s 2 3` is not all there.
+        assert_eq!(p.take_repeats(3, |b| seen.push(b.to_vec())), 0);
+        p.feed(b"o\r\n");
+        collect(&mut p, &mut rest);
+        assert_eq!(rest[1], "MSG s 1 None mno");
+        assert_eq!(p.pending(), 0);
     }
 
     #[test]

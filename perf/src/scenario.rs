@@ -1075,7 +1075,15 @@ fn take_frames(
     let now = now_ns();
     let mut n = 0u64;
     let mut pong = false;
-    while let Some(f) = c.parser.next_frame()? {
+    loop {
+        n += c.parser.take_repeats(o.size, |payload| {
+            if let (Some(h), Some(ts)) = (r.hist.as_mut(), payload_stamp(payload)) {
+                record(h, now.saturating_sub(ts));
+            }
+        });
+        let Some(f) = c.parser.next_frame()? else {
+            break;
+        };
         match f {
             Frame::Msg { payload, .. } if payload.len() == o.size => {
                 n += 1;
