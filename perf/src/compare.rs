@@ -732,12 +732,24 @@ fn uneven_steal(runs: &[Run]) -> Option<String> {
     (!list.is_empty()).then_some(list)
 }
 
+/// Whether a placement-b row gives both shards work: publishers dealt over them (`pub16x2`),
+/// a pair on each (`pairs`), or a fan-out's subscribers over both (`/spread`). The others
+/// carry one stream, which one shard serves (one read loop, in nats-server).
+fn loads_both_shards(scenario: &str) -> bool {
+    let (base, variant) = scenario.split_once('/').unwrap_or((scenario, ""));
+    variant == "spread"
+        || CATALOG
+            .iter()
+            .any(|s| s.name == base && s.pubs >= 2 && matches!(s.kind, Kind::Pub | Kind::Pairs))
+}
+
 /// Placement b ÷ placement a, per server, for every throughput row run in both: whether two
 /// shards (nats-server: `GOMAXPROCS=2`) deliver more than one pinned core (`GOMAXPROCS=1`).
 /// In b the generator shares the two cores with the server. `None` without such a row.
 fn scaling_table(runs: &[Run]) -> Option<String> {
     let mut t = String::from(
-        "| scenario (placement b) | tern b ÷ a | nats-server b ÷ a |\n|---|---:|---:|\n",
+        "| scenario (placement b) | load on both shards | tern b ÷ a | nats-server b ÷ a |\n\
+         |---|---|---:|---:|\n",
     );
     let rows = rows(runs);
     for (_, scenario, in_b) in rows.iter().filter(|(p, _, _)| *p == "b") {
@@ -760,7 +772,12 @@ fn scaling_table(runs: &[Run]) -> Option<String> {
         };
         let _ = writeln!(
             t,
-            "| {scenario} | {} | {} |",
+            "| {scenario} | {} | {} | {} |",
+            if loads_both_shards(scenario) {
+                "yes"
+            } else {
+                ""
+            },
             ratio(Which::Tern),
             ratio(Which::Nats)
         );
@@ -1056,8 +1073,9 @@ fn write_report(
             "\n## Scaling: placement b ÷ placement a\n\nMessages per second (in for `pub`, \
              out for the rest), medians. A row with one publisher connection cannot gain from \
              a second shard: a connection lives on one shard (on one goroutine's read loop in \
-             nats-server). `pub16x2` and the `pairs` rows carry two streams, one per shard \
-             in b; in b the generator shares the server's two cores.\n\n",
+             nats-server). The rows that load both shards (two publishers, a pair per shard, a \
+             fan-out's subscribers spread over both) say so; in b the generator shares the \
+             server's two cores.\n\n",
         );
         m.push_str(&scaling);
     }
@@ -1224,15 +1242,20 @@ mod tests {
             run("b", "pub16x2", t, 170.0),
             run("a", "reqreply", t, 100.0),
             run("b", "reqreply/same-shard", t, 100.0),
+            run("a", "fanout16x128", t, 100.0),
+            run("b", "fanout16x128/spread", t, 120.0),
+            run("b", "fanout16x128/same-shard", t, 90.0),
         ];
         let table = scaling_table(&runs).unwrap();
         let rows: Vec<&str> = table.lines().skip(2).collect();
         assert_eq!(
             rows,
             [
-                "| pubsub128/same-shard | 1.50 | 2.00 |",
-                "| pubsub128/cross-shard | 0.80 | 0.50 |",
-                "| pub16x2 | 1.70 | – |",
+                "| pubsub128/same-shard |  | 1.50 | 2.00 |",
+                "| pubsub128/cross-shard |  | 0.80 | 0.50 |",
+                "| pub16x2 | yes | 1.70 | – |",
+                "| fanout16x128/spread | yes | 1.20 | – |",
+                "| fanout16x128/same-shard |  | 0.90 | – |",
             ]
         );
         assert!(scaling_table(&runs[..2]).is_none());
