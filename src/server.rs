@@ -930,12 +930,11 @@ pub async fn shard_main(
     }
     // Responses to the service requests this shard maps come back through interest in
     // its reply prefix, in every account that exports a service.
-    for (id, a) in g.accounts.list.iter().enumerate() {
-        if a.exports_services {
-            let mut wildcard = BytesMut::from(&shard.resp_prefix[..]);
-            wildcard.extend_from_slice(b">");
-            shard.interest_changed(id as AccId, &wildcard.freeze(), &None, true);
-        }
+    let mut wildcard = BytesMut::from(&shard.resp_prefix[..]);
+    wildcard.extend_from_slice(b">");
+    let wildcard = wildcard.freeze();
+    for (id, _) in shard.exports.iter().enumerate().filter(|(_, &e)| e) {
+        shard.interest_changed(id as AccId, &wildcard, &None, true);
     }
     for rx in ctx.take_receivers() {
         rt::spawn(mesh_loop(shard.clone(), rx));

@@ -632,12 +632,14 @@ fn metrics(kind: Kind) -> Vec<Metric> {
     m
 }
 
-fn kind_of(scenario: &str) -> Kind {
+/// The catalogue entry of a report row (`name` or `name/variant`).
+fn spec_of(scenario: &str) -> Option<&'static Spec> {
     let base = scenario.split('/').next().unwrap_or(scenario);
-    CATALOG
-        .iter()
-        .find(|s| s.name == base)
-        .map_or(Kind::Pubsub, |s| s.kind)
+    CATALOG.iter().find(|s| s.name == base)
+}
+
+fn kind_of(scenario: &str) -> Kind {
+    spec_of(scenario).map_or(Kind::Pubsub, |s| s.kind)
 }
 
 fn med(runs: &[&Run], server: &str, get: fn(&Report) -> Option<f64>) -> Option<f64> {
@@ -736,11 +738,9 @@ fn uneven_steal(runs: &[Run]) -> Option<String> {
 /// a pair on each (`pairs`), or a fan-out's subscribers over both (`/spread`). The others
 /// carry one stream, which one shard serves (one read loop, in nats-server).
 fn loads_both_shards(scenario: &str) -> bool {
-    let (base, variant) = scenario.split_once('/').unwrap_or((scenario, ""));
-    variant == "spread"
-        || CATALOG
-            .iter()
-            .any(|s| s.name == base && s.pubs >= 2 && matches!(s.kind, Kind::Pub | Kind::Pairs))
+    scenario.ends_with(variant_name(Placement::Spread))
+        || spec_of(scenario)
+            .is_some_and(|s| s.pubs >= 2 && matches!(s.kind, Kind::Pub | Kind::Pairs))
 }
 
 /// Placement b ÷ placement a, per server, for every throughput row run in both: whether two

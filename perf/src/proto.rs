@@ -182,15 +182,11 @@ impl Parser {
     /// many. The generator's subscribers count their deliveries this way, without a frame
     /// made and matched per message.
     pub fn take_repeats(&mut self, size: usize, mut each: impl FnMut(&[u8])) -> u64 {
-        let Some(Scan::Msg { payload, total, .. }) = self.last_msg else {
-            return 0;
-        };
-        if payload.1 - payload.0 != size {
-            return 0;
-        }
         let mut n = 0;
-        while self.end - self.start >= total && self.buf[self.start..].starts_with(&self.last_line)
-        {
+        while let Some((payload, total)) = self.repeat() {
+            if payload.1 - payload.0 != size {
+                break;
+            }
             each(&self.buf[self.start + payload.0..self.start + payload.1]);
             self.start += total;
             n += 1;
@@ -198,14 +194,23 @@ impl Parser {
         n
     }
 
+    /// The payload span and length of the whole frame at the front when it repeats the
+    /// last `MSG`/`HMSG` line.
+    #[inline]
+    fn repeat(&self) -> Option<((usize, usize), usize)> {
+        let Some(Scan::Msg { payload, total, .. }) = self.last_msg else {
+            return None;
+        };
+        let avail = &self.buf[self.start..self.end];
+        (avail.len() >= total && avail.starts_with(&self.last_line)).then_some((payload, total))
+    }
+
     /// Looks at the buffered bytes and says what the next frame is, as offsets.
     fn scan(&mut self) -> Result<Scan> {
-        let avail = &self.buf[self.start..self.end];
-        if let Some(Scan::Msg { total, .. }) = self.last_msg {
-            if avail.len() >= total && avail.starts_with(&self.last_line) {
-                return Ok(self.last_msg.expect("a message"));
-            }
+        if self.repeat().is_some() {
+            return Ok(self.last_msg.expect("a repeated message"));
         }
+        let avail = &self.buf[self.start..self.end];
         let verb = if avail.starts_with(b"MSG ") {
             Some(3)
         } else if avail.starts_with(b"HMSG ") {

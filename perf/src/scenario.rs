@@ -81,28 +81,29 @@ pub enum Placement {
 }
 
 impl Placement {
-    /// Where publisher (requester) `i` connects, `i` being its pair with `pairs` and 0
-    /// otherwise, except with `Spread`.
-    fn publisher(self, i: usize) -> Shard {
+    /// Where publisher (requester) `i` connects; `pairs` when it is pair i's (see
+    /// [`Kind::Pairs`]).
+    fn publisher(self, i: usize, pairs: bool) -> Shard {
         match self {
             Placement::Any => Shard::Any,
-            _ => Shard::On(i as u64),
-        }
-    }
-    /// Where subscriber (responder) `i` connects, `i` as for [`Placement::publisher`].
-    fn subscriber(self, i: usize) -> Shard {
-        match self {
-            Placement::Any => Shard::Any,
-            Placement::Same | Placement::Spread => Shard::On(i as u64),
-            Placement::Cross => Shard::On(i as u64 + 1),
+            _ => Shard::On(self.base(i, pairs)),
         }
     }
 
-    /// The index [`Placement::publisher`] and [`Placement::subscriber`] take for connection
-    /// `i` of its side: `i` itself for pairs and `Spread`, else 0 (one shard per side).
-    fn index(self, i: usize, pairs: bool) -> usize {
+    /// Where subscriber (responder) `i` connects; `pairs` as for [`Placement::publisher`].
+    fn subscriber(self, i: usize, pairs: bool) -> Shard {
+        match self {
+            Placement::Any => Shard::Any,
+            Placement::Cross => Shard::On(self.base(i, pairs) + 1),
+            _ => Shard::On(self.base(i, pairs)),
+        }
+    }
+
+    /// The shard connection `i` of a side starts from: its own for a pair and with
+    /// `Spread`, else shard 0 for the whole side.
+    fn base(self, i: usize, pairs: bool) -> u64 {
         if pairs || self == Placement::Spread {
-            i
+            i as u64
         } else {
             0
         }
@@ -510,7 +511,7 @@ fn flow(t: &Target, o: &Opts, f: &Flow) -> Result<Report> {
     for i in 0..f.subs {
         let mut c = t.sub_side().connect(
             &format!("bench-sub-{i}"),
-            o.placement.subscriber(o.placement.index(i, f.pairs)),
+            o.placement.subscriber(i, f.pairs),
         )?;
         let filter = Subjects::of(o).under(&f.prefix(i)).0;
         let line = match f.queue {
@@ -523,8 +524,7 @@ fn flow(t: &Target, o: &Opts, f: &Flow) -> Result<Report> {
     }
     let mut pub_conns = Vec::new();
     for i in 0..f.pubs {
-        let shard = o.placement.publisher(o.placement.index(i, f.pairs));
-        pub_conns.push(t.connect(&format!("bench-pub-{i}"), shard)?);
+        pub_conns.push(t.connect(&format!("bench-pub-{i}"), o.placement.publisher(i, f.pairs))?);
     }
     let sub_threads = if f.poll_subs { 1 } else { f.subs };
     let threads = 1 + sub_threads + f.pubs;
@@ -834,10 +834,10 @@ fn fine_timer_slack() {
 fn openpoll(t: &Target, o: &Opts) -> Result<Report> {
     let mut sub = t
         .sub_side()
-        .connect("bench-sub-0", o.placement.subscriber(0))?;
+        .connect("bench-sub-0", o.placement.subscriber(0, false))?;
     sub.write(format!("SUB {} 1\r\n", Subjects::of(o).filter()).as_bytes())?;
     sub.flush()?;
-    let publ = t.connect("bench-pub-0", o.placement.publisher(0))?;
+    let publ = t.connect("bench-pub-0", o.placement.publisher(0, false))?;
     let (o, target) = (o.clone(), t.clone());
     let core = core_for(&o, 0);
     // The polling thread is pinned; the calling thread never is (see `run`).
@@ -1135,10 +1135,9 @@ fn responder_conns(t: &Target, o: &Opts, responders: usize) -> Result<Vec<Conn>>
     };
     (0..responders)
         .map(|i| {
-            let mut c = t.sub_side().connect(
-                &format!("bench-resp-{i}"),
-                o.placement.subscriber(o.placement.index(i, false)),
-            )?;
+            let mut c = t
+                .sub_side()
+                .connect(&format!("bench-resp-{i}"), o.placement.subscriber(i, false))?;
             c.write(line.as_bytes())?;
             c.flush()?;
             Ok(c)
@@ -1150,10 +1149,7 @@ fn responder_conns(t: &Target, o: &Opts, responders: usize) -> Result<Vec<Conn>>
 fn requester_conns(t: &Target, o: &Opts, requesters: usize) -> Result<Vec<(Conn, Requests)>> {
     (0..requesters)
         .map(|i| {
-            let mut c = t.connect(
-                &format!("bench-req-{i}"),
-                o.placement.publisher(o.placement.index(i, false)),
-            )?;
+            let mut c = t.connect(&format!("bench-req-{i}"), o.placement.publisher(i, false))?;
             let requests = Requests::new(o, i);
             c.write(format!("SUB {} 1\r\n", requests.filter).as_bytes())?;
             c.flush()?;
